@@ -1,0 +1,81 @@
+//! Run-time SIMD detection. The level is read once and cached; setting
+//! `DWARFSTAR_SIMD=scalar|avx2|avx512` caps it (tests use this to exercise
+//! every path on one machine).
+
+use std::sync::OnceLock;
+
+/// The instruction-set level kernels are picked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// Portable Rust; the reference every SIMD kernel is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL (+ VNNI where present) on top of AVX2.
+    Avx512,
+    /// aarch64 NEON.
+    Neon,
+}
+
+impl SimdLevel {
+    /// The best level this CPU supports, ignoring any cap.
+    pub fn detect_hw() -> SimdLevel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            let avx512 = avx2
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            if avx512 {
+                return SimdLevel::Avx512;
+            }
+            if avx2 {
+                return SimdLevel::Avx2;
+            }
+            SimdLevel::Scalar
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            SimdLevel::Neon
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            SimdLevel::Scalar
+        }
+    }
+
+    /// Every level this machine can run, lowest first (Scalar is always there).
+    pub fn available() -> Vec<SimdLevel> {
+        let hw = Self::detect_hw();
+        [
+            SimdLevel::Scalar,
+            SimdLevel::Avx2,
+            SimdLevel::Avx512,
+            SimdLevel::Neon,
+        ]
+        .into_iter()
+        .filter(|l| match l {
+            SimdLevel::Scalar => true,
+            SimdLevel::Neon => hw == SimdLevel::Neon,
+            SimdLevel::Avx2 => matches!(hw, SimdLevel::Avx2 | SimdLevel::Avx512),
+            SimdLevel::Avx512 => hw == SimdLevel::Avx512,
+        })
+        .collect()
+    }
+
+    /// The level in use: the hardware's, capped by `DWARFSTAR_SIMD`.
+    pub fn current() -> SimdLevel {
+        static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let hw = Self::detect_hw();
+            match std::env::var("DWARFSTAR_SIMD").ok().as_deref() {
+                Some("scalar") => SimdLevel::Scalar,
+                Some("avx2") if hw == SimdLevel::Avx512 => SimdLevel::Avx2,
+                _ => hw,
+            }
+        })
+    }
+}
