@@ -3,12 +3,116 @@
 //! scalar reference and against ggml's own kernel, Q8_K activation
 //! rounding, and the importance-weighted quantizers.
 
-mod common;
+use std::path::PathBuf;
 
-use common::{Rng, Zoo};
 use dwarfstar_kernels::dispatch::kernels_at;
 use dwarfstar_kernels::quants::kquants::*;
 use dwarfstar_kernels::{GgmlType, SimdLevel};
+
+/// quant-zoo.gguf and its index.json (tests/fixtures/quant).
+struct Zoo {
+    file: Vec<u8>,
+    index: serde_json::Value,
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl Zoo {
+    fn dir() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/quant"
+        ))
+    }
+
+    fn load() -> Zoo {
+        let dir = Self::dir();
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .unwrap_or_else(|e| panic!("reading {}/{name}: {e}", dir.display()))
+        };
+        let index = serde_json::from_slice(&read("index.json")).expect("parsing index.json");
+        Zoo {
+            file: read("quant-zoo.gguf"),
+            index,
+        }
+    }
+
+    fn usize(&self, key: &str) -> usize {
+        self.index[key].as_u64().expect("index.json field") as usize
+    }
+
+    fn tensor(&self, entry: &serde_json::Value) -> &[u8] {
+        let off = entry["offset"].as_u64().expect("offset") as usize;
+        let n = entry["n_bytes"].as_u64().expect("n_bytes") as usize;
+        &self.file[off..off + n]
+    }
+
+    fn entry(&self, name: &str) -> &serde_json::Value {
+        &self.index["types"][name]
+    }
+
+    /// `source`, `activation` or `imatrix`, as f32.
+    fn f32_tensor(&self, key: &str) -> Vec<f32> {
+        floats(self.tensor(&self.index[key]))
+    }
+
+    /// ggml's quantized rows of type `name` (e.g. "q4_K").
+    fn quantized(&self, name: &str) -> &[u8] {
+        self.tensor(self.entry(name))
+    }
+
+    /// ggml's dequantization of type `name`.
+    fn dequantized(&self, name: &str) -> Vec<f32> {
+        let f = self.entry(name)["dequant_file"]
+            .as_str()
+            .expect("dequant_file");
+        floats(&std::fs::read(Self::dir().join(f)).expect("reading dequant file"))
+    }
+
+    fn f64s(&self, name: &str, key: &str) -> Vec<f64> {
+        let list = self.entry(name)[key].as_array().expect("array field");
+        list.iter().map(|v| v.as_f64().expect("number")).collect()
+    }
+}
+
+/// xorshift64* test data: roughly normal values with the odd outlier.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let v = (self.uniform() + self.uniform() + self.uniform()) * scale;
+                if self.next_u64() % 97 == 0 {
+                    v * 20.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+}
 
 const TYPES: [(&str, GgmlType); 5] = [
     ("q2_K", GgmlType::Q2_K),
@@ -69,7 +173,7 @@ fn dequantization_is_bit_exact_with_ggml() {
 #[test]
 fn reference_quantizers_write_ggmls_bytes() {
     let zoo = Zoo::load();
-    let src = zoo.source();
+    let src = zoo.f32_tensor("source");
     for (name, ty) in TYPES {
         let ours = quantize(ty, &src);
         let theirs = zoo.quantized(name);
@@ -89,13 +193,13 @@ fn reference_quantizers_write_ggmls_bytes() {
 #[test]
 fn vec_dot_matches_scalar_f64_and_ggml_on_the_fixture() {
     let zoo = Zoo::load();
-    let (rows, cols) = (zoo.rows(), zoo.cols());
-    let act = zoo.activation();
+    let (rows, cols) = (zoo.usize("rows"), zoo.usize("cols"));
+    let act = zoo.f32_tensor("activation");
     let act_q8 = q8k_bytes(&act);
     for (name, ty) in TYPES {
         let q = zoo.quantized(name);
         let deq = zoo.dequantized(name);
-        let ggml = zoo.floats_of(name, "dot_ggml_vec_dot");
+        let ggml = zoo.f64s(name, "dot_ggml_vec_dot");
         let row_bytes = ty.row_bytes(cols).unwrap();
         let scalar = kernels_at(ty, SimdLevel::Scalar).unwrap().vec_dot.unwrap();
         for r in 0..rows {
@@ -263,16 +367,9 @@ fn weighted_error(x: &[f32], y: &[f32], w: &[f32]) -> f64 {
 #[test]
 fn importance_weighted_quantizers() {
     let zoo = Zoo::load();
-    let src = zoo.source();
-    let cols = zoo.cols();
-    let imatrix: Vec<f32> = {
-        let e = &zoo.index["imatrix"];
-        let off = e["offset"].as_u64().unwrap() as usize;
-        zoo.file[off..off + 4 * cols]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
+    let src = zoo.f32_tensor("source");
+    let imatrix = zoo.f32_tensor("imatrix");
+    assert_eq!(imatrix.len(), zoo.usize("cols"));
     macro_rules! check {
         ($block:ty, $zero:expr, $q:ident, $wq:ident, $deq:ident, $bound:expr) => {{
             let nb = src.len() / 256;
@@ -365,4 +462,139 @@ fn zero_and_tiny_blocks_quantize_cleanly() {
         assert!(y[..256].iter().all(|&v| v == 0.0), "{name}: zero block");
         assert!(y.iter().all(|v| v.is_finite()), "{name}: finite");
     }
+}
+
+/// 32 rows of 1024 in eight regimes that stress the quantizers' edge
+/// cases, and an importance row with some zero entries.
+fn edge_case_rows() -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(2024);
+    let mut x = Vec::with_capacity(32 * 1024);
+    for r in 0..32 {
+        let v = rng.vec(1024, 1.0);
+        let row: Vec<f32> = match r % 8 {
+            0 => v.iter().map(|a| a * 0.02).collect(),
+            1 => {
+                let s = [0.01, 0.3, 7.0, 100.0][r / 8];
+                v.iter().map(|a| a * s).collect()
+            }
+            2 => v.iter().map(|a| a.abs() + 0.5).collect(),
+            3 => v.iter().map(|a| -a.abs() - 0.1).collect(),
+            4 => (0..1024)
+                .map(|i| if i % 211 == 5 { 3.0 * v[0] } else { v[0] })
+                .collect(),
+            5 => (0..1024)
+                .map(|i| {
+                    if (256..512).contains(&i) || (600..616).contains(&i) {
+                        0.0
+                    } else {
+                        v[i]
+                    }
+                })
+                .collect(),
+            6 => v
+                .iter()
+                .map(|a| {
+                    let b = a / 3.0;
+                    b * b * b * b * b * b * b
+                })
+                .collect(),
+            _ => v.iter().map(|a| (a * 4.0).round() / 4.0).collect(),
+        };
+        x.extend(row);
+    }
+    let im = (0..1024)
+        .map(|i| {
+            let u = rng.uniform();
+            if i % 97 == 0 {
+                0.0
+            } else {
+                0.55 + 0.45 * u + 0.5 * u * u * u * u
+            }
+        })
+        .collect();
+    (x, im)
+}
+
+/// FNV-1a, 64 bit.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// ggml's own output on [`edge_case_rows`] — `ggml_quantize_chunk` (what
+/// llama-quantize calls) without and with the importance row, and
+/// `quantize_row_q8_K_ref` — recorded as FNV-1a hashes of the bytes (from a
+/// small C program linked against the reference build's libggml-base).
+#[test]
+fn quantizers_match_ggml_on_edge_cases_with_and_without_imatrix() {
+    let (x, im) = edge_case_rows();
+    assert_eq!(
+        fnv1a(&le_bytes(&x)),
+        0x50c0_d68b_341e_2c7e,
+        "input generator changed"
+    );
+    assert_eq!(
+        fnv1a(&le_bytes(&im)),
+        0xc05a_6e5b_7a83_9d74,
+        "input generator changed"
+    );
+    let nb = x.len() / 256;
+    macro_rules! check {
+        ($block:ty, $f:ident, $plain:expr, $weighted:expr) => {{
+            for (weights, want) in [(None, $plain), (Some(&im[..]), $weighted)] {
+                let mut out = vec![<$block as bytemuck::Zeroable>::zeroed(); nb];
+                $f(&x, &mut out, weights);
+                let got = fnv1a(bytemuck::cast_slice(&out));
+                assert_eq!(
+                    got,
+                    want,
+                    "{} (imatrix: {})",
+                    stringify!($f),
+                    weights.is_some()
+                );
+            }
+        }};
+    }
+    check!(
+        BlockQ2_K,
+        quantize_q2_k_weighted,
+        0x45e5_0441_a2a3_fc5c,
+        0xbdef_c8ac_dfd6_9402
+    );
+    check!(
+        BlockQ3_K,
+        quantize_q3_k_weighted,
+        0x3a26_75cd_3a6b_8037,
+        0x58b5_139b_d24e_eaa2
+    );
+    check!(
+        BlockQ4_K,
+        quantize_q4_k_weighted,
+        0xdbfa_70be_66fe_6e37,
+        0x9156_3014_6eb8_65d4
+    );
+    check!(
+        BlockQ5_K,
+        quantize_q5_k_weighted,
+        0xd216_8311_183f_83df,
+        0x36c9_257d_e429_a587
+    );
+    check!(
+        BlockQ6_K,
+        quantize_q6_k_weighted,
+        0x4d6f_7cd1_0c4e_68aa,
+        0x8758_9bb3_6699_8573
+    );
+    let mut q8 = vec![<BlockQ8_K as bytemuck::Zeroable>::zeroed(); nb];
+    quantize_q8_k(&x, &mut q8);
+    assert_eq!(
+        fnv1a(bytemuck::cast_slice(&q8)),
+        0x731f_645a_0de6_c7e4,
+        "quantize_q8_k"
+    );
 }

@@ -114,17 +114,7 @@ pub(super) unsafe fn q8_d(y: *const u8) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn hsum_ps(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum_epi32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+    hsum128_ps(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)))
 }
 
 /// Scales of groups `2p` and `2p+1` (16 weights each) from sixteen i8
@@ -144,19 +134,26 @@ unsafe fn scaled_bsums(y: *const u8, sc: __m128i) -> __m256i {
     _mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(sc))
 }
 
-/// Q4_K/Q5_K: `Σ m[j] · (bsums[2j] + bsums[2j+1])`.
+/// Q4_K/Q5_K: `Σ m[j] · (bsums[2j] + bsums[2j+1])`, as four i32 partial
+/// sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn k4_min_sum(y: *const u8, mins: [u8; 8]) -> i32 {
+pub(super) unsafe fn k4_min_sums(y: *const u8, mins: [u8; 8]) -> __m128i {
     let bsums = unsafe { load256(y.add(Q8_BSUMS)) };
     let pairs = _mm_hadd_epi16(
         _mm256_castsi256_si128(bsums),
         _mm256_extracti128_si256::<1>(bsums),
     );
     let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)));
-    let p = _mm_madd_epi16(pairs, m);
-    let s = _mm_add_epi32(p, _mm_shuffle_epi32::<0b01_00_11_10>(p));
-    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+    _mm_madd_epi16(pairs, m)
+}
+
+/// Sum of the four lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum128_ps(s: __m128) -> f32 {
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// The eight Q4_K/Q5_K group scales as i16, repeated in both 128-bit lanes.
@@ -178,14 +175,15 @@ unsafe fn word(v: __m256i, k: usize) -> __m256i {
 unsafe fn q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
+    let mut acc_m = _mm_setzero_ps();
     for i in 0..nb {
         let (x, y) = unsafe { (w.add(i * 144), a.add(i * Q8_SIZE)) };
         let yd = unsafe { q8_d(y) };
         let (d, dmin) = unsafe { f16x2(x) };
         let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
         let (sc, mn) = k4_scales_mins(packed);
-        acc_m += yd * dmin * unsafe { k4_min_sum(y, mn) } as f32;
+        let mins = unsafe { k4_min_sums(y, mn) };
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
         let scales = _mm256_broadcastsi128_si256(k4_scales_i16(sc));
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
@@ -204,7 +202,7 @@ unsafe fn q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - acc_m
+    hsum_ps(acc) - hsum128_ps(acc_m)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -212,14 +210,15 @@ unsafe fn q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
+    let mut acc_m = _mm_setzero_ps();
     for i in 0..nb {
         let (x, y) = unsafe { (w.add(i * 176), a.add(i * Q8_SIZE)) };
         let yd = unsafe { q8_d(y) };
         let (d, dmin) = unsafe { f16x2(x) };
         let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
         let (sc, mn) = k4_scales_mins(packed);
-        acc_m += yd * dmin * unsafe { k4_min_sum(y, mn) } as f32;
+        let mins = unsafe { k4_min_sums(y, mn) };
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
         let scales = _mm256_broadcastsi128_si256(k4_scales_i16(sc));
         // Bits 2c and 2c+1 of each qh byte are the fifth bits of chunk c;
         // shifting right by 2 per chunk brings them to bits 0 and 1.
@@ -248,7 +247,7 @@ unsafe fn q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - acc_m
+    hsum_ps(acc) - hsum128_ps(acc_m)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -339,7 +338,7 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
+    let mut acc_m = _mm256_setzero_ps();
     for i in 0..nb {
         let (x, y) = unsafe { (w.add(i * 84), a.add(i * Q8_SIZE)) };
         let yd = unsafe { q8_d(y) };
@@ -347,7 +346,8 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let packed = unsafe { load128(x) };
         let sc = _mm_and_si128(packed, m4);
         let mn = _mm_and_si128(_mm_srli_epi16::<4>(packed), m4);
-        acc_m += yd * dmin * hsum_epi32(unsafe { scaled_bsums(y, mn) }) as f32;
+        let mins = unsafe { scaled_bsums(y, mn) };
+        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(yd * dmin), _mm256_cvtepi32_ps(mins), acc_m);
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
             let mut qs = unsafe { load256(x.add(16 + 32 * h)) };
@@ -362,5 +362,5 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - acc_m
+    hsum_ps(_mm256_sub_ps(acc, acc_m))
 }

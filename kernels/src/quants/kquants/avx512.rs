@@ -14,7 +14,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16x1, f16x2, k4_min_sum, k4_scales_i16, q8_d, Q8_BSUMS, Q8_QS, Q8_SIZE};
+use super::avx2::{f16x1, f16x2, hsum128_ps, k4_min_sums, k4_scales_i16, q8_d};
+use super::avx2::{Q8_BSUMS, Q8_QS, Q8_SIZE};
 use super::blocks::{k4_scales_mins, BlockQ4_K, BlockQ6_K};
 use super::dot_blocks;
 use crate::dispatch::VecDotFn;
@@ -104,14 +105,15 @@ macro_rules! q4_k_kernel {
                 ]
             };
             let mut acc = _mm512_setzero_ps();
-            let mut acc_m = 0f32;
+            let mut acc_m = _mm_setzero_ps();
             for i in 0..nb {
                 let (x, y) = unsafe { (w.add(i * 144), a.add(i * Q8_SIZE)) };
                 let yd = unsafe { q8_d(y) };
                 let (d, dmin) = unsafe { f16x2(x) };
                 let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
                 let (sc, mn) = k4_scales_mins(packed);
-                acc_m += yd * dmin * unsafe { k4_min_sum(y, mn) } as f32;
+                let mins = unsafe { k4_min_sums(y, mn) };
+                acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
                 let scales = _mm512_broadcast_i32x4(k4_scales_i16(sc));
                 let mut sumi = _mm512_setzero_si512();
                 for half in 0..2 {
@@ -134,7 +136,7 @@ macro_rules! q4_k_kernel {
                 }
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(yd * d), _mm512_cvtepi32_ps(sumi), acc);
             }
-            _mm512_reduce_add_ps(acc) - acc_m
+            _mm512_reduce_add_ps(acc) - hsum128_ps(acc_m)
         }
     };
 }
