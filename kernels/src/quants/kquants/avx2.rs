@@ -114,7 +114,10 @@ pub(super) unsafe fn q8_d(y: *const u8) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn hsum_ps(v: __m256) -> f32 {
-    hsum128_ps(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)))
+    hsum128_ps(_mm_add_ps(
+        _mm256_castps256_ps128(v),
+        _mm256_extractf128_ps::<1>(v),
+    ))
 }
 
 /// Scales of groups `2p` and `2p+1` (16 weights each) from sixteen i8
