@@ -7,6 +7,11 @@
 //! tensor's bytes to `write_tensor_data` in declaration order (in one piece or in
 //! several chunks), then `finish`. Small files: `add_tensor` with the bytes, then
 //! `write_to_path`, `write_all` or `to_bytes`.
+//!
+//! Checked against the reference tools: quant-zoo.gguf (gguf-py) and both test
+//! models (llama-quantize) re-write byte for byte, and ggml's `gguf_init_from_file`
+//! loads a file with every scalar and array type. Nested arrays are written (GGUF
+//! allows them) but ggml's reader refuses them, so do not use them in model files.
 
 use std::collections::HashSet;
 use std::io::Write;
