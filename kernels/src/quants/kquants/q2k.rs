@@ -168,12 +168,20 @@ pub fn vec_dot_q2_k_q8_k(w: &[BlockQ2_K], a: &[BlockQ8_K]) -> f32 {
     let mut sum = 0f32;
     for (x, y) in w.iter().zip(a) {
         let (mut sumi, mut summ) = (0i32, 0i32);
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                s += level(x, i) as i32 * y.qs[i] as i32;
+        for h in 0..2 {
+            let qs = &x.qs[32 * h..32 * h + 32];
+            for j in 0..4 {
+                let q8 = &y.qs[128 * h + 32 * j..128 * h + 32 * j + 32];
+                for half in 0..2 {
+                    let mut s = 0i32;
+                    for l in 16 * half..16 * half + 16 {
+                        s += ((qs[l] >> (2 * j)) & 3) as i32 * q8[l] as i32;
+                    }
+                    sumi += (x.scales[8 * h + 2 * j + half] & 0xf) as i32 * s;
+                }
             }
-            sumi += (x.scales[g] & 0xf) as i32 * s;
+        }
+        for g in 0..16 {
             summ += (x.scales[g] >> 4) as i32 * y.bsums[g] as i32;
         }
         sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;

@@ -153,12 +153,21 @@ pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3_K], a: &[BlockQ8_K]) -> f32 {
     for (x, y) in w.iter().zip(a) {
         let sc = q3k_scales(&x.scales);
         let mut sumi = 0i32;
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                s += value(x, i) * y.qs[i] as i32;
+        for h in 0..2 {
+            let qs = &x.qs[32 * h..32 * h + 32];
+            for j in 0..4 {
+                let q8 = &y.qs[128 * h + 32 * j..128 * h + 32 * j + 32];
+                let bit = 4 * h + j;
+                for half in 0..2 {
+                    let mut s = 0i32;
+                    for l in 16 * half..16 * half + 16 {
+                        let low = ((qs[l] >> (2 * j)) & 3) as i32;
+                        let high = ((x.hmask[l] >> bit) & 1) as i32;
+                        s += (low + 4 * high - 4) * q8[l] as i32;
+                    }
+                    sumi += sc[8 * h + 2 * j + half] as i32 * s;
+                }
             }
-            sumi += sc[g] as i32 * s;
         }
         sum += x.d.to_f32() * y.d * sumi as f32;
     }

@@ -108,12 +108,21 @@ pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
     let mut sum = 0f32;
     for (x, y) in w.iter().zip(a) {
         let mut sumi = 0i32;
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                s += (level(x, i) as i32 - 32) * y.qs[i] as i32;
+        for h in 0..2 {
+            let ql = &x.ql[64 * h..64 * h + 64];
+            let qh = &x.qh[32 * h..32 * h + 32];
+            let q8 = &y.qs[128 * h..128 * h + 128];
+            for k in 0..4 {
+                let (ql, shift) = (&ql[32 * (k & 1)..32 * (k & 1) + 32], 4 * (k / 2));
+                for half in 0..2 {
+                    let mut s = 0i32;
+                    for l in 16 * half..16 * half + 16 {
+                        let q = ((ql[l] >> shift) & 0xf) | (((qh[l] >> (2 * k)) & 3) << 4);
+                        s += (q as i32 - 32) * q8[32 * k + l] as i32;
+                    }
+                    sumi += x.scales[8 * h + 2 * k + half] as i32 * s;
+                }
             }
-            sumi += x.scales[g] as i32 * s;
         }
         sum += x.d.to_f32() * y.d * sumi as f32;
     }
