@@ -5,11 +5,14 @@
 //! Owns the block type, dequantization bit-identical to ggml, ggml's
 //! reference quantizer (`quantize_row_mxfp4_ref`, which is also what
 //! `llama-quantize` uses), and the dot product with a Q8_0 activation row
-//! (ggml's `vec_dot_type` for MXFP4): scalar reference, AVX2 and AVX-512.
+//! (ggml's `vec_dot_type` for MXFP4): scalar reference, AVX2 and AVX-512,
+//! through the table-lookup kernels it shares with IQ4_NL
+//! (`iquants::dot`).
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::dispatch::TypeKernels;
+use crate::dispatch::{TypeKernels, VecDotFn};
+use crate::quants::iquants::dot::{nl_q8_0, nl_q8_0_ref, NlBlock};
 use crate::quants::iquants::grids::KVALUES_MXFP4;
 use crate::quants::iquants::{blocks, with_blocks_mut};
 use crate::simd::SimdLevel;
@@ -94,13 +97,38 @@ pub fn quantize_mxfp4(src: &[f32], dst: &mut [u8]) {
     });
 }
 
+impl NlBlock for BlockMXFP4 {
+    const VALUES: [i8; 16] = KVALUES_MXFP4;
+    #[inline]
+    fn codes(&self) -> &[u8; 16] {
+        &self.qs
+    }
+    #[inline]
+    fn scale_with(&self, _h2f: impl Fn(half::f16) -> f32) -> f32 {
+        e8m0_to_f32_half(self.e)
+    }
+}
+
+/// Reference dot product of `n` MXFP4 weights with a Q8_0 row (ggml's
+/// `ggml_vec_dot_mxfp4_q8_0_generic`: per block `d8 * 2^(e-128)` times
+/// the integer sum of code values times quants).
+pub fn vec_dot_mxfp4_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    nl_q8_0_ref::<BlockMXFP4>(n, w, act)
+}
+
+/// The MXFP4 x Q8_0 dot product for `level` (AVX2 / AVX-512 share the
+/// IQ4_NL table-lookup kernels; other levels use the reference).
+pub fn vec_dot_mxfp4_q8_0(level: SimdLevel) -> VecDotFn {
+    nl_q8_0::<BlockMXFP4>(level)
+}
+
 /// The MXFP4 kernels (None for other types).
-pub(crate) fn kernels(ty: GgmlType, _level: SimdLevel) -> Option<TypeKernels> {
-    (ty == GgmlType::MXFP4).then_some(TypeKernels {
+pub(crate) fn kernels(ty: GgmlType, level: SimdLevel) -> Option<TypeKernels> {
+    (ty == GgmlType::MXFP4).then(|| TypeKernels {
         ty,
         dequantize: dequantize_mxfp4,
         quantize: Some(quantize_mxfp4),
         vec_dot_type: GgmlType::Q8_0,
-        vec_dot: None,
+        vec_dot: Some(vec_dot_mxfp4_q8_0(level)),
     })
 }

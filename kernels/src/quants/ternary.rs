@@ -2,14 +2,15 @@
 //! five trits per byte in base 3) and TQ2_0 (2.06 bpw, one trit per 2
 //! bits). Weights are `d * {-1, 0, 1}` with one f16 scale per 256.
 //!
-//! Block types and dequantization bit-identical to ggml. No `vec_dot`: the
-//! matmul dequantizes their rows.
+//! Block types, dequantization bit-identical to ggml and ggml's reference
+//! quantizers (`quantize_row_tq*_ref`: scale = max |x|, trits = round(x/d)).
+//! No `vec_dot`: the matmul dequantizes their rows.
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use crate::dispatch::TypeKernels;
-use crate::quants::iquants::{blocks, QK_K};
+use crate::quants::iquants::{blocks, with_blocks_mut, QK_K};
 use crate::simd::SimdLevel;
 use crate::types::GgmlType;
 
@@ -84,18 +85,78 @@ pub fn dequantize_tq2_0(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// The ternary kernels of `ty` (dequantization only; activations would be
-/// Q8_K as in ggml).
+/// The block scale (max |x|) and its inverse (0 for an all-zero block).
+fn ternary_scale(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    (amax, if amax != 0.0 { 1.0 / amax } else { 0.0 })
+}
+
+/// `x / d` rounded (half away from zero) to -1, 0, 1, stored as 0, 1, 2.
+#[inline]
+fn to_trit(x: f32, id: f32) -> u8 {
+    ((x * id).round() as i32 + 1).clamp(0, 2) as u8
+}
+
+/// Packs up to 5 trits (first = most significant) into a byte as the
+/// base-3 fraction rounded up to 0..256, the inverse of [`trit`].
+#[inline]
+fn pack_trits(trits: impl Iterator<Item = u8>) -> u8 {
+    let q = trits.fold(0u16, |q, t| q * 3 + t as u16);
+    (q * 256).div_ceil(243) as u8
+}
+
+/// Quantizes `src` to TQ1_0 (ggml's `quantize_row_tq1_0_ref`).
+pub fn quantize_tq1_0(src: &[f32], dst: &mut [u8]) {
+    with_blocks_mut::<BlockTQ1_0>(dst, |ys| {
+        for (x, y) in src.chunks_exact(QK_K).zip(ys.iter_mut()) {
+            let (d, id) = ternary_scale(x);
+            y.d = f16::from_f32(d);
+            // Byte m of a plane group of width w holds elements m, m+w, ..
+            // of that group's 5w elements.
+            let (a, rest) = x.split_at(160);
+            let (b, c) = rest.split_at(80);
+            for (m, q) in y.qs[..32].iter_mut().enumerate() {
+                *q = pack_trits((0..5).map(|n| to_trit(a[m + 32 * n], id)));
+            }
+            for (m, q) in y.qs[32..].iter_mut().enumerate() {
+                *q = pack_trits((0..5).map(|n| to_trit(b[m + 16 * n], id)));
+            }
+            for (j, q) in y.qh.iter_mut().enumerate() {
+                // Four trits, shifted up one place (the fifth is 0).
+                let t = (0..4).map(|n| to_trit(c[j + 4 * n], id)).chain([0]);
+                *q = pack_trits(t);
+            }
+        }
+    });
+}
+
+/// Quantizes `src` to TQ2_0 (ggml's `quantize_row_tq2_0_ref`).
+pub fn quantize_tq2_0(src: &[f32], dst: &mut [u8]) {
+    with_blocks_mut::<BlockTQ2_0>(dst, |ys| {
+        for (x, y) in src.chunks_exact(QK_K).zip(ys.iter_mut()) {
+            let (d, id) = ternary_scale(x);
+            y.d = f16::from_f32(d);
+            for (qs, x) in y.qs.chunks_exact_mut(32).zip(x.chunks_exact(128)) {
+                for (m, q) in qs.iter_mut().enumerate() {
+                    *q = (0..4).fold(0, |q, n| q | to_trit(x[m + 32 * n], id) << (2 * n));
+                }
+            }
+        }
+    });
+}
+
+/// The ternary kernels of `ty` (no `vec_dot`; activations would be Q8_K
+/// as in ggml).
 pub(crate) fn kernels(ty: GgmlType, _level: SimdLevel) -> Option<TypeKernels> {
-    let dequantize: crate::dispatch::DequantFn = match ty {
-        GgmlType::TQ1_0 => dequantize_tq1_0,
-        GgmlType::TQ2_0 => dequantize_tq2_0,
+    let (dequantize, quantize): (crate::dispatch::DequantFn, crate::dispatch::QuantFn) = match ty {
+        GgmlType::TQ1_0 => (dequantize_tq1_0, quantize_tq1_0),
+        GgmlType::TQ2_0 => (dequantize_tq2_0, quantize_tq2_0),
         _ => return None,
     };
     Some(TypeKernels {
         ty,
         dequantize,
-        quantize: None,
+        quantize: Some(quantize),
         vec_dot_type: GgmlType::Q8_K,
         vec_dot: None,
     })

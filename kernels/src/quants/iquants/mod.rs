@@ -3,15 +3,18 @@
 //! IQ4_NL, IQ4_XS (a non-linear 4-bit value table).
 //!
 //! This module owns the block types, dequantization bit-identical to ggml
-//! for all nine, the quantizers of IQ4_NL / IQ4_XS (ggml's `quantize_iq4_*`
-//! without an importance matrix), and fast dot products for the types ggml
-//! computes directly: IQ4_NL x Q8_0, IQ4_XS x Q8_K and IQ2_XXS x Q8_K
-//! (scalar reference, AVX2, AVX-512). The other i-quants have no `vec_dot`:
-//! the matmul dequantizes their rows.
+//! for all nine, the quantizers of IQ4_NL / IQ4_XS (ggml's
+//! `quantize_iq4_*`, importance matrix optional) and IQ2_XXS (importance
+//! matrix required, so it is not in the dispatch table:
+//! [`quantize_iq2_xxs`]), and fast dot products for the types ggml computes
+//! directly: IQ4_NL x Q8_0, IQ4_XS x Q8_K and IQ2_XXS x Q8_K (scalar
+//! reference, AVX2, AVX-512). The other i-quants have no `vec_dot`: the
+//! matmul dequantizes their rows.
 //!
 //! Files: [`grids`] (lookup tables, pure data), [`iq2`], [`iq3`], [`iq1`],
-//! [`iq4`] (block types, dequantization, quantization), [`dot`] (the
-//! dot products).
+//! [`iq4`] (block types, dequantization, IQ4 quantization),
+//! [`iq2xxs_quant`], [`dot`] (the dot products; AVX2 / AVX-512 versions in
+//! `dot/x86.rs`).
 
 use std::borrow::Cow;
 
@@ -21,19 +24,27 @@ use crate::dispatch::TypeKernels;
 use crate::simd::SimdLevel;
 use crate::types::GgmlType;
 
+pub mod dot;
 pub mod grids;
 pub mod iq1;
 pub mod iq2;
+pub mod iq2xxs_quant;
 pub mod iq3;
 pub mod iq4;
 
+pub use dot::{
+    iq2_xxs_q8_k, iq4_nl_q8_0, iq4_xs_q8_k, vec_dot_iq2_xxs_q8_k_ref, vec_dot_iq4_nl_q8_0_ref,
+    vec_dot_iq4_xs_q8_k_ref,
+};
 pub use iq1::{dequantize_iq1_m, dequantize_iq1_s, BlockIQ1M, BlockIQ1S};
 pub use iq2::{
     dequantize_iq2_s, dequantize_iq2_xs, dequantize_iq2_xxs, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS,
 };
+pub use iq2xxs_quant::quantize_iq2_xxs;
 pub use iq3::{dequantize_iq3_s, dequantize_iq3_xxs, BlockIQ3S, BlockIQ3XXS};
 pub use iq4::{
-    dequantize_iq4_nl, dequantize_iq4_xs, quantize_iq4_nl, quantize_iq4_xs, BlockIQ4NL, BlockIQ4XS,
+    dequantize_iq4_nl, dequantize_iq4_xs, quantize_iq4_nl, quantize_iq4_nl_weighted,
+    quantize_iq4_xs, quantize_iq4_xs_weighted, BlockIQ4NL, BlockIQ4XS,
 };
 
 /// Elements per super-block of the 256-element i-quants.
@@ -100,18 +111,36 @@ fn kernel(
 }
 
 /// The i-quant kernels of `ty` at `level` (None for types of other families).
-pub(crate) fn kernels(ty: GgmlType, _level: SimdLevel) -> Option<TypeKernels> {
+pub(crate) fn kernels(ty: GgmlType, level: SimdLevel) -> Option<TypeKernels> {
     use GgmlType as T;
     match ty {
-        T::IQ2_XXS => kernel(ty, dequantize_iq2_xxs, None, T::Q8_K, None),
+        T::IQ2_XXS => kernel(
+            ty,
+            dequantize_iq2_xxs,
+            None,
+            T::Q8_K,
+            Some(iq2_xxs_q8_k(level)),
+        ),
         T::IQ2_XS => kernel(ty, dequantize_iq2_xs, None, T::Q8_K, None),
         T::IQ2_S => kernel(ty, dequantize_iq2_s, None, T::Q8_K, None),
         T::IQ3_XXS => kernel(ty, dequantize_iq3_xxs, None, T::Q8_K, None),
         T::IQ3_S => kernel(ty, dequantize_iq3_s, None, T::Q8_K, None),
         T::IQ1_S => kernel(ty, dequantize_iq1_s, None, T::Q8_K, None),
         T::IQ1_M => kernel(ty, dequantize_iq1_m, None, T::Q8_K, None),
-        T::IQ4_NL => kernel(ty, dequantize_iq4_nl, Some(quantize_iq4_nl), T::Q8_0, None),
-        T::IQ4_XS => kernel(ty, dequantize_iq4_xs, Some(quantize_iq4_xs), T::Q8_K, None),
+        T::IQ4_NL => kernel(
+            ty,
+            dequantize_iq4_nl,
+            Some(quantize_iq4_nl),
+            T::Q8_0,
+            Some(iq4_nl_q8_0(level)),
+        ),
+        T::IQ4_XS => kernel(
+            ty,
+            dequantize_iq4_xs,
+            Some(quantize_iq4_xs),
+            T::Q8_K,
+            Some(iq4_xs_q8_k(level)),
+        ),
         _ => None,
     }
 }
