@@ -1,0 +1,298 @@
+//! `dwarfstar serve` settings: the TOML file (one table per concern:
+//! `[http]`, `[model]`, `[limits]`; later concerns such as the mesh get
+//! their own table), command-line flags over it, API keys from
+//! `DWARFSTAR_API_KEYS` too, and the checks that turn them into [`Settings`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: HttpConfig,
+    pub model: ModelConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[http]`: where and for whom the API listens.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port`.
+    pub addr: String,
+    /// Bearer tokens that may call `/v1/*`. None: loopback only.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[model]`: what is served.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub path: Option<PathBuf>,
+    /// The id in `/v1/models` (default: the file name without `.gguf`).
+    pub name: Option<String>,
+    /// Kernel worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Positions per sequence (default: the model's, at most 8192).
+    pub ctx_size: Option<usize>,
+    /// `KEY=TYPE:VALUE` metadata overrides.
+    pub override_kv: Vec<String>,
+}
+
+/// `[limits]`: budgets of the scheduler.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests waiting for a slot before 429.
+    pub queue: usize,
+    /// Prompt tokens per engine step, all sequences together.
+    pub prefill_chunk: usize,
+    /// `max_tokens` when a request gives none (default: the rest of the
+    /// context).
+    pub default_max_tokens: Option<usize>,
+    /// Cap on `max_tokens` (requests above are clamped, not refused).
+    pub max_tokens: Option<usize>,
+    /// States kept for prefix reuse (0 disables).
+    pub prefix_cache_entries: usize,
+    /// Bytes the prefix cache may hold, in MiB.
+    pub prefix_cache_mib: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_batch: 16,
+            queue: 64,
+            prefill_chunk: 128,
+            default_max_tokens: None,
+            max_tokens: None,
+            prefix_cache_entries: 32,
+            prefix_cache_mib: 1024,
+        }
+    }
+}
+
+/// Flags that override the file (None: not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub model: Option<PathBuf>,
+    pub model_name: Option<String>,
+    pub http_addr: Option<String>,
+    pub api_keys: Vec<String>,
+    pub threads: Option<usize>,
+    pub ctx_size: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub queue: Option<usize>,
+    pub prefill_chunk: Option<usize>,
+    pub override_kv: Vec<String>,
+}
+
+/// Everything `serve` runs with, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub api_keys: Vec<String>,
+    pub max_body_bytes: usize,
+    pub model_path: PathBuf,
+    pub model_name: String,
+    pub threads: Option<usize>,
+    pub ctx_size: Option<usize>,
+    pub override_kv: Vec<String>,
+    pub limits: LimitsConfig,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        FileConfig::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// Splits `DWARFSTAR_API_KEYS`-style text: comma-separated, blanks skipped.
+pub fn split_keys(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Merges file, flags and the environment's keys, and checks the result.
+pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result<Settings> {
+    let FileConfig {
+        http,
+        model,
+        mut limits,
+    } = file;
+    let addr_text = o.http_addr.unwrap_or(http.addr);
+    let addr = addr_text
+        .to_socket_addrs()
+        .with_context(|| format!("listen address {addr_text:?}"))?
+        .next()
+        .with_context(|| format!("listen address {addr_text:?} resolves to nothing"))?;
+    let mut api_keys = http.api_keys;
+    api_keys.extend(o.api_keys);
+    api_keys.extend(env_keys.map(split_keys).unwrap_or_default());
+    api_keys.retain(|k| !k.trim().is_empty());
+    api_keys.dedup();
+    if api_keys.is_empty() && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could use the model. \
+             Give --api-key (or [http] api_keys, or DWARFSTAR_API_KEYS), or listen on a loopback address \
+             such as 127.0.0.1:{}",
+            addr.port()
+        );
+    }
+    let model_path = o
+        .model
+        .or(model.path)
+        .context("no model: give --model PATH or [model] path in the config file")?;
+    let model_name = o.model_name.or(model.name).unwrap_or_else(|| {
+        let f = model_path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        f.strip_suffix(".gguf").unwrap_or(&f).to_string()
+    });
+    if let Some(v) = o.max_batch {
+        limits.max_batch = v;
+    }
+    if let Some(v) = o.queue {
+        limits.queue = v;
+    }
+    if let Some(v) = o.prefill_chunk {
+        limits.prefill_chunk = v;
+    }
+    for (name, v) in [
+        ("max_batch", limits.max_batch),
+        ("queue", limits.queue),
+        ("prefill_chunk", limits.prefill_chunk),
+    ] {
+        if v == 0 {
+            bail!("[limits] {name} must be at least 1");
+        }
+    }
+    if limits.default_max_tokens == Some(0) || limits.max_tokens == Some(0) {
+        bail!("[limits] default_max_tokens and max_tokens must be at least 1");
+    }
+    let ctx_size = o.ctx_size.or(model.ctx_size);
+    if ctx_size.is_some_and(|c| c < 2) {
+        bail!("the context size must be at least 2");
+    }
+    let mut override_kv = model.override_kv;
+    override_kv.extend(o.override_kv);
+    Ok(Settings {
+        addr,
+        api_keys,
+        max_body_bytes: http.max_body_bytes.max(1024),
+        model_path,
+        model_name,
+        threads: o.threads.or(model.threads),
+        ctx_size,
+        override_kv,
+        limits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(model: &str) -> Overrides {
+        Overrides {
+            model: Some(model.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../deploy/dwarfstar.example.toml");
+        let c = FileConfig::parse(text).unwrap();
+        assert_ne!(c, FileConfig::default());
+        assert!(c.model.path.is_some());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_keys_add_up() {
+        let c = FileConfig::parse(
+            "[http]\naddr = \"127.0.0.1:9000\"\napi_keys = [\"a\"]\n[model]\npath = \"/m/x.gguf\"\nthreads = 3\n\
+             [limits]\nmax_batch = 4\nqueue = 2\n",
+        )
+        .unwrap();
+        let s = resolve(
+            c,
+            Overrides {
+                api_keys: vec!["b".into()],
+                queue: Some(9),
+                ..Default::default()
+            },
+            Some(" c, ,d "),
+        )
+        .unwrap();
+        assert_eq!(s.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.api_keys, vec!["a", "b", "c", "d"]);
+        assert_eq!(s.model_name, "x");
+        assert_eq!(s.threads, Some(3));
+        assert_eq!((s.limits.max_batch, s.limits.queue), (4, 9));
+    }
+
+    #[test]
+    fn no_keys_means_loopback_only() {
+        let o = Overrides {
+            http_addr: Some("0.0.0.0:8080".into()),
+            ..flags("m.gguf")
+        };
+        let e = resolve(FileConfig::default(), o.clone(), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("refusing to listen on 0.0.0.0:8080 without API keys"),
+            "{e}"
+        );
+        assert!(resolve(FileConfig::default(), o, Some("k")).is_ok());
+        assert!(resolve(FileConfig::default(), flags("m.gguf"), None).is_ok());
+        let v6 = Overrides {
+            http_addr: Some("[::1]:8080".into()),
+            ..flags("m.gguf")
+        };
+        assert!(resolve(FileConfig::default(), v6, None).is_ok());
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(FileConfig::parse("[http]\nadress = \"x\"\n").is_err());
+        assert!(FileConfig::parse("[limits]\nqueue = \"many\"\n").is_err());
+        assert!(resolve(FileConfig::default(), Overrides::default(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("no model"));
+        let zero = Overrides {
+            max_batch: Some(0),
+            ..flags("m.gguf")
+        };
+        assert!(resolve(FileConfig::default(), zero, None).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! `dwarfstar serve`: an OpenAI-compatible HTTP server with continuous
+//! batching and a chat page.
+//!
+//! - [`config`]: the TOML file, flags and keys, checked into settings;
+//! - [`scheduler`]: the engine thread — admission, chunked prefill, one
+//!   batched forward pass per step, sampling, cancellation;
+//! - [`prefix`]: the cache of recent states for shared prompt starts;
+//! - [`openai`]: request parsing and response bodies;
+//! - [`api`]: the axum routes, auth, streaming;
+//! - [`metrics`]: counters, gauges and the Prometheus rendering.
+//!
+//! The model lives on one `std::thread` (its kernels use the rayon pool);
+//! the tokio runtime only moves bytes.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod openai;
+pub mod prefix;
+pub mod scheduler;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dwarfstar_model::Model;
+
+use self::config::{FileConfig, Overrides};
+use self::metrics::Metrics;
+use self::scheduler::{SchedConfig, Scheduler};
+use crate::cli::{init_threads, load_tokenizer};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Path to a GGUF model file (or [model] path in the config).
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// TOML configuration file (see deploy/dwarfstar.example.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address, host:port [default: 127.0.0.1:8080]. Addresses other
+    /// than loopback need API keys.
+    #[arg(long)]
+    pub http_addr: Option<String>,
+    /// An API key clients must send as `Authorization: Bearer KEY`.
+    /// Repeatable; DWARFSTAR_API_KEYS adds comma-separated keys.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// Kernel worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Positions per sequence (default: the model's, at most 8192).
+    #[arg(long, short = 'c')]
+    pub ctx_size: Option<usize>,
+    /// Most sequences decoded together [default: 16].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Requests that may wait for a slot before 429 [default: 64].
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Prompt tokens run per step, all sequences together [default: 128].
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// The model id clients use (default: the file name without .gguf).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Override a metadata value: KEY=TYPE:VALUE. Repeatable.
+    #[arg(long = "override-kv", value_name = "KEY=TYPE:VALUE")]
+    pub override_kv: Vec<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let flags = Overrides {
+        model: a.model,
+        model_name: a.model_name,
+        http_addr: a.http_addr,
+        api_keys: a.api_keys,
+        threads: a.threads,
+        ctx_size: a.ctx_size,
+        max_batch: a.max_batch,
+        queue: a.queue,
+        prefill_chunk: a.prefill_chunk,
+        override_kv: a.override_kv,
+    };
+    let env_keys = std::env::var("DWARFSTAR_API_KEYS").ok();
+    let s = config::resolve(file, flags, env_keys.as_deref())?;
+
+    init_threads(s.threads)?;
+    let overrides = s
+        .override_kv
+        .iter()
+        .map(|o| dwarfstar_gguf::parse_override(o).with_context(|| format!("override {o}")))
+        .collect::<Result<Vec<_>>>()?;
+    let (model, gguf) = Model::open(&s.model_path, &overrides)
+        .with_context(|| format!("loading {}", s.model_path.display()))?;
+    let tok = Arc::new(load_tokenizer(&gguf, &s.model_path)?);
+    let ctx_size = s
+        .ctx_size
+        .unwrap_or_else(|| model.n_ctx_train().min(8192))
+        .max(2);
+    let n_vocab = model.n_vocab();
+    let arch = model.arch().to_string();
+    let eog: Vec<bool> = (0..n_vocab).map(|id| tok.is_eog(id as u32)).collect();
+
+    let metrics = Arc::new(Metrics::new());
+    let (submit, rx) = scheduler::queue(s.limits.queue, metrics.clone());
+    let sched = Scheduler::new(
+        model,
+        SchedConfig {
+            max_batch: s.limits.max_batch,
+            prefill_chunk: s.limits.prefill_chunk,
+            ctx_size,
+            cache_entries: s.limits.prefix_cache_entries,
+            cache_bytes: s.limits.prefix_cache_mib.saturating_mul(1 << 20),
+            min_prefix: 16,
+        },
+        eog,
+        rx,
+        metrics.clone(),
+    );
+    let engine = std::thread::Builder::new()
+        .name("dwarfstar-engine".into())
+        .spawn(move || sched.run())
+        .context("starting the engine thread")?;
+
+    let state = Arc::new(api::AppState {
+        tok,
+        submit,
+        metrics,
+        model_name: s.model_name.clone(),
+        arch,
+        n_vocab,
+        ctx_size,
+        keys: s.api_keys.clone(),
+        max_body_bytes: s.max_body_bytes,
+        limits: s.limits.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(s.addr)
+            .await
+            .with_context(|| format!("listening on {}", s.addr))?;
+        let local = listener.local_addr()?;
+        println!(
+            "dwarfstar serve: listening on http://{local} (model {}, context {ctx_size}, batch {}, queue {}{})",
+            s.model_name,
+            s.limits.max_batch,
+            s.limits.queue,
+            if s.api_keys.is_empty() { ", no API keys" } else { "" }
+        );
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving HTTP")
+    })?;
+    drop(rt);
+    // Every submitter is gone: the engine ends its sequences and returns.
+    let _ = engine.join();
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("dwarfstar serve: shutting down");
+}

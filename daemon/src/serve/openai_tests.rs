@@ -1,0 +1,224 @@
+//! Request parsing: defaults, every refusal names its `param`.
+
+use super::*;
+
+fn chat(body: &str) -> Res<ChatRequest> {
+    chat_request(body.as_bytes())
+}
+
+#[test]
+fn a_minimal_chat_gets_openai_defaults() {
+    let r = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+    assert_eq!(r.model.as_deref(), Some("m"));
+    assert_eq!(r.messages, vec![ChatMessage::new("user", "hi")]);
+    let s = &r.sampling;
+    assert_eq!(
+        (s.temperature, s.top_p, s.top_k, s.min_p),
+        (1.0, 1.0, 0, 0.0)
+    );
+    assert_eq!(
+        (s.max_tokens, s.seed, s.stream, s.include_usage),
+        (None, None, false, false)
+    );
+}
+
+#[test]
+fn every_field_is_read() {
+    let r = chat(
+        r#"{"messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+            {"role":"assistant","content":null},{"role":"user","content":"q"}],
+            "temperature":0,"top_p":0.5,"top_k":3,"min_p":0.1,"seed":-1,"max_tokens":9,
+            "max_completion_tokens":7,"stop":["x","y"],"stream":true,"stream_options":{"include_usage":true},
+            "n":1,"logprobs":false,"presence_penalty":0.5,"frequency_penalty":-0.5,"ignore_eos":true,
+            "user":"someone","tools":[]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.model, None);
+    assert_eq!(r.messages[0], ChatMessage::new("system", "a\nb"));
+    assert_eq!(r.messages[1], ChatMessage::new("assistant", ""));
+    let s = &r.sampling;
+    assert_eq!(
+        (s.temperature, s.top_p, s.top_k, s.min_p),
+        (0.0, 0.5, 3, 0.1)
+    );
+    assert_eq!((s.max_tokens, s.seed), (Some(7), Some(u64::MAX)));
+    assert_eq!(s.stop, vec!["x", "y"]);
+    assert!(s.stream && s.include_usage && s.ignore_eos);
+    assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, -0.5));
+    assert_eq!(
+        chat(r#"{"messages":[{"role":"user","content":"q"}],"stop":"z"}"#)
+            .unwrap()
+            .sampling
+            .stop,
+        vec!["z"]
+    );
+}
+
+#[test]
+fn bad_chat_requests_name_the_param() {
+    let cases = [
+        ("{", ""),
+        ("[1]", ""),
+        (r#"{"messages":[]}"#, "messages"),
+        (r#"{"model":"m"}"#, "messages"),
+        (r#"{"messages":"hi"}"#, "messages"),
+        (r#"{"messages":[1]}"#, "messages[0]"),
+        (
+            r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+            "messages[0].role",
+        ),
+        (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
+        (r#"{"messages":[{"role":"user"}]}"#, "messages[0].content"),
+        (
+            r#"{"messages":[{"role":"user","content":5}]}"#,
+            "messages[0].content",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+            "messages[0].content",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+            "temperature",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+            "temperature",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"top_p":1.5}"#,
+            "top_p",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":-5}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":1.5}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":"10"}"#,
+            "max_tokens",
+        ),
+        (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"stop":[1]}"#,
+            "stop",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"stop":{}}"#,
+            "stop",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+            "stream",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#,
+            "stream_options.include_usage",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"seed":"s"}"#,
+            "seed",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"model":7}"#,
+            "model",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
+            "logprobs",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+            "tools",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+            "response_format",
+        ),
+    ];
+    for (body, param) in cases {
+        let e = chat(body).expect_err(body);
+        assert_eq!(e.status, 400, "{body}");
+        assert_eq!(e.kind, "invalid_request_error");
+        assert_eq!(
+            e.param.as_deref().unwrap_or(""),
+            param,
+            "{body}: {}",
+            e.message
+        );
+        let b = e.body();
+        assert!(b["error"]["message"].is_string());
+        assert!(b["error"].as_object().unwrap().contains_key("code"));
+    }
+}
+
+#[test]
+fn completion_prompts() {
+    let p = |b: &str| completion_request(b.as_bytes()).map(|r| r.prompt);
+    assert_eq!(p(r#"{"prompt":"a"}"#), Ok(Prompt::Text("a".into())));
+    assert_eq!(p(r#"{"prompt":["a"]}"#), Ok(Prompt::Text("a".into())));
+    assert_eq!(p(r#"{"prompt":[1,2]}"#), Ok(Prompt::Tokens(vec![1, 2])));
+    assert_eq!(p(r#"{"prompt":[[3]]}"#), Ok(Prompt::Tokens(vec![3])));
+    for bad in [
+        r#"{}"#,
+        r#"{"prompt":5}"#,
+        r#"{"prompt":[]}"#,
+        r#"{"prompt":["a","b"]}"#,
+        r#"{"prompt":[-1]}"#,
+        r#"{"prompt":[1,"a"]}"#,
+    ] {
+        let e = p(bad).expect_err(bad);
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (400, Some("prompt")),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn response_bodies_have_openais_shape() {
+    let env = Envelope::new(Kind::Chat, "m");
+    assert!(env.id.starts_with("chatcmpl-"));
+    let u = Usage {
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        cached_tokens: 1,
+    };
+    let w = env.whole("hi", "stop", u);
+    assert_eq!(w["object"], "chat.completion");
+    assert_eq!(w["choices"][0]["message"]["content"], "hi");
+    assert_eq!(w["usage"]["total_tokens"], 5);
+    let c = env.chunk(Some("x"), true, None);
+    assert_eq!(c["object"], "chat.completion.chunk");
+    assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(c["choices"][0]["finish_reason"], Value::Null);
+    let end = env.chunk(None, false, Some("length"));
+    assert_eq!(end["choices"][0]["delta"], json!({}));
+    assert_eq!(env.usage_chunk(u)["choices"], json!([]));
+    let t = Envelope::new(Kind::Text, "m");
+    assert_eq!(t.whole("a", "length", u)["choices"][0]["text"], "a");
+    assert_eq!(t.chunk(Some("b"), true, None)["object"], "text_completion");
+    for e in [
+        ApiError::unauthorized("no"),
+        ApiError::model_not_found("x"),
+        ApiError::too_large("big"),
+        ApiError::queue_full(),
+        ApiError::unavailable("down"),
+        ApiError::internal("oops"),
+    ] {
+        let b = e.body();
+        for k in ["message", "type", "param", "code"] {
+            assert!(b["error"].as_object().unwrap().contains_key(k));
+        }
+    }
+    assert_eq!(ApiError::unauthorized("x").code, Some("invalid_api_key"));
+    assert_eq!(ApiError::model_not_found("x").status, 404);
+}

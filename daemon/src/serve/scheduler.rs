@@ -1,0 +1,447 @@
+//! Continuous batching: the engine loop that owns the model.
+//!
+//! One thread runs [`Scheduler::run`]. Each step it admits waiting requests
+//! (FIFO, up to `max_batch` active sequences), builds one batch out of every
+//! active sequence — the next token of each decoding sequence, and a chunk of
+//! the prompt of each sequence still in prefill, at most `prefill_chunk`
+//! prompt tokens per step in all so decoding sequences keep getting steps —
+//! runs it through the model in one [`Backend::forward_batch`], samples the
+//! sequences whose input is all in, and sends each token to its request's
+//! channel. A request whose receiver is gone (client disconnected, or it saw
+//! a stop string) is dropped at the next step; the state of every sequence
+//! that ends goes into the [`PrefixCache`] for later prompts sharing its start.
+//!
+//! The logic is generic over [`Backend`] so tests can drive it with a fake
+//! model and no sockets; the real backend is [`dwarfstar_model::Model`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+
+use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use super::prefix::PrefixCache;
+
+/// What the scheduler needs of a model.
+pub trait Backend {
+    type State;
+    fn new_state(&self, capacity: usize) -> Self::State;
+    fn state_len(&self, s: &Self::State) -> usize;
+    fn truncate(&self, s: &mut Self::State, len: usize);
+    fn clone_state(&self, s: &Self::State) -> Self::State;
+    /// Releases spare capacity before a state is kept in the cache.
+    fn compact(&self, _s: &mut Self::State) {}
+    fn state_bytes(&self, s: &Self::State) -> usize;
+    /// Runs every `(tokens, state, all_logits)` in one pass; one logits
+    /// vector per item.
+    fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut Self::State, bool)],
+    ) -> Result<Vec<Vec<f32>>, String>;
+}
+
+impl Backend for Model {
+    type State = SeqState;
+
+    fn new_state(&self, capacity: usize) -> SeqState {
+        Model::new_state(self, capacity)
+    }
+
+    fn state_len(&self, s: &SeqState) -> usize {
+        s.len()
+    }
+
+    fn truncate(&self, s: &mut SeqState, len: usize) {
+        s.truncate(len)
+    }
+
+    fn clone_state(&self, s: &SeqState) -> SeqState {
+        s.clone()
+    }
+
+    fn compact(&self, s: &mut SeqState) {
+        if let SeqState::Dense(kv) = s {
+            for l in &mut kv.layers {
+                l.k.shrink_to_fit();
+                l.v.shrink_to_fit();
+            }
+        }
+    }
+
+    fn state_bytes(&self, s: &SeqState) -> usize {
+        s.bytes()
+    }
+
+    fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut SeqState, bool)],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        Model::forward_batch(self, items).map_err(|e| e.to_string())
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-generation token.
+    Stop,
+    /// `max_tokens` or the context reached.
+    Length,
+}
+
+/// What the engine tells a request, in order: `Started`, then `Token`s,
+/// then `Done` or `Failed`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Admitted; `cached_tokens` prompt tokens came from the prefix cache.
+    Started {
+        cached_tokens: usize,
+    },
+    Token(u32),
+    Done(Finish),
+    Failed(String),
+}
+
+/// A request for generation, with its prompt already tokenized.
+#[derive(Debug)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    /// At least 1; the context also stops a sequence.
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// OpenAI's penalties, over the generated tokens (0 disables).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+    pub events: UnboundedSender<Event>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full (HTTP 429).
+    Full,
+    /// The engine has stopped (HTTP 503).
+    Closed,
+}
+
+/// The HTTP side's handle on the queue.
+#[derive(Clone)]
+pub struct Submitter {
+    tx: SyncSender<GenRequest>,
+    metrics: Arc<Metrics>,
+}
+
+impl Submitter {
+    /// Queues `r` unless the queue is full.
+    pub fn submit(&self, r: GenRequest) -> Result<(), SubmitError> {
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
+        let res = self.tx.try_send(r);
+        if res.is_err() {
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+        }
+        match res {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+}
+
+/// A bounded queue of `capacity` (at least 1) waiting requests.
+pub fn queue(capacity: usize, metrics: Arc<Metrics>) -> (Submitter, Receiver<GenRequest>) {
+    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    (Submitter { tx, metrics }, rx)
+}
+
+/// The engine's knobs.
+#[derive(Clone, Debug)]
+pub struct SchedConfig {
+    /// Most sequences run at once.
+    pub max_batch: usize,
+    /// Most prompt tokens run in one step, all sequences together.
+    pub prefill_chunk: usize,
+    /// Positions each sequence may hold.
+    pub ctx_size: usize,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    /// Shortest cached prefix worth a clone.
+    pub min_prefix: usize,
+}
+
+/// One running sequence.
+struct Seq<S> {
+    req: GenRequest,
+    state: S,
+    /// Prompt then generated tokens; `history[state_len..]` is the input
+    /// still to run.
+    history: Vec<u32>,
+    n_gen: usize,
+    sampler: Sampler,
+    counts: HashMap<u32, u32>,
+    ended: bool,
+}
+
+/// The engine loop's state. See the module doc.
+pub struct Scheduler<B: Backend> {
+    backend: B,
+    cfg: SchedConfig,
+    eog: Vec<bool>,
+    rx: Receiver<GenRequest>,
+    open: bool,
+    active: Vec<Seq<B::State>>,
+    cache: PrefixCache<B::State>,
+    metrics: Arc<Metrics>,
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// `eog[id]` tells whether token `id` ends generation.
+    pub fn new(
+        backend: B,
+        cfg: SchedConfig,
+        eog: Vec<bool>,
+        rx: Receiver<GenRequest>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache = PrefixCache::new(cfg.cache_entries, cfg.cache_bytes);
+        Scheduler {
+            backend,
+            cfg,
+            eog,
+            rx,
+            open: true,
+            active: Vec::new(),
+            cache,
+            metrics,
+        }
+    }
+
+    /// Runs until every submitter is gone and the last sequence ended.
+    pub fn run(mut self) {
+        loop {
+            self.admit(true);
+            if self.active.is_empty() && !self.open {
+                break;
+            }
+            self.step();
+        }
+    }
+
+    /// Sequences running now.
+    #[cfg(test)]
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Moves waiting requests into free slots, oldest first. With `block`
+    /// and nothing running, waits for the first one.
+    pub fn admit(&mut self, block: bool) {
+        while self.open && self.active.len() < self.cfg.max_batch.max(1) {
+            let r = if block && self.active.is_empty() {
+                match self.rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.open = false;
+                        break;
+                    }
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(r) => r,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.open = false;
+                        break;
+                    }
+                }
+            };
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            if !r.events.is_closed() {
+                self.start(r);
+            }
+        }
+        self.metrics.active.store(self.active.len(), Relaxed);
+    }
+
+    fn start(&mut self, r: GenRequest) {
+        let n = r.prompt.len();
+        if n == 0 || n >= self.cfg.ctx_size {
+            let _ = r.events.send(Event::Failed(format!(
+                "the prompt has {n} tokens; this server runs 1 to {} per request",
+                self.cfg.ctx_size.saturating_sub(1)
+            )));
+            return;
+        }
+        // Keep at least the last prompt token to run: it gives the logits.
+        let hit = self
+            .cache
+            .best(&r.prompt)
+            .map(|(s, len)| (s, len.min(n - 1)))
+            .filter(|&(_, len)| len >= self.cfg.min_prefix.max(1));
+        let (state, cached) = match hit {
+            Some((s, len)) => {
+                let mut s = self.backend.clone_state(s);
+                self.backend.truncate(&mut s, len);
+                self.metrics.prefix_hits.fetch_add(1, Relaxed);
+                self.metrics.prefix_tokens.fetch_add(len as u64, Relaxed);
+                (s, len)
+            }
+            None => {
+                self.metrics.prefix_misses.fetch_add(1, Relaxed);
+                (self.backend.new_state(self.cfg.ctx_size), 0)
+            }
+        };
+        let _ = r.events.send(Event::Started {
+            cached_tokens: cached,
+        });
+        self.active.push(Seq {
+            history: r.prompt.clone(),
+            sampler: Sampler::new(r.sampler.clone()),
+            req: r,
+            state,
+            n_gen: 0,
+            counts: HashMap::new(),
+            ended: false,
+        });
+    }
+
+    /// One batched forward pass over every active sequence, then sampling.
+    pub fn step(&mut self) {
+        for s in &mut self.active {
+            if s.req.events.is_closed() {
+                s.ended = true;
+            }
+        }
+        self.retire();
+        if self.active.is_empty() {
+            return;
+        }
+        // How many input tokens each sequence runs this step.
+        let mut budget = self.cfg.prefill_chunk.max(1);
+        let mut take = Vec::with_capacity(self.active.len());
+        let mut prefill = 0;
+        for s in &self.active {
+            let pending = s.history.len() - self.backend.state_len(&s.state);
+            let t = if s.n_gen > 0 {
+                pending
+            } else {
+                let t = pending.min(budget);
+                budget -= t;
+                prefill += t;
+                t
+            };
+            take.push(t);
+        }
+        let backend = &self.backend;
+        let mut items: Vec<(&[u32], &mut B::State, bool)> = Vec::new();
+        for (s, &t) in self.active.iter_mut().zip(&take) {
+            if t > 0 {
+                let at = backend.state_len(&s.state);
+                items.push((&s.history[at..at + t], &mut s.state, false));
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let result = backend.forward_batch(&mut items);
+        drop(items);
+        self.metrics.steps.fetch_add(1, Relaxed);
+        self.metrics
+            .prefill_tokens
+            .fetch_add(prefill as u64, Relaxed);
+        let mut logits = match result {
+            Ok(l) => l.into_iter(),
+            Err(e) => {
+                tracing::error!("forward pass failed: {e}");
+                for (s, &t) in self.active.iter_mut().zip(&take) {
+                    if t > 0 {
+                        let _ = s.req.events.send(Event::Failed(e.clone()));
+                        s.ended = true;
+                    }
+                }
+                // Their states may be half written: do not cache them.
+                self.active.retain(|s| !s.ended);
+                self.metrics.active.store(self.active.len(), Relaxed);
+                return;
+            }
+        };
+        let mut sampled = 0;
+        for (s, &t) in self.active.iter_mut().zip(&take) {
+            if t == 0 {
+                continue;
+            }
+            let Some(mut l) = logits.next() else { break };
+            if self.backend.state_len(&s.state) < s.history.len() {
+                continue; // still in prefill
+            }
+            penalize(
+                &mut l,
+                &s.counts,
+                s.req.presence_penalty,
+                s.req.frequency_penalty,
+            );
+            let tok = s.sampler.sample(&l, &s.history);
+            s.history.push(tok);
+            s.n_gen += 1;
+            sampled += 1;
+            if s.req.presence_penalty != 0.0 || s.req.frequency_penalty != 0.0 {
+                *s.counts.entry(tok).or_insert(0) += 1;
+            }
+            let _ = s.req.events.send(Event::Token(tok));
+            let eog = self.eog.get(tok as usize).copied().unwrap_or(false);
+            let finish = if eog && !s.req.ignore_eos {
+                Some(Finish::Stop)
+            } else if s.n_gen >= s.req.max_tokens || s.history.len() > self.cfg.ctx_size {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            if let Some(f) = finish {
+                let _ = s.req.events.send(Event::Done(f));
+                s.ended = true;
+            }
+        }
+        self.metrics.decoded(sampled);
+        self.retire();
+    }
+
+    /// Removes ended sequences, keeping their states in the prefix cache.
+    fn retire(&mut self) {
+        if self.active.iter().any(|s| s.ended) {
+            let (ended, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+                .into_iter()
+                .partition(|s| s.ended);
+            self.active = keep;
+            for mut s in ended {
+                let len = self.backend.state_len(&s.state);
+                if len > 0 && self.cfg.cache_entries > 0 {
+                    self.backend.compact(&mut s.state);
+                    let bytes = self.backend.state_bytes(&s.state);
+                    s.history.truncate(len);
+                    self.cache.insert(s.history, s.state, bytes);
+                }
+            }
+            self.metrics.prefix_entries.store(self.cache.len(), Relaxed);
+            self.metrics.prefix_bytes.store(self.cache.bytes(), Relaxed);
+        }
+        self.metrics.active.store(self.active.len(), Relaxed);
+    }
+}
+
+/// OpenAI's presence and frequency penalties on `logits`, from the counts of
+/// the tokens generated so far.
+fn penalize(logits: &mut [f32], counts: &HashMap<u32, u32>, presence: f32, frequency: f32) {
+    for (&t, &c) in counts {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l -= presence + frequency * c as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

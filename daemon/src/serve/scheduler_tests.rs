@@ -1,0 +1,343 @@
+//! The scheduler driven by a fake model: admission order, chunked prefill,
+//! cancellation, finish reasons, the prefix cache and the queue bound.
+
+use std::cell::RefCell;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::*;
+
+const VOCAB: usize = 16;
+
+/// A model whose next-token logits depend on every token its state holds,
+/// so any slip in batching or caching changes the output.
+struct Fake {
+    /// Per forward pass: each item's token count and whether it was a
+    /// prompt chunk (more than one token, or a first token).
+    calls: RefCell<Vec<Vec<usize>>>,
+}
+
+#[derive(Clone, Debug)]
+struct FakeState {
+    tokens: Vec<u32>,
+    capacity: usize,
+}
+
+fn next_logits(tokens: &[u32]) -> Vec<f32> {
+    let mut h: u64 = 1469598103934665603;
+    for &t in tokens {
+        h = (h ^ t as u64).wrapping_mul(1099511628211);
+    }
+    let mut l = vec![0.0; VOCAB];
+    l[(h % VOCAB as u64) as usize] = 1.0;
+    l[((h >> 8) % VOCAB as u64) as usize] += 0.5;
+    l
+}
+
+impl Backend for Fake {
+    type State = FakeState;
+    fn new_state(&self, capacity: usize) -> FakeState {
+        FakeState {
+            tokens: Vec::new(),
+            capacity,
+        }
+    }
+    fn state_len(&self, s: &FakeState) -> usize {
+        s.tokens.len()
+    }
+    fn truncate(&self, s: &mut FakeState, len: usize) {
+        s.tokens.truncate(len)
+    }
+    fn clone_state(&self, s: &FakeState) -> FakeState {
+        s.clone()
+    }
+    fn state_bytes(&self, s: &FakeState) -> usize {
+        s.tokens.len() * 4
+    }
+    fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut FakeState, bool)],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        self.calls
+            .borrow_mut()
+            .push(items.iter().map(|i| i.0.len()).collect());
+        let mut out = Vec::new();
+        for (toks, st, _) in items.iter_mut() {
+            if st.tokens.len() + toks.len() > st.capacity {
+                return Err("context full".into());
+            }
+            st.tokens.extend_from_slice(toks);
+            out.push(next_logits(&st.tokens));
+        }
+        Ok(out)
+    }
+}
+
+fn cfg() -> SchedConfig {
+    SchedConfig {
+        max_batch: 4,
+        prefill_chunk: 8,
+        ctx_size: 64,
+        cache_entries: 4,
+        cache_bytes: 1 << 20,
+        min_prefix: 2,
+    }
+}
+
+fn sched(cfg: SchedConfig, eog: &[u32]) -> (Scheduler<Fake>, Submitter, Arc<Metrics>) {
+    let m = Arc::new(Metrics::new());
+    let (sub, rx) = queue(4, m.clone());
+    let mut e = vec![false; VOCAB];
+    for &t in eog {
+        e[t as usize] = true;
+    }
+    let fake = Fake {
+        calls: RefCell::new(Vec::new()),
+    };
+    (Scheduler::new(fake, cfg, e, rx, m.clone()), sub, m)
+}
+
+fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, UnboundedReceiver<Event>) {
+    let (tx, rx) = unbounded_channel();
+    (
+        GenRequest {
+            prompt,
+            max_tokens,
+            sampler: SamplerConfig::greedy(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            ignore_eos: false,
+            events: tx,
+        },
+        rx,
+    )
+}
+
+/// The greedy continuation computed one token at a time, no scheduler.
+fn reference(prompt: &[u32], n: usize, eog: &[u32]) -> Vec<u32> {
+    let mut toks = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = dwarfstar_model::sampler::argmax(&next_logits(&toks));
+        out.push(t);
+        toks.push(t);
+        if eog.contains(&t) {
+            break;
+        }
+    }
+    out
+}
+
+fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut v = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        v.push(e);
+    }
+    v
+}
+
+fn tokens(ev: &[Event]) -> Vec<u32> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Token(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn run_all(s: &mut Scheduler<Fake>) {
+    for _ in 0..1000 {
+        s.admit(false);
+        if s.active() == 0 {
+            return;
+        }
+        s.step();
+    }
+    panic!("did not finish");
+}
+
+#[test]
+fn alone_and_batched_outputs_match_the_reference() {
+    let (mut s, sub, m) = sched(cfg(), &[]);
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| (0..(3 + 5 * i)).map(|j| (j * 7 + i) % 13).collect())
+        .collect();
+    let mut rxs = Vec::new();
+    for p in &prompts[..4] {
+        let (r, rx) = req(p.clone(), 10);
+        sub.submit(r).unwrap();
+        rxs.push(rx);
+    }
+    run_all(&mut s);
+    for (p, rx) in prompts.iter().zip(&mut rxs) {
+        let ev = drain(rx);
+        assert_eq!(ev[0], Event::Started { cached_tokens: 0 });
+        assert_eq!(tokens(&ev), reference(p, 10, &[]));
+        assert_eq!(ev.last(), Some(&Event::Done(Finish::Length)));
+    }
+    assert_eq!(m.generated_tokens.load(Relaxed), 40);
+    assert_eq!(m.queue_depth.load(Relaxed), 0);
+    assert_eq!(m.active.load(Relaxed), 0);
+}
+
+#[test]
+fn prefill_is_chunked_and_decoders_step_every_time() {
+    let (mut s, sub, _) = sched(cfg(), &[]);
+    let (r, mut short) = req(vec![1, 2], 30);
+    sub.submit(r).unwrap();
+    s.admit(false);
+    s.step(); // prefill of the short prompt, first token
+    let long: Vec<u32> = (0..40).map(|i| i % 11).collect();
+    let (r, mut long_rx) = req(long.clone(), 3);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let calls = s.backend.calls.borrow();
+    // After the first step, every pass carries the decoding sequence (1
+    // token) and at most 8 prompt tokens of the long one.
+    for c in calls.iter().skip(1).take(5) {
+        assert_eq!(c.len(), 2, "{calls:?}");
+        assert_eq!(c[0], 1);
+        assert!(c[1] <= 8);
+    }
+    assert_eq!(tokens(&drain(&mut short)), reference(&[1, 2], 30, &[]));
+    assert_eq!(tokens(&drain(&mut long_rx)), reference(&long, 3, &[]));
+}
+
+#[test]
+fn fifo_admission_up_to_max_batch() {
+    let (mut s, sub, m) = sched(
+        SchedConfig {
+            max_batch: 2,
+            ..cfg()
+        },
+        &[],
+    );
+    let mut rxs = Vec::new();
+    for i in 0..3 {
+        let (r, rx) = req(vec![i, i + 1], 4);
+        sub.submit(r).unwrap();
+        rxs.push(rx);
+    }
+    s.admit(false);
+    assert_eq!(s.active(), 2);
+    assert_eq!(m.queue_depth.load(Relaxed), 1);
+    assert!(drain(&mut rxs[2]).is_empty());
+    s.step();
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rxs[2])), reference(&[2, 3], 4, &[]));
+}
+
+#[test]
+fn end_of_generation_stops_and_the_context_caps_length() {
+    let want = reference(&[5, 6, 7], 20, &[]);
+    let eog = want[3];
+    let (mut s, sub, _) = sched(cfg(), &[eog]);
+    let (r, mut rx) = req(vec![5, 6, 7], 20);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    let got = tokens(&ev);
+    assert_eq!(got, reference(&[5, 6, 7], 20, &[eog]));
+    assert_eq!(*got.last().unwrap(), eog);
+    assert_eq!(ev.last(), Some(&Event::Done(Finish::Stop)));
+
+    // A prompt of 60 in a context of 64: five tokens fit (the fifth is
+    // sampled but never run), then "length".
+    let (mut s, sub, _) = sched(cfg(), &[]);
+    let p: Vec<u32> = (0..60).map(|i| i % 3).collect();
+    let (r, mut rx) = req(p, 1000);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(tokens(&ev).len(), 5);
+    assert_eq!(ev.last(), Some(&Event::Done(Finish::Length)));
+
+    let (r, mut rx) = req((0..64).collect(), 10);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    assert!(matches!(drain(&mut rx)[..], [Event::Failed(_)]));
+}
+
+#[test]
+fn a_dropped_receiver_frees_its_slot() {
+    let (mut s, sub, m) = sched(
+        SchedConfig {
+            max_batch: 1,
+            ..cfg()
+        },
+        &[],
+    );
+    let (r, rx) = req(vec![1, 2, 3], 50);
+    sub.submit(r).unwrap();
+    let (r2, mut rx2) = req(vec![4, 5], 3);
+    sub.submit(r2).unwrap();
+    s.admit(false);
+    s.step();
+    s.step();
+    drop(rx);
+    s.step();
+    assert_eq!(s.active(), 0);
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rx2)), reference(&[4, 5], 3, &[]));
+    // The cancelled sequence's state was cached.
+    assert!(m.prefix_entries.load(Relaxed) >= 1);
+}
+
+#[test]
+fn a_shared_prefix_is_reused_and_gives_the_same_output() {
+    let (mut s, sub, m) = sched(cfg(), &[]);
+    let system: Vec<u32> = (0..20).map(|i| (i * 5) % 9).collect();
+    let mut a = system.clone();
+    a.extend([1, 1]);
+    let mut b = system.clone();
+    b.extend([2, 3, 4]);
+    let (r, mut rx) = req(a.clone(), 5);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rx)), reference(&a, 5, &[]));
+    let (r, mut rx) = req(b.clone(), 5);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(ev[0], Event::Started { cached_tokens: 20 });
+    assert_eq!(tokens(&ev), reference(&b, 5, &[]));
+    // The same prompt again: all but its last token come from the cache.
+    let (r, mut rx) = req(b.clone(), 5);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(
+        ev[0],
+        Event::Started {
+            cached_tokens: b.len() - 1
+        }
+    );
+    assert_eq!(tokens(&ev), reference(&b, 5, &[]));
+    assert_eq!(m.prefix_hits.load(Relaxed), 2);
+    assert_eq!(m.prefix_misses.load(Relaxed), 1);
+}
+
+#[test]
+fn a_full_queue_refuses_and_a_stopped_engine_is_closed() {
+    let (s, sub, m) = sched(cfg(), &[]);
+    let mut keep = Vec::new();
+    for _ in 0..4 {
+        let (r, rx) = req(vec![1], 1);
+        sub.submit(r).unwrap();
+        keep.push(rx);
+    }
+    let (r, _rx) = req(vec![1], 1);
+    assert_eq!(sub.submit(r), Err(SubmitError::Full));
+    assert_eq!(m.queue_depth.load(Relaxed), 4);
+    drop(s);
+    let (r, _rx) = req(vec![1], 1);
+    assert_eq!(sub.submit(r), Err(SubmitError::Closed));
+}
+
+#[test]
+fn penalties_lower_repeated_tokens() {
+    let mut l = vec![1.0, 2.0, 3.0];
+    let counts = HashMap::from([(2, 3), (0, 1)]);
+    penalize(&mut l, &counts, 0.5, 1.0);
+    assert_eq!(l, vec![-0.5, 2.0, -0.5]);
+}
