@@ -9,6 +9,9 @@
 //! `stream_options.include_usage`; llama.cpp's extensions `top_k`, `min_p`,
 //! `repeat_penalty` and `ignore_eos`. Unknown fields are ignored; features
 //! this server lacks (`logprobs`, tools, JSON mode, images) are refused.
+//! A `max_tokens` larger than the room left in the context (or than
+//! `[limits] max_tokens`) is clamped, not refused: the answer then ends
+//! with `finish_reason: "length"`. Non-integers and values below 1 are 400.
 
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Map, Value};
