@@ -93,9 +93,10 @@ class Browser:
         return r["result"].get("value")
 
     def wait_for(self, expr, timeout=60):
+        """Polls `expr` until truthy; errors (e.g. the page not loaded yet) count as false."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            v = self.js(expr)
+            v = self.js(f"(() => {{ try {{ return {expr}; }} catch (e) {{ return false; }} }})()")
             if v:
                 return v
             time.sleep(0.05)
@@ -156,6 +157,7 @@ def test_the_chat_page_streams_a_reply(server):
             time.sleep(0.01)
         assert b.js("document.querySelector('.msg.user').textContent") == QUESTION
         assert b.js("document.querySelectorAll('.msg.error').length") == 0
+        print(f"the reply took {len(seen)} distinct states")
         assert seen[-1] == want
         partial = [s for s in seen if s and s != want]
         assert partial, "the reply appeared all at once, not streamed"
