@@ -1,0 +1,308 @@
+//! The `deepseek2` architecture: DeepSeek V2/V2.5/V3/R1 GGUF files as
+//! llama.cpp writes them (MLA stored as `attn_kv_a_mqa` + split
+//! `attn_k_b`/`attn_v_b`).
+//!
+//! - [`hparams`]: metadata, checked, and the YaRN/attention scales;
+//! - [`weights`]: tensors bound with every dimension checked against its key;
+//! - [`mla`]: absorbed multi-head latent attention and its latent cache;
+//! - [`moe`]: routing and per-expert execution, plus the shared experts.
+//!
+//! As with the dense models, the pass is split into [`Deepseek2Model::embed`],
+//! [`Deepseek2Model::forward_layers`] (any contiguous layer range) and
+//! [`Deepseek2Model::logits`].
+
+pub mod ggml_simd;
+pub mod hparams;
+pub mod mla;
+pub mod moe;
+pub mod repack;
+pub mod weights;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use dwarfstar_gguf::GgufFile;
+use dwarfstar_kernels::{matmul, ops};
+
+use crate::error::{ModelError, Result};
+use crate::weights::Weight;
+
+pub use hparams::{Ds2HParams, Gating, MoeParams};
+pub use mla::MlaCache;
+pub use weights::Ds2Weights;
+
+use ggml_simd::FloatOp;
+use mla::{norm_rows, Span};
+use weights::{Ffn, Stack};
+
+/// What a layer needs besides its weights: the mapped file, and whether to
+/// reproduce llama.cpp's x86 arithmetic bit for bit ([`repack`],
+/// [`ggml_simd`]).
+pub(crate) struct Ctx<'a> {
+    pub file: &'a GgufFile,
+    pub exact: bool,
+}
+
+impl Ctx<'_> {
+    /// `x · wᵀ` for `n` rows, as llama.cpp's `MUL_MAT` on a 2-D weight.
+    pub fn mm(&self, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n * w.rows];
+        if self.exact && repack::eligible(w.ty, w.rows) {
+            repack::matmul(w.mat(self.file), x, n, &mut out, n - n % 4)?;
+        } else if let Some(o) = self
+            .exact
+            .then(|| ggml_simd::float_matmul(w.mat(self.file), x, n, FloatOp::MulMat))
+            .flatten()
+        {
+            out = o;
+        } else {
+            matmul(w.mat(self.file), x, n, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Matrix `e` of an expert stack over `n` rows, as `MUL_MAT_ID`.
+    pub fn expert_mm(&self, s: &Stack, e: usize, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n * s.rows];
+        if self.exact && repack::eligible(s.info.ty, s.rows) {
+            repack::matmul(s.mat(self.file, e), x, n, &mut out, 0)?;
+        } else if let Some(o) = self
+            .exact
+            .then(|| ggml_simd::float_matmul(s.mat(self.file, e), x, n, FloatOp::MulMatId))
+            .flatten()
+        {
+            out = o;
+        } else {
+            matmul(s.mat(self.file, e), x, n, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// `gate = silu(gate) · up`, rows of `row` values.
+    pub fn swiglu(&self, gate: &mut [f32], up: &[f32], row: usize) {
+        if self.exact {
+            ggml_simd::swiglu(gate, up, row);
+        } else {
+            ops::swiglu(gate, up);
+        }
+    }
+}
+
+/// A loaded deepseek2 model: the mapped file, hyper-parameters, weights.
+pub struct Deepseek2Model {
+    pub file: Arc<GgufFile>,
+    pub hp: Ds2HParams,
+    pub w: Ds2Weights,
+    /// Reproduce llama.cpp's x86 (AVX-512) CPU results bit for bit where
+    /// its arithmetic differs in the last bits: Q4_0/Q4_K/Q2_K products in
+    /// its repacked order, its vectorised `exp` in SwiGLU and the attention
+    /// softmax. On by default; off uses DwarfStar's faster SIMD kernels and
+    /// libm, equal up to those last bits.
+    pub llama_exact: bool,
+}
+
+/// One sequence of a batch: its new tokens, its cache, and whether every
+/// token's logits are wanted (else only the last one's).
+pub struct MlaSeqBatch<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut MlaCache,
+    pub all_logits: bool,
+}
+
+impl Deepseek2Model {
+    /// Binds a deepseek2 model from an opened GGUF file.
+    pub fn load(file: Arc<GgufFile>) -> Result<Deepseek2Model> {
+        let arch = file.get_str("general.architecture")?;
+        if arch != hparams::ARCH {
+            return Err(ModelError::UnsupportedArch(arch.to_string()));
+        }
+        let hp = Ds2HParams::from_gguf(&file)?;
+        let w = Ds2Weights::bind(&file, &hp)?;
+        Ok(Deepseek2Model {
+            file,
+            hp,
+            w,
+            llama_exact: true,
+        })
+    }
+
+    /// An empty latent cache for up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> MlaCache {
+        MlaCache::new(self.hp.n_layer, self.hp.cache_row(), capacity)
+    }
+
+    /// Cache bytes one position costs (f32 latent + rope key per layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.hp.n_layer * self.hp.cache_row() * 4
+    }
+
+    /// Embeds `tokens` into `n × n_embd` hidden states.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let e = self.hp.n_embd;
+        let mut x = vec![0f32; tokens.len() * e];
+        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(e)) {
+            if *t as usize >= self.hp.n_vocab {
+                return Err(ModelError::BadToken {
+                    id: *t,
+                    n_vocab: self.hp.n_vocab,
+                });
+            }
+            self.w
+                .tok_embd
+                .dequantize_row(&self.file, *t as usize, row)?;
+        }
+        Ok(x)
+    }
+
+    /// Runs `layers` over `x`: the hidden rows of one or more sequences,
+    /// back to back (`seqs[i]` owns the next `seqs[i].0` rows, at positions
+    /// `cache.len()..` of its own cache). Latent rows are written into each
+    /// cache; the caller advances the caches once every layer has run.
+    pub fn forward_layers(
+        &self,
+        layers: Range<usize>,
+        x: &mut [f32],
+        seqs: &mut [(usize, &mut MlaCache)],
+    ) -> Result<()> {
+        let e = self.hp.n_embd;
+        let n: usize = seqs.iter().map(|s| s.0).sum();
+        if n == 0 || x.len() != n * e {
+            return Err(ModelError::Invalid(format!(
+                "hidden state of {} floats is not {n} rows of {e}",
+                x.len()
+            )));
+        }
+        if layers.end > self.hp.n_layer {
+            return Err(ModelError::Invalid(format!(
+                "layers {layers:?} outside 0..{}",
+                self.hp.n_layer
+            )));
+        }
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for (cnt, c) in seqs.iter() {
+            c.reserve(*cnt)?;
+            if c.row() != self.hp.cache_row() {
+                return Err(ModelError::Invalid(format!(
+                    "cache rows of {} floats, the model needs {}",
+                    c.row(),
+                    self.hp.cache_row()
+                )));
+            }
+            spans.push(Span {
+                row,
+                len: *cnt,
+                pos0: c.len(),
+            });
+            row += *cnt;
+        }
+        let mut caches: Vec<&mut MlaCache> = seqs.iter_mut().map(|s| &mut *s.1).collect();
+        for il in layers {
+            self.layer(il, x, n, &spans, &mut caches)?;
+        }
+        Ok(())
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            file: &self.file,
+            exact: self.llama_exact,
+        }
+    }
+
+    fn layer(
+        &self,
+        il: usize,
+        x: &mut [f32],
+        n: usize,
+        spans: &[Span],
+        caches: &mut [&mut MlaCache],
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let l = &self.w.layers[il];
+        let f = &self.ctx();
+
+        let mut cur = x.to_vec();
+        norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
+        let attn = mla::attention(f, hp, &l.attn, il, &cur, spans, caches)?;
+        ops::add_assign(x, &attn);
+
+        let mut cur = x.to_vec();
+        norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
+        let out = match &l.ffn {
+            Ffn::Dense(w) => moe::mlp(f, w, &cur, n)?,
+            Ffn::Moe(w) => {
+                let p = hp.moe.as_ref().ok_or_else(|| {
+                    ModelError::Invalid("MoE layer without MoE parameters".into())
+                })?;
+                moe::moe_ffn(f, p, w, &cur, n)?
+            }
+        };
+        ops::add_assign(x, &out);
+        Ok(())
+    }
+
+    /// Final norm and output head for the hidden rows `x` (`m × n_embd`):
+    /// `m × n_vocab` logits.
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let e = self.hp.n_embd;
+        let mut h = x.to_vec();
+        norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
+        self.ctx().mm(&self.w.output, &h, x.len() / e)
+    }
+
+    /// Runs `tokens` through the whole model after what `cache` holds and
+    /// returns the last token's logits, or every token's when `all_logits`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut MlaCache,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let mut batch = [MlaSeqBatch {
+            tokens,
+            cache,
+            all_logits,
+        }];
+        Ok(self.forward_batch(&mut batch)?.pop().unwrap_or_default())
+    }
+
+    /// Runs several sequences in one pass: their tokens share every matrix
+    /// product (and every expert's), each attends over its own cache.
+    pub fn forward_batch(&self, seqs: &mut [MlaSeqBatch<'_>]) -> Result<Vec<Vec<f32>>> {
+        if seqs.iter().any(|s| s.tokens.is_empty()) {
+            return Err(ModelError::Invalid(
+                "a sequence in the batch has no tokens".into(),
+            ));
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut x = self.embed(&tokens)?;
+        {
+            let mut segs: Vec<(usize, &mut MlaCache)> = seqs
+                .iter_mut()
+                .map(|s| (s.tokens.len(), &mut *s.cache))
+                .collect();
+            self.forward_layers(0..self.hp.n_layer, &mut x, &mut segs)?;
+        }
+        let e = self.hp.n_embd;
+        let mut rows = Vec::new();
+        let mut row = 0;
+        for s in seqs.iter_mut() {
+            let n = s.tokens.len();
+            s.cache.advance(n);
+            let from = if s.all_logits { row } else { row + n - 1 };
+            rows.extend_from_slice(&x[from * e..(row + n) * e]);
+            row += n;
+        }
+        let logits = self.logits(&rows)?;
+        let nv = self.hp.n_vocab;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for s in seqs.iter() {
+            let m = if s.all_logits { s.tokens.len() } else { 1 };
+            out.push(logits[at * nv..(at + m) * nv].to_vec());
+            at += m;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,246 @@
+//! The `deepseek2` architecture (MLA + MoE) against the tiny DeepSeek V3
+//! reference: every GGUF variant's logits at all 24 positions against
+//! llama.cpp's for the same file (1e-2), the f32 file against transformers
+//! (1e-4), greedy continuations, cache against recompute, batching, the
+//! latent cache size, and rejection of inconsistent metadata.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dwarfstar_gguf::{GgufFile, Value};
+use dwarfstar_model::sampler::argmax;
+use dwarfstar_model::{Model, ModelError, SeqState};
+
+use crate::common::*;
+
+fn dir() -> PathBuf {
+    fixtures().join("tiny-deepseek-v3")
+}
+
+fn gguf(label: &str) -> PathBuf {
+    dir().join(format!("tiny-dsv3-{label}.gguf"))
+}
+
+fn open(label: &str) -> Model {
+    Model::open(&gguf(label), &[])
+        .expect("tiny deepseek loads")
+        .0
+}
+
+fn summary() -> serde_json::Value {
+    read_json(&dir().join("tiny-dsv3.summary.json"))
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn prompt() -> Vec<u32> {
+    ids(&summary()["tokens"])
+}
+
+/// Every position's logits from one pass over the prompt.
+fn all_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
+    let mut st = m.new_state(toks.len() + 32);
+    m.forward(toks, &mut st, true).expect("forward")
+}
+
+/// Max |Δ| per position.
+fn per_position(a: &[f32], b: &[f32], n_vocab: usize) -> Vec<f32> {
+    a.chunks_exact(n_vocab)
+        .zip(b.chunks_exact(n_vocab))
+        .map(|(x, y)| max_abs_diff(x, y))
+        .collect()
+}
+
+fn check_against(label: &str, reference: &str, tol: f32) {
+    let m = open(label);
+    let toks = prompt();
+    let ours = all_logits(&m, &toks);
+    let want = read_f32(&dir().join(reference));
+    assert_eq!(ours.len(), want.len(), "{label}: logits shape");
+    let pp = per_position(&ours, &want, m.n_vocab());
+    let worst = pp.iter().copied().fold(0.0, f32::max);
+    let pp_s: Vec<String> = pp.iter().map(|d| format!("{d:.1e}")).collect();
+    eprintln!(
+        "{label} vs {reference}: max |Δ| {worst:.3e}, per position [{}]",
+        pp_s.join(" ")
+    );
+    assert!(
+        worst < tol,
+        "{label}: logits differ from {reference} by {worst} (per position {pp:?})"
+    );
+}
+
+fn check_llama(label: &str) {
+    check_against(label, &format!("tiny-dsv3.{label}.logits.f32.bin"), 1e-2);
+}
+
+#[test]
+fn dsv3_f32_matches_llama_cpp() {
+    check_llama("f32");
+}
+
+#[test]
+fn dsv3_f16_matches_llama_cpp() {
+    check_llama("f16");
+}
+
+#[test]
+fn dsv3_q8_0_matches_llama_cpp() {
+    check_llama("q8_0");
+}
+
+#[test]
+fn dsv3_q4_k_m_matches_llama_cpp() {
+    check_llama("Q4_K_M");
+}
+
+#[test]
+fn dsv3_q2_k_matches_llama_cpp() {
+    check_llama("Q2_K");
+}
+
+#[test]
+fn dsv3_f32_matches_transformers() {
+    check_against("f32", "tiny-dsv3.hf-fp32.logits.f32.bin", 1e-4);
+}
+
+/// Greedy decoding through the latent cache reproduces transformers'
+/// 16-token continuation (which recomputes the whole sequence each step).
+#[test]
+fn dsv3_greedy_matches_transformers() {
+    let want = ids(&summary()["reference"]["greedy"]);
+    for label in ["f32", "f16"] {
+        let m = open(label);
+        let toks = prompt();
+        let mut st = m.new_state(toks.len() + want.len());
+        let mut logits = m.forward(&toks, &mut st, false).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let t = argmax(&logits);
+            got.push(t);
+            if got.len() < want.len() {
+                logits = m.forward(&[t], &mut st, false).unwrap();
+            }
+        }
+        assert_eq!(got, want, "{label}: greedy continuation");
+    }
+}
+
+/// Decoding one token at a time through the cache gives the logits of one
+/// pass over the whole sequence; so does a prefix prefill plus a chunk.
+/// (In llama.cpp-exact mode a Q4_K product's last bits depend on the batch
+/// size, as in llama.cpp, whose GEMM and GEMV sum in different orders; the
+/// quantized file is checked with DwarfStar's batch-invariant kernels.)
+#[test]
+fn dsv3_cache_equals_recompute() {
+    for label in ["f32", "Q4_K_M"] {
+        let mut m = open(label);
+        if let Model::Deepseek2(d) = &mut m {
+            d.llama_exact = label == "f32";
+        }
+        let toks = prompt();
+        let full = all_logits(&m, &toks);
+        let nv = m.n_vocab();
+        let mut st = m.new_state(toks.len());
+        let mut worst = 0f32;
+        for (i, t) in toks.iter().enumerate() {
+            let l = m.forward(&[*t], &mut st, false).unwrap();
+            worst = worst.max(max_abs_diff(&l, &full[i * nv..(i + 1) * nv]));
+        }
+        assert!(
+            worst < 1e-4,
+            "{label}: token-by-token decode differs by {worst}"
+        );
+        // Rewind to 10 positions, run the rest as one chunk.
+        st.truncate(10);
+        let rest = m.forward(&toks[10..], &mut st, true).unwrap();
+        let d = max_abs_diff(&rest, &full[10 * nv..]);
+        assert!(d < 1e-4, "{label}: chunk after truncate differs by {d}");
+        eprintln!("{label}: decode vs one pass {worst:.1e}, chunk {d:.1e}");
+    }
+}
+
+/// Several sequences in one batch (sharing expert groups) give each one's
+/// own logits.
+#[test]
+fn dsv3_batch_equals_separate_runs() {
+    let m = open("q8_0");
+    let toks = prompt();
+    let (a, b) = (&toks[..7], &toks[5..24]);
+    let alone_a = all_logits(&m, a);
+    let alone_b = all_logits(&m, b);
+    let mut sa = m.new_state(32);
+    let mut sb = m.new_state(32);
+    let out = {
+        let mut items: Vec<(&[u32], &mut SeqState, bool)> =
+            vec![(a, &mut sa, true), (b, &mut sb, true)];
+        m.forward_batch(&mut items).unwrap()
+    };
+    assert!(max_abs_diff(&out[0], &alone_a) < 1e-4);
+    assert!(max_abs_diff(&out[1], &alone_b) < 1e-4);
+    assert_eq!((sa.len(), sb.len()), (7, 19));
+}
+
+/// Only the latent and the rope key are cached: (64 + 16) f32 per layer.
+#[test]
+fn dsv3_cache_holds_only_the_latent() {
+    let m = open("f32");
+    assert_eq!(m.arch(), "deepseek2");
+    assert_eq!(m.kv_bytes_per_token(), 4 * (64 + 16) * 4);
+    let toks = prompt();
+    let mut st = m.new_state(toks.len());
+    m.forward(&toks, &mut st, false).unwrap();
+    assert_eq!(st.bytes(), toks.len() * m.kv_bytes_per_token());
+    let err = m.forward(&[1], &mut st, false).unwrap_err();
+    assert!(matches!(err, ModelError::ContextFull { .. }), "{err}");
+}
+
+/// A file whose metadata disagrees with its tensors (or lacks a key) is
+/// rejected with an error that names the key.
+#[test]
+fn dsv3_bad_metadata_names_the_key() {
+    let cases: &[(&str, Option<Value>)] = &[
+        ("deepseek2.expert_count", Some(Value::U32(16))),
+        ("deepseek2.expert_feed_forward_length", Some(Value::U32(64))),
+        ("deepseek2.attention.kv_lora_rank", Some(Value::U32(32))),
+        ("deepseek2.attention.q_lora_rank", Some(Value::U32(128))),
+        ("deepseek2.attention.head_count", Some(Value::U32(8))),
+        ("deepseek2.attention.key_length", Some(Value::U32(96))),
+        ("deepseek2.embedding_length", Some(Value::U32(512))),
+        ("deepseek2.expert_used_count", Some(Value::U32(9))),
+        ("deepseek2.expert_gating_func", Some(Value::U32(7))),
+        ("deepseek2.rope.dimension_count", Some(Value::U32(15))),
+        ("deepseek2.leading_dense_block_count", Some(Value::U32(2))),
+        ("deepseek2.attention.key_length_mla", None),
+        ("deepseek2.attention.kv_lora_rank", None),
+        ("deepseek2.expert_count", None),
+    ];
+    for (key, value) in cases {
+        let mut f = GgufFile::open(gguf("f32")).unwrap();
+        match value {
+            Some(v) => {
+                f.set(*key, v.clone());
+            }
+            None => {
+                f.metadata_mut().remove(key);
+            }
+        }
+        let err = match Model::load(Arc::new(f)) {
+            Ok(_) => panic!("{key} = {value:?} was accepted"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key),
+            "{key} = {value:?}: error does not name the key: {msg}"
+        );
+    }
+    // The untouched file loads.
+    assert!(Model::load(Arc::new(GgufFile::open(gguf("f32")).unwrap())).is_ok());
+}
