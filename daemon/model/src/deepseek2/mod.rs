@@ -5,7 +5,9 @@
 //! - [`hparams`]: metadata, checked, and the YaRN/attention scales;
 //! - [`weights`]: tensors bound with every dimension checked against its key;
 //! - [`mla`]: absorbed multi-head latent attention and its latent cache;
-//! - [`moe`]: routing and per-expert execution, plus the shared experts.
+//! - [`moe`]: routing and per-expert execution, plus the shared experts;
+//! - [`repack`], [`ggml_simd`]: llama.cpp's x86 summation orders and vector
+//!   `exp`, for [`Deepseek2Model::llama_exact`].
 //!
 //! As with the dense models, the pass is split into [`Deepseek2Model::embed`],
 //! [`Deepseek2Model::forward_layers`] (any contiguous layer range) and
@@ -95,9 +97,10 @@ pub struct Deepseek2Model {
     pub w: Ds2Weights,
     /// Reproduce llama.cpp's x86 (AVX-512) CPU results bit for bit where
     /// its arithmetic differs in the last bits: Q4_0/Q4_K/Q2_K products in
-    /// its repacked order, its vectorised `exp` in SwiGLU and the attention
-    /// softmax. On by default; off uses DwarfStar's faster SIMD kernels and
-    /// libm, equal up to those last bits.
+    /// its repacked order, F32/F16 products in tinyBLAS/`vec_dot` order, its
+    /// vectorised `exp` in SwiGLU and the attention softmax. Off by default
+    /// (DwarfStar's SIMD kernels and libm: equal up to those last bits, and
+    /// 5–10× faster on repacked types); the reference tests turn it on.
     pub llama_exact: bool,
 }
 
@@ -122,7 +125,7 @@ impl Deepseek2Model {
             file,
             hp,
             w,
-            llama_exact: true,
+            llama_exact: false,
         })
     }
 

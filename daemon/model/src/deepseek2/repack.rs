@@ -43,6 +43,8 @@ struct Act {
     q: Vec<i8>,
     /// Per row and block, the scale.
     d: Vec<f32>,
+    /// Per row and 16 values, the sum of the quantized values.
+    sums: Vec<i32>,
     block: usize,
 }
 
@@ -113,7 +115,11 @@ fn quantize_acts(ty: GgmlType, x: &[f32], cols: usize) -> Act {
             quantize_q8_k(xr, qr, dr);
         }
     }
-    Act { q, d, block }
+    let sums = q
+        .chunks_exact(16)
+        .map(|c| c.iter().map(|&v| v as i32).sum())
+        .collect();
+    Act { q, d, sums, block }
 }
 
 /// One weight row unpacked to integers: values, per-sub-block scales and
@@ -192,14 +198,15 @@ fn unpack(ty: GgmlType, bytes: &[u8], cols: usize, r: &mut Row) {
     }
 }
 
+/// Dot product of two 16-value groups.
 #[inline(always)]
-fn idot(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
-}
-
-#[inline(always)]
-fn isum(a: &[i8]) -> i32 {
-    a.iter().map(|&x| x as i32).sum()
+fn idot16(a: &[i8], b: &[i8]) -> i32 {
+    let (a, b) = (&a[..16], &b[..16]);
+    let mut s = 0i32;
+    for i in 0..16 {
+        s += a[i] as i32 * b[i] as i32;
+    }
+    s
 }
 
 /// One output: weight row `w` (type `ty`) against activation row `t`.
@@ -210,28 +217,42 @@ fn dot(ty: GgmlType, w: &Row, a: &Act, t: usize, cols: usize, k: Kernel) -> f32 
     if ty == GgmlType::Q4_0 {
         let mut acc = 0f32;
         for (b, &da) in ad.iter().enumerate() {
-            let s = idot(&w.q[b * 32..b * 32 + 32], &aq[b * 32..b * 32 + 32]);
+            let o = b * 32;
+            let s = idot16(&w.q[o..], &aq[o..]) + idot16(&w.q[o + 16..], &aq[o + 16..]);
             acc = (s as f32).mul_add(w.d[b] * da, acc);
         }
         return acc;
     }
-    // K-quants: sub-blocks of `sub` values, GEMM groups of `group` values.
-    let (sub, group) = if ty == GgmlType::Q4_K {
-        (32, 64)
-    } else {
-        (16, 128)
-    };
+    // K-quants: integer dots per 16 values, combined into sub-blocks with
+    // their scales, summed per GEMM group.
+    // Q4_K: sub-blocks of 2×16 values, groups of 2 sub-blocks (64 values);
+    // Q2_K: sub-blocks of 16 values, groups of 8 (128 values).
+    let (sub, group) = if ty == GgmlType::Q4_K { (2, 2) } else { (1, 8) };
+    let sums = &a.sums[t * (cols / 16)..(t + 1) * (cols / 16)];
     let (mut acc, mut accm) = (0f32, 0f32);
     for (b, &da) in ad.iter().enumerate() {
         let (dd, dm) = (w.d[b] * da, w.dmin[b] * da);
+        let mut d16 = [0i32; 16];
+        for (k16, v) in d16.iter_mut().enumerate() {
+            let o = b * 256 + 16 * k16;
+            *v = idot16(&w.q[o..], &aq[o..]);
+        }
         let (mut ib, mut imb) = (0i32, 0i32);
-        for g in 0..256 / group {
+        for g in 0..16 / (sub * group) {
             let (mut is, mut im) = (0i32, 0i32);
-            for s in 0..group / sub {
-                let si = b * (256 / sub) + g * (group / sub) + s;
-                let o = si * sub;
-                is += w.sc[si] * idot(&w.q[o..o + sub], &aq[o..o + sub]);
-                im += w.m[si] * isum(&aq[o..o + sub]);
+            for s in 0..group {
+                let k16 = (g * group + s) * sub;
+                let si = b * (16 / sub) + g * group + s;
+                let (dv, av) = if sub == 2 {
+                    (
+                        d16[k16] + d16[k16 + 1],
+                        sums[b * 16 + k16] + sums[b * 16 + k16 + 1],
+                    )
+                } else {
+                    (d16[k16], sums[b * 16 + k16])
+                };
+                is += w.sc[si] * dv;
+                im += w.m[si] * av;
             }
             match k {
                 Kernel::Gemm => {
@@ -258,14 +279,19 @@ fn row_outputs(
     w: MatRef<'_>,
     r: usize,
     a: &Act,
-    kernel: &dyn Fn(usize) -> Kernel,
+    gemm_rows: usize,
     row: &mut Row,
     o: &mut [f32],
 ) {
     let rb = w.data.len() / w.rows;
     unpack(ty, &w.data[r * rb..(r + 1) * rb], w.cols, row);
     for (t, v) in o.iter_mut().enumerate() {
-        *v = dot(ty, row, a, t, w.cols, kernel(t));
+        let k = if t < gemm_rows {
+            Kernel::Gemm
+        } else {
+            Kernel::Gemv
+        };
+        *v = dot(ty, row, a, t, w.cols, k);
     }
 }
 
@@ -287,20 +313,13 @@ pub fn matmul(w: MatRef<'_>, x: &[f32], n: usize, out: &mut [f32], gemm_rows: us
         ));
     }
     let a = quantize_acts(w.ty, x, w.cols);
-    let kernel = |t: usize| {
-        if t < gemm_rows {
-            Kernel::Gemm
-        } else {
-            Kernel::Gemv
-        }
-    };
     let mut by_row = vec![0f32; w.rows * n];
     by_row
         .par_chunks_mut(n)
         .enumerate()
         .with_min_len(8)
         .for_each_init(Row::default, |row, (r, o)| {
-            super::ggml_simd::fast(|| row_outputs(w.ty, w, r, &a, &kernel, row, o))
+            super::ggml_simd::fast(|| row_outputs(w.ty, w, r, &a, gemm_rows, row, o))
         });
     for (r, o) in by_row.chunks_exact(n).enumerate() {
         for (t, &v) in o.iter().enumerate() {
