@@ -225,6 +225,7 @@ fn dsv3_bad_metadata_names_the_key() {
         ("deepseek2.expert_gating_func", Some(Value::U32(7))),
         ("deepseek2.rope.dimension_count", Some(Value::U32(15))),
         ("deepseek2.leading_dense_block_count", Some(Value::U32(2))),
+        ("deepseek2.nextn_predict_layers", Some(Value::U32(4))),
         ("deepseek2.attention.key_length_mla", None),
         ("deepseek2.attention.kv_lora_rank", None),
         ("deepseek2.expert_count", None),

@@ -53,6 +53,8 @@ pub struct MoeParams {
 /// The shape of a `deepseek2` model.
 #[derive(Clone, Debug)]
 pub struct Ds2HParams {
+    /// Trunk layers (`block_count` less any trailing MTP blocks, which are
+    /// not run).
     pub n_layer: usize,
     pub n_ctx_train: usize,
     pub n_embd: usize,
@@ -314,7 +316,14 @@ impl Ds2HParams {
     /// Reads and checks the hyper-parameters of a deepseek2 file.
     pub fn from_gguf(f: &GgufFile) -> Result<Ds2HParams> {
         let kb = key("block_count");
-        let n_layer = positive(&kb, req(f, &kb)?, 4096)?;
+        let n_block = positive(&kb, req(f, &kb)?, 4096)?;
+        // Trailing multi-token-prediction blocks are not part of the trunk.
+        let kn = key("nextn_predict_layers");
+        let n_nextn = opt(f, &kn)?.unwrap_or(0);
+        if n_nextn >= n_block {
+            return Err(meta_err(&kn, format!("{n_nextn} of {n_block} blocks")));
+        }
+        let n_layer = n_block - n_nextn;
         let n_ctx_train = req(f, &key("context_length"))?;
         let ke = key("embedding_length");
         let n_embd = positive(&ke, req(f, &ke)?, 1 << 20)?;
