@@ -125,10 +125,94 @@ fn one(args: &[String]) {
     });
 }
 
+/// The Q4_1 layers and Q8_0 head of SmolLM2-135M, random values.
+fn model() -> (Vec<Vec<Weights>>, Weights) {
+    let layer_shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let layers = (0..30)
+        .map(|l| {
+            layer_shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, c))| Weights::random(GgmlType::Q4_1, r, c, (l * 7 + i) as u64 + 11))
+                .collect()
+        })
+        .collect();
+    (layers, Weights::random(GgmlType::Q8_0, 49152, 576, 5))
+}
+
+/// `decode THREADS [SAMPLES [TOKENS]]`: the matmuls of one decode step
+/// (TOKENS = 1, with the output head) or of a prefill batch (TOKENS > 1,
+/// layers only: the head runs on the last token alone), best of SAMPLES.
+fn decode(args: &[String]) {
+    let threads: usize = args.first().map_or(1, |a| a.parse().expect("threads"));
+    let samples: usize = args.get(1).map_or(50, |a| a.parse().expect("samples"));
+    let n_tok: usize = args.get(2).map_or(1, |a| a.parse().expect("tokens"));
+    let (layers, head) = model();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let x1 = vec![0.01f32; 1536 * n_tok];
+    let mut out = vec![0.0; 1536 * n_tok.max(32)];
+    if n_tok > 1 {
+        pool.install(|| {
+            let mut best = f64::MAX;
+            for _ in 0..samples {
+                let s = Instant::now();
+                for layer in &layers {
+                    for w in layer {
+                        let (xs, os) = (n_tok * w.cols, n_tok * w.rows);
+                        matmul(w.mat(), &x1[..xs], n_tok, &mut out[..os]).unwrap();
+                    }
+                }
+                best = best.min(s.elapsed().as_secs_f64());
+            }
+            println!(
+                "prefill {n_tok} tokens, layer matmuls, {threads} thread(s): best {:.2} ms ({:.0} tok/s)",
+                best * 1e3,
+                n_tok as f64 / best
+            );
+        });
+        return;
+    }
+    pool.install(|| {
+        let mut best = f64::MAX;
+        let mut total = 0.0;
+        for _ in 0..samples {
+            let s = Instant::now();
+            for layer in &layers {
+                for w in layer {
+                    matmul(w.mat(), &x1[..w.cols], 1, &mut out[..w.rows]).unwrap();
+                }
+            }
+            matmul(head.mat(), &x1[..576], 1, &mut out).unwrap();
+            let t = s.elapsed().as_secs_f64();
+            best = best.min(t);
+            total += t;
+        }
+        println!(
+            "decode matmuls, {threads} thread(s): best {:.2} ms ({:.0} tok/s), mean {:.2} ms",
+            best * 1e3,
+            1.0 / best,
+            total / samples as f64 * 1e3
+        );
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("one") {
-        return one(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("one") => return one(&args[1..]),
+        Some("decode") => return decode(&args[1..]),
+        _ => {}
     }
     let quick = std::env::args().any(|a| a == "quick");
     let budget = Duration::from_millis(if quick { 150 } else { 400 });

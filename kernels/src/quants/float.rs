@@ -116,6 +116,9 @@ mod x86 {
     //! accumulators; the AVX-512 tail uses masked loads.
     use std::arch::x86_64::*;
 
+    /// Bytes ahead of the current position that the weight stream is prefetched.
+    const PREFETCH: usize = 8192;
+
     macro_rules! avx2_dot {
         ($name:ident, $esize:expr, $tail:path, |$p:ident| $load:expr) => {
             /// # Safety
@@ -128,6 +131,11 @@ mod x86 {
                 // SAFETY (all pointer offsets): i + lanes <= n.
                 unsafe {
                     while i + 32 <= n {
+                        // Weights stream once per product: fetch well ahead.
+                        for l in 0..$esize / 2 {
+                            let pf = w.wrapping_add(i * $esize + 64 * l + PREFETCH);
+                            _mm_prefetch::<_MM_HINT_T0>(pf.cast());
+                        }
                         for k in 0..4 {
                             let o = (i + 8 * k) * $esize;
                             acc[k] = _mm256_fmadd_ps(ld(w.add(o)), ld(a.add(o)), acc[k]);
@@ -168,6 +176,10 @@ mod x86 {
                 // SAFETY (all pointer offsets): masked lanes stay below n.
                 unsafe {
                     while i + 64 <= n {
+                        for l in 0..$esize {
+                            let pf = w.wrapping_add(i * $esize + 64 * l + PREFETCH);
+                            _mm_prefetch::<_MM_HINT_T0>(pf.cast());
+                        }
                         for k in 0..4 {
                             let o = (i + 16 * k) * $esize;
                             acc[k] = _mm512_fmadd_ps(ld(w.add(o), !0), ld(a.add(o), !0), acc[k]);

@@ -45,6 +45,9 @@ pub(crate) struct TileShape {
     pub tokens: usize,
 }
 
+/// Bytes ahead of the current block that the tiles prefetch.
+const PREFETCH: usize = 8192;
+
 /// Σ of unsigned × signed byte pairs added to 8 i32 lanes (AVX2).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -108,6 +111,9 @@ macro_rules! format_tile {
                 for r in 0..R {
                     // SAFETY: block b of weight row r is in bounds.
                     let $p = unsafe { w.add(r * w_stride + b * $wsize) };
+                    if PREFETCH != 0 {
+                        _mm_prefetch::<_MM_HINT_T0>($p.wrapping_add(PREFETCH).cast());
+                    }
                     let qx: __m256i = unsafe { $unpack };
                     let dw = unsafe { bcast_h2f($p) };
                     if $min {
