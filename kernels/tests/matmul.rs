@@ -271,3 +271,77 @@ fn bad_shapes_are_errors() {
     // Empty products are fine and write nothing.
     assert!(matmul(m, &[], 0, &mut []).is_ok());
 }
+
+#[test]
+fn every_family_goes_through_the_matmul() {
+    // Whatever the other families provide: their vec_dot pair by pair (or
+    // the dequantized f32 dot where they have none) is what the matmul
+    // must produce, including their activation rounding (e.g. Q8_K).
+    let mut rng = Rng::new(77);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for ty in GgmlType::ALL {
+        let Some(k) = kernels_at(ty, SimdLevel::current()) else {
+            continue;
+        };
+        let Some(quantize) = k.quantize else { continue };
+        if ty.is_integer() {
+            continue;
+        }
+        let (rows, cols, n) = (37, 512, 3);
+        let src = rng.vec(rows * cols, 0.2);
+        let mut w = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
+        quantize(&src, &mut w);
+        let x = rng.vec(n * cols, 1.0);
+        let mut got = vec![0.0; n * rows];
+        pool.install(|| {
+            matmul(
+                MatRef {
+                    ty,
+                    data: &w,
+                    rows,
+                    cols,
+                },
+                &x,
+                n,
+                &mut got,
+            )
+        })
+        .unwrap_or_else(|e| panic!("{ty}: {e}"));
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut deq = vec![0.0; rows * cols];
+        dequantize_row(ty, &w, &mut deq).unwrap();
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for r in 0..rows {
+                let g = got[t * rows + r];
+                match k.vec_dot {
+                    Some(vd) => {
+                        let a = act_bytes(k.vec_dot_type, xt);
+                        let e = vd(cols, &w[r * rb..(r + 1) * rb], &a);
+                        assert_eq!(g.to_bits(), e.to_bits(), "{ty} t{t} r{r}: {g} vs {e}");
+                    }
+                    None => {
+                        let wr = &deq[r * cols..(r + 1) * cols];
+                        let e: f64 = wr
+                            .iter()
+                            .zip(xt)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum();
+                        let l1: f64 = wr
+                            .iter()
+                            .zip(xt)
+                            .map(|(a, b)| f64::from(*a * *b).abs())
+                            .sum();
+                        assert!(
+                            (f64::from(g) - e).abs() <= 1e-6 * l1 + 1e-30,
+                            "{ty} t{t} r{r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -110,7 +110,7 @@ impl Rng {
     /// Roughly normal-ish values of scale `s`, with the odd outlier.
     pub fn value(&mut self, s: f32) -> f32 {
         let v = (self.uniform() + self.uniform() + self.uniform()) * s;
-        if self.next_u64() % 97 == 0 {
+        if self.next_u64().is_multiple_of(97) {
             v * 20.0
         } else {
             v
