@@ -1,1 +1,49 @@
-fn main() {}
+//! `dwarfstar`: the DwarfStar command-line tool and daemon.
+//!
+//! Subcommands: `run` (one-shot generation), `tokenize`, `inspect` and
+//! `bench`. Each lives in its own module under [`cli`].
+
+mod cli;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// DwarfStar: frontier-size MoE models on the machines people already own.
+#[derive(Parser, Debug)]
+#[command(name = "dwarfstar", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Run(cli::run::RunArgs),
+    /// Print the token ids of a text as JSON.
+    Tokenize(cli::tokenize::TokenizeArgs),
+    /// Describe a model file: architecture, tensors, bytes per token.
+    Inspect(cli::inspect::InspectArgs),
+    /// Measure prompt-processing and decode speed.
+    Bench(cli::bench::BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DWARFSTAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Tokenize(a) => cli::tokenize::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => serve::run(a),
+    }
+}

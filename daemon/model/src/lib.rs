@@ -1,1 +1,211 @@
-//! (being written)
+//! DwarfStar's model layer: everything between a GGUF file and logits.
+//!
+//! - [`arch`]: the architecture registry (tensor names, per-arch choices);
+//! - [`hparams`]: hyper-parameters from metadata, checked;
+//! - [`weights`]: tensors bound to roles, shapes checked;
+//! - [`dense`]: the forward pass of dense transformers over a layer range;
+//! - [`kv`]: KV caches;
+//! - [`sampler`]: logits to tokens;
+//! - [`generate`]: the prompt → tokens loop with stop conditions.
+//!
+//! The model code never assumes it holds every layer: a caller may run any
+//! contiguous range, which is how a pipeline stage runs its share.
+
+pub mod arch;
+pub mod deepseek2;
+pub mod dense;
+pub mod error;
+pub mod generate;
+
+pub mod hparams;
+pub mod kv;
+pub mod sampler;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dwarfstar_gguf::GgufFile;
+
+pub use dense::{DenseModel, SeqBatch};
+pub use error::{ModelError, Result};
+pub use kv::KvCache;
+pub use sampler::{Sampler, SamplerConfig};
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Dense(DenseModel),
+    Deepseek2(deepseek2::Deepseek2Model),
+}
+
+/// The per-sequence state a model keeps between calls.
+#[derive(Clone, Debug)]
+pub enum SeqState {
+    Dense(KvCache),
+    Mla(deepseek2::MlaCache),
+}
+
+impl SeqState {
+    /// Positions processed so far.
+    pub fn len(&self) -> usize {
+        match self {
+            SeqState::Dense(kv) => kv.len(),
+            SeqState::Mla(c) => c.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            SeqState::Dense(kv) => kv.truncate(len),
+            SeqState::Mla(c) => c.truncate(len),
+        }
+    }
+
+    /// Bytes of cache held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            SeqState::Dense(kv) => kv.bytes(),
+            SeqState::Mla(c) => c.bytes(),
+        }
+    }
+}
+
+impl Model {
+    /// Opens `path` with metadata overrides applied before anything reads it.
+    pub fn open(
+        path: &Path,
+        overrides: &[(String, dwarfstar_gguf::Value)],
+    ) -> Result<(Model, Arc<GgufFile>)> {
+        let mut file = GgufFile::open(path)?;
+        for (k, v) in overrides {
+            file.set(k, v.clone());
+        }
+        let file = Arc::new(file);
+        Ok((Model::load(file.clone())?, file))
+    }
+
+    /// Binds the architecture that `general.architecture` names.
+    pub fn load(file: Arc<GgufFile>) -> Result<Model> {
+        let arch = file.get_str("general.architecture")?.to_string();
+        if arch::dense_arch(&arch).is_some() {
+            return Ok(Model::Dense(DenseModel::load(file)?));
+        }
+        if arch == deepseek2::hparams::ARCH {
+            return Ok(Model::Deepseek2(deepseek2::Deepseek2Model::load(file)?));
+        }
+        Err(ModelError::UnsupportedArch(arch))
+    }
+
+    pub fn arch(&self) -> &str {
+        match self {
+            Model::Dense(m) => m.spec.name,
+            Model::Deepseek2(_) => deepseek2::hparams::ARCH,
+        }
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        match self {
+            Model::Dense(m) => m.hp.n_vocab,
+            Model::Deepseek2(m) => m.hp.n_vocab,
+        }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        match self {
+            Model::Dense(m) => m.hp.n_layer,
+            Model::Deepseek2(m) => m.hp.n_layer,
+        }
+    }
+
+    /// The context length the model was trained for.
+    pub fn n_ctx_train(&self) -> usize {
+        match self {
+            Model::Dense(m) => m.hp.n_ctx_train,
+            Model::Deepseek2(m) => m.hp.n_ctx_train,
+        }
+    }
+
+    /// KV bytes one position costs.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        match self {
+            Model::Dense(m) => m.hp.n_layer * (m.hp.k_dim() + m.hp.v_dim()) * 4,
+            Model::Deepseek2(m) => m.kv_bytes_per_token(),
+        }
+    }
+
+    /// A fresh sequence state able to hold `capacity` positions.
+    pub fn new_state(&self, capacity: usize) -> SeqState {
+        match self {
+            Model::Dense(m) => SeqState::Dense(m.new_cache(capacity)),
+            Model::Deepseek2(m) => SeqState::Mla(m.new_cache(capacity)),
+        }
+    }
+
+    /// Runs `tokens` after what `state` holds; returns the last token's
+    /// logits, or every token's (`tokens.len() × n_vocab`) when `all_logits`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut SeqState,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid("no tokens to run".into()));
+        }
+        match (self, state) {
+            (Model::Dense(m), SeqState::Dense(kv)) => m.forward(tokens, kv, all_logits),
+            (Model::Deepseek2(m), SeqState::Mla(c)) => m.forward(tokens, c, all_logits),
+            _ => Err(ModelError::Invalid(
+                "sequence state of another architecture".into(),
+            )),
+        }
+    }
+
+    /// Runs several sequences in one pass (continuous batching): each item
+    /// is `(tokens, state, all_logits)`. Returns each sequence's logits as
+    /// [`Model::forward`] would.
+    pub fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut SeqState, bool)],
+    ) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Model::Dense(m) => {
+                let mut batch = Vec::with_capacity(items.len());
+                for (tokens, state, all_logits) in items.iter_mut() {
+                    let SeqState::Dense(kv) = &mut **state else {
+                        return Err(ModelError::Invalid(
+                            "sequence state of another architecture".into(),
+                        ));
+                    };
+                    batch.push(SeqBatch {
+                        tokens,
+                        kv,
+                        all_logits: *all_logits,
+                    });
+                }
+                m.forward_batch(&mut batch)
+            }
+            Model::Deepseek2(m) => {
+                let mut batch = Vec::with_capacity(items.len());
+                for (tokens, state, all_logits) in items.iter_mut() {
+                    let SeqState::Mla(cache) = &mut **state else {
+                        return Err(ModelError::Invalid(
+                            "sequence state of another architecture".into(),
+                        ));
+                    };
+                    batch.push(deepseek2::MlaSeqBatch {
+                        tokens,
+                        cache,
+                        all_logits: *all_logits,
+                    });
+                }
+                m.forward_batch(&mut batch)
+            }
+        }
+    }
+}

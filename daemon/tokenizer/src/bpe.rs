@@ -17,6 +17,7 @@ use tokenizers::{
 use crate::error::TokenizerError;
 use crate::pre::PreTokenizer as PreSpec;
 use crate::spec::keys;
+use crate::unassigned::with_llama_categories;
 use crate::vocab::{bad, Vocab};
 
 pub(crate) struct BpeEngine {
@@ -32,7 +33,7 @@ impl BpeEngine {
             .iter()
             .map(|re| {
                 Split::new(
-                    SplitPattern::Regex((*re).to_string()),
+                    SplitPattern::Regex(with_llama_categories(re)),
                     SplitDelimiterBehavior::Isolated,
                     false,
                 )
@@ -66,7 +67,7 @@ impl BpeEngine {
                 }
             }
             // The first occurrence of a pair sets its rank (llama.cpp's map::emplace).
-            if seen.insert((a.to_string(), b.to_string())) {
+            if seen.insert((a, b)) {
                 pairs.push((a.to_string(), b.to_string()));
             }
         }

@@ -15,9 +15,10 @@
 //!   without a template get [`TokenizerError::NoChatTemplate`] (no implicit fallback;
 //!   [`CHATML_TEMPLATE`] is there to pass explicitly).
 //!
-//! Known differences from llama.cpp: pre-tokenizer regexes use the Unicode tables of
-//! the regex engine (llama.cpp ships its own; they can differ on code points assigned
-//! in recent Unicode versions); LSTRIP/RSTRIP attributes that llama.cpp sets from
+//! Known differences from llama.cpp: character categories of the regex engine are
+//! used, minus the code points llama.cpp's (older) tables leave unassigned, so only a
+//! code point whose category changed between Unicode versions could split
+//! differently; LSTRIP/RSTRIP attributes that llama.cpp sets from
 //! `general.name` (phi-3, jina, modern-bert) are not applied; where a vocabulary has
 //! several EOT candidates the first in llama.cpp's list wins (llama.cpp: hash order).
 
@@ -30,6 +31,7 @@ mod pre;
 mod spec;
 mod spm;
 mod tokenizer;
+mod unassigned;
 mod vocab;
 
 pub use chat::{ChatMessage, CHATML_TEMPLATE};

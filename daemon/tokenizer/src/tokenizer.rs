@@ -19,6 +19,7 @@ enum Engine {
 }
 
 /// A tokenizer that encodes and decodes exactly as llama.cpp does for the same GGUF.
+/// It is `Send + Sync`: share one behind an `Arc`.
 pub struct Tokenizer {
     vocab: Vocab,
     engine: Engine,
@@ -31,6 +32,11 @@ pub struct Tokenizer {
     clean_spaces: bool,
     chat_template: Option<String>,
 }
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+};
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,7 +57,7 @@ impl Tokenizer {
     /// for an unsupported model or pre-tokenizer, array lengths that differ from the
     /// token count, merges that are malformed or name unknown tokens, and special
     /// token ids out of range.
-    pub fn new(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+    pub fn new(mut spec: TokenizerSpec) -> Result<Self, TokenizerError> {
         let (kind, pre_spec) = match spec.model.as_str() {
             "gpt2" => (Kind::Bpe, Some(pre::lookup(spec.pre.as_deref())?)),
             "llama" => (Kind::Spm, None),
@@ -63,7 +69,7 @@ impl Tokenizer {
                 "a BPE ('gpt2') model needs merges".into(),
             ));
         }
-        let mut vocab = Vocab::build(&spec, kind)?;
+        let mut vocab = Vocab::build(&mut spec, kind)?;
         if pre_spec.as_ref().is_some_and(|p| p.no_default_bos) && spec.bos_id.is_none() {
             vocab.bos = None;
         }

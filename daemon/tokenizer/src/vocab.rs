@@ -119,7 +119,8 @@ pub(crate) struct Vocab {
 }
 
 impl Vocab {
-    pub fn build(spec: &TokenizerSpec, kind: Kind) -> Result<Self, TokenizerError> {
+    /// Builds the vocabulary, taking `spec.tokens` and `spec.scores` (left empty).
+    pub fn build(spec: &mut TokenizerSpec, kind: Kind) -> Result<Self, TokenizerError> {
         let n = spec.tokens.len();
         if n == 0 {
             return Err(bad(keys::TOKENS, "the vocabulary is empty".into()));
@@ -143,17 +144,14 @@ impl Vocab {
             ));
         }
 
-        let mut texts = Vec::with_capacity(n);
+        let mut texts = std::mem::take(&mut spec.tokens);
         let mut to_id = HashMap::with_capacity(n);
-        for (i, t) in spec.tokens.iter().enumerate() {
+        for (i, text) in texts.iter_mut().enumerate() {
             // llama.cpp renames empty tokens so that every text is unique and non-empty.
-            let text = if t.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                t.clone()
-            };
+            if text.is_empty() {
+                *text = format!("[EMPTY_{i}]");
+            }
             to_id.insert(text.clone(), i as u32); // a duplicate text maps to its last id, as in llama.cpp
-            texts.push(text);
         }
         let attrs: Vec<u16> = if spec.token_types.is_empty() {
             vec![attr::NORMAL; n]
@@ -163,7 +161,7 @@ impl Vocab {
         let scores = if spec.scores.is_empty() {
             vec![0.0; n]
         } else {
-            spec.scores.clone()
+            std::mem::take(&mut spec.scores)
         };
 
         let mut v = Vocab {

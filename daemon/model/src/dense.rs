@@ -1,0 +1,350 @@
+//! The forward pass of dense decoder-only transformers (llama, qwen2,
+//! qwen3, gemma3): embeddings, a range of blocks, and the output head.
+//!
+//! The pass is split so that a pipeline stage can run any contiguous range
+//! of layers: [`DenseModel::embed`], [`DenseModel::forward_layers`] and
+//! [`DenseModel::logits`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use dwarfstar_gguf::GgufFile;
+use dwarfstar_kernels::ops::VSumOrder;
+use dwarfstar_kernels::{matmul, ops};
+use rayon::prelude::*;
+
+use crate::arch::{dense_arch, Activation, ArchSpec};
+use crate::error::{ModelError, Result};
+use crate::hparams::HParams;
+use crate::kv::KvCache;
+use crate::weights::{DenseWeights, Weight};
+
+/// A loaded dense model: the mapped file, its hyper-parameters and weights.
+pub struct DenseModel {
+    pub file: Arc<GgufFile>,
+    pub spec: &'static ArchSpec,
+    pub hp: HParams,
+    pub w: DenseWeights,
+}
+
+fn mm(file: &GgufFile, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n * w.rows];
+    matmul(w.mat(file), x, n, &mut out)?;
+    Ok(out)
+}
+
+fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>) {
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(b.len()) {
+            ops::add_assign(row, b);
+        }
+    }
+}
+
+/// Logs the sum of a named intermediate tensor (target
+/// `dwarfstar::tensors`, level TRACE), for comparing a forward pass with
+/// another engine's op by op.
+fn trace_tensor(name: &str, il: usize, x: &[f32]) {
+    if tracing::enabled!(target: "dwarfstar::tensors", tracing::Level::TRACE) {
+        let s: f64 = x.iter().map(|&v| v as f64).sum();
+        if let Some(dir) = std::env::var_os("DWARFSTAR_DUMP_DIR") {
+            let b: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let _ = std::fs::write(
+                std::path::Path::new(&dir).join(format!("{name}-{il}.bin")),
+                b,
+            );
+        }
+        let head: Vec<f32> = x.iter().take(3).copied().collect();
+        let tail: Vec<f32> = x.iter().rev().take(3).rev().copied().collect();
+        tracing::trace!(target: "dwarfstar::tensors", "{name}-{il} sum = {s:.6} first {head:?} last {tail:?}");
+    }
+}
+
+fn norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for row in x.chunks_exact_mut(n) {
+        ops::rms_norm(row, w, eps);
+    }
+}
+
+impl DenseModel {
+    /// Binds a dense model from an opened GGUF file.
+    pub fn load(file: Arc<GgufFile>) -> Result<DenseModel> {
+        let arch = file.get_str("general.architecture")?.to_string();
+        let spec = dense_arch(&arch).ok_or(ModelError::UnsupportedArch(arch))?;
+        let hp = HParams::from_gguf(&file, spec)?;
+        let w = DenseWeights::bind(&file, spec, &hp)?;
+        Ok(DenseModel { file, spec, hp, w })
+    }
+
+    /// An empty KV cache for up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.hp.n_layer, self.hp.k_dim(), self.hp.v_dim(), capacity)
+    }
+
+    /// Embeds `tokens` into `n × n_embd` hidden states.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let e = self.hp.n_embd;
+        let mut x = vec![0f32; tokens.len() * e];
+        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(e)) {
+            if *t as usize >= self.hp.n_vocab {
+                return Err(ModelError::BadToken {
+                    id: *t,
+                    n_vocab: self.hp.n_vocab,
+                });
+            }
+            self.w
+                .tok_embd
+                .dequantize_row(&self.file, *t as usize, row)?;
+        }
+        if self.spec.scale_embeddings {
+            let s = (e as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(x)
+    }
+
+    /// Runs `layers` over `x`: the hidden rows of one or more sequences,
+    /// concatenated (`seqs[i]` owns the next `seqs[i].0` rows, at positions
+    /// `kv.len()..` of its own cache). Keys and values are written into each
+    /// cache; the caller advances the caches once every layer has run.
+    pub fn forward_layers(
+        &self,
+        layers: Range<usize>,
+        x: &mut [f32],
+        seqs: &mut [(usize, &mut KvCache)],
+    ) -> Result<()> {
+        let e = self.hp.n_embd;
+        let n: usize = seqs.iter().map(|s| s.0).sum();
+        if n == 0 || x.len() != n * e {
+            return Err(ModelError::Invalid(format!(
+                "hidden state of {} floats is not {n} rows of {e}",
+                x.len()
+            )));
+        }
+        if layers.end > self.hp.n_layer {
+            return Err(ModelError::Invalid(format!(
+                "layers {layers:?} outside 0..{}",
+                self.hp.n_layer
+            )));
+        }
+        for (k, kv) in seqs.iter() {
+            kv.reserve(*k)?;
+        }
+        for il in layers {
+            self.layer(il, x, n, seqs)?;
+        }
+        Ok(())
+    }
+
+    fn layer(
+        &self,
+        il: usize,
+        x: &mut [f32],
+        n: usize,
+        seqs: &mut [(usize, &mut KvCache)],
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let l = &self.w.layers[il];
+        let f = &*self.file;
+
+        let mut cur = x.to_vec();
+        norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
+        trace_tensor("attn_norm", il, &cur);
+        let mut q = mm(f, &l.wq, &cur, n)?;
+        trace_tensor("Qcur", il, &q);
+        let mut k = mm(f, &l.wk, &cur, n)?;
+        let v = {
+            let mut v = mm(f, &l.wv, &cur, n)?;
+            add_bias(&mut v, &l.bv);
+            v
+        };
+        add_bias(&mut q, &l.bq);
+        add_bias(&mut k, &l.bk);
+        if let Some(w) = &l.q_norm {
+            norm_rows(&mut q, w, hp.rms_eps);
+        }
+        if let Some(w) = &l.k_norm {
+            norm_rows(&mut k, w, hp.rms_eps);
+        }
+        let rope = hp.rope_for(il);
+        let mut cs = Vec::new();
+        let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
+        let mut row = 0;
+        // Per sequence: rotate at its own positions, append to its cache.
+        let mut spans = Vec::with_capacity(seqs.len());
+        for (cnt, kv) in seqs.iter_mut() {
+            let pos0 = kv.len();
+            for t in row..row + *cnt {
+                rope.cos_sin((pos0 + t - row) as i64, &mut cs);
+                rope.apply(&mut q[t * qd..(t + 1) * qd], hp.head_dim_k, &cs);
+                rope.apply(&mut k[t * kd..(t + 1) * kd], hp.head_dim_k, &cs);
+            }
+            kv.write(
+                il,
+                pos0,
+                &k[row * kd..(row + *cnt) * kd],
+                &v[row * vd..(row + *cnt) * vd],
+            );
+            spans.push((row, *cnt, pos0));
+            row += *cnt;
+        }
+
+        let window = if hp.swa_layers[il] { hp.n_swa } else { 0 };
+        let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.1).collect();
+        trace_tensor("Qrope", il, &q);
+        trace_tensor("Krope", il, &k);
+        trace_tensor("Vcur", il, &v);
+        let attn = self.attention(&q, &caches, &spans, il, n, window);
+        trace_tensor("kqv_out", il, &attn);
+        let mut o = mm(f, &l.wo, &attn, n)?;
+        trace_tensor("attn_out", il, &o);
+        if let Some(w) = &l.attn_post_norm {
+            norm_rows(&mut o, w, hp.rms_eps);
+        }
+        ops::add_assign(x, &o);
+
+        let mut cur = x.to_vec();
+        norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
+        let mut g = mm(f, &l.gate, &cur, n)?;
+        let u = mm(f, &l.up, &cur, n)?;
+        match self.spec.activation {
+            Activation::SwiGlu => ops::swiglu(&mut g, &u),
+            Activation::GeGlu => ops::geglu(&mut g, &u),
+        }
+        trace_tensor("ffn_act", il, &g);
+        let mut d = mm(f, &l.down, &g, n)?;
+        trace_tensor("ffn_out", il, &d);
+        if let Some(w) = &l.ffn_post_norm {
+            norm_rows(&mut d, w, hp.rms_eps);
+        }
+        ops::add_assign(x, &d);
+        trace_tensor("l_out", il, x);
+        Ok(())
+    }
+
+    /// Causal attention of every query row over its own sequence's cache of
+    /// layer `il`. `spans[i] = (first row, rows, first position)` of
+    /// sequence `i`; `window > 0` limits a query to its last `window`
+    /// positions.
+    fn attention(
+        &self,
+        q: &[f32],
+        caches: &[&KvCache],
+        spans: &[(usize, usize, usize)],
+        il: usize,
+        n: usize,
+        window: usize,
+    ) -> Vec<f32> {
+        let hp = &self.hp;
+        let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
+        let group = hp.n_head / hp.n_head_kv;
+        let scale = hp.attn_scale;
+        let mut out = vec![0f32; n * hp.n_head * dv];
+        out.par_chunks_mut(dv)
+            .enumerate()
+            .with_min_len(2)
+            .for_each_init(Vec::new, |acc, (i, o)| {
+                let (t, h) = (i / hp.n_head, i % hp.n_head);
+                let s = spans.partition_point(|sp| sp.0 + sp.1 <= t);
+                let (row0, rows, pos0) = spans[s];
+                let kv = caches[s];
+                let (kd, vd) = (kv.k_dim(), kv.v_dim());
+                let (lk, lv) = (&kv.layers[il].k, &kv.layers[il].v);
+                let g = h / group;
+                let p = pos0 + t - row0;
+                let lo = if window > 0 {
+                    (p + 1).saturating_sub(window)
+                } else {
+                    0
+                };
+                let qh = &q[t * hp.q_dim() + h * dk..t * hp.q_dim() + (h + 1) * dk];
+                let mut sc: Vec<f32> = (lo..=p)
+                    .map(|j| ops::dot_kq(qh, &lk[j * kd + g * dk..j * kd + (g + 1) * dk]) * scale)
+                    .collect();
+                ops::softmax_aligned(&mut sc, lo);
+                // ggml sums values with sgemm for batches, vec_dot for one token.
+                let order = if rows > 1 {
+                    VSumOrder::Gemm
+                } else {
+                    VSumOrder::VecDot
+                };
+                let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
+                ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+            });
+        out
+    }
+
+    /// Final norm and output head for the hidden rows `x` (`m × n_embd`):
+    /// `m × n_vocab` logits.
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let e = self.hp.n_embd;
+        let mut h = x.to_vec();
+        norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
+        let mut out = mm(&self.file, &self.w.output, &h, x.len() / e)?;
+        if let Some(c) = self.hp.final_softcap {
+            out.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` through the whole model after what `kv` holds and
+    /// returns the logits of the last token, or of every token when
+    /// `all_logits`.
+    pub fn forward(&self, tokens: &[u32], kv: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
+        let mut batch = [SeqBatch {
+            tokens,
+            kv,
+            all_logits,
+        }];
+        Ok(self.forward_batch(&mut batch)?.pop().unwrap_or_default())
+    }
+
+    /// Runs several sequences in one pass: their tokens share every matrix
+    /// product (continuous batching), each attends over its own cache.
+    /// Returns, per sequence, its last token's logits or all of them.
+    pub fn forward_batch(&self, seqs: &mut [SeqBatch<'_>]) -> Result<Vec<Vec<f32>>> {
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        if seqs.iter().any(|s| s.tokens.is_empty()) {
+            return Err(ModelError::Invalid(
+                "a sequence in the batch has no tokens".into(),
+            ));
+        }
+        let mut x = self.embed(&tokens)?;
+        {
+            let mut segs: Vec<(usize, &mut KvCache)> = seqs
+                .iter_mut()
+                .map(|s| (s.tokens.len(), &mut *s.kv))
+                .collect();
+            self.forward_layers(0..self.hp.n_layer, &mut x, &mut segs)?;
+        }
+        let e = self.hp.n_embd;
+        // Gather the rows whose logits are wanted, run the head once.
+        let mut rows = Vec::new();
+        let mut row = 0;
+        for s in seqs.iter_mut() {
+            let n = s.tokens.len();
+            s.kv.advance(n);
+            let from = if s.all_logits { row } else { row + n - 1 };
+            rows.extend_from_slice(&x[from * e..(row + n) * e]);
+            row += n;
+        }
+        let logits = self.logits(&rows)?;
+        let nv = self.hp.n_vocab;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for s in seqs.iter() {
+            let m = if s.all_logits { s.tokens.len() } else { 1 };
+            out.push(logits[at * nv..(at + m) * nv].to_vec());
+            at += m;
+        }
+        Ok(out)
+    }
+}
+
+/// One sequence's share of a batched forward pass.
+pub struct SeqBatch<'a> {
+    pub tokens: &'a [u32],
+    pub kv: &'a mut KvCache,
+    pub all_logits: bool,
+}

@@ -1,0 +1,173 @@
+//! Attention's two reductions, summed in the lane order of ggml's AVX-512
+//! CPU kernels: `q·k` as `ggml_vec_dot_f32` (four accumulators of 16 lanes
+//! over steps of 64), and the probability-weighted sum of values either as
+//! llamafile's sgemm (one accumulator of 16 lanes; prompt batches) or as
+//! `ggml_vec_dot_f32` (single-token decode). Cells are indexed from 0, as
+//! in a KV cache, so lanes line up with ggml's.
+
+use super::exp::reduce16;
+
+/// Which of ggml's kernels the value sum follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VSumOrder {
+    /// llamafile sgemm: lane `cell % 16`, fused multiply-adds.
+    Gemm,
+    /// `ggml_vec_dot_f32`: accumulator `(cell / 16) % 4`, lane `cell % 16`.
+    VecDot,
+}
+
+#[inline(always)]
+fn dot_kq_portable(q: &[f32], k: &[f32]) -> f32 {
+    let n = q.len().min(k.len());
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    let mut i = 0;
+    while i < np {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, s) in a.iter_mut().enumerate() {
+                let at = i + 16 * j + l;
+                *s = q[at].mul_add(k[at], *s);
+            }
+        }
+        i += 64;
+    }
+    let mut t = [0f32; 16];
+    for l in 0..16 {
+        t[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let mut s = reduce16(&t);
+    for at in np..n {
+        s += q[at] * k[at];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn dot_kq_fma(q: &[f32], k: &[f32]) -> f32 {
+    dot_kq_portable(q, k)
+}
+
+/// `q·k` summed as `ggml_vec_dot_f32` does.
+#[inline]
+pub fn dot_kq(q: &[f32], k: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::exp::fma_available() {
+            // SAFETY: FMA was detected at run time.
+            return unsafe { dot_kq_fma(q, k) };
+        }
+    }
+    dot_kq_portable(q, k)
+}
+
+#[inline(always)]
+fn weighted_sum_portable<'a>(
+    p: &[f32],
+    first: usize,
+    v: &dyn Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+    order: VSumOrder,
+    acc: &mut Vec<f32>,
+) {
+    let d = out.len();
+    let slots = match order {
+        VSumOrder::Gemm => 16,
+        VSumOrder::VecDot => 64,
+    };
+    acc.clear();
+    acc.resize(slots * d, 0.0);
+    for (i, &w) in p.iter().enumerate() {
+        let cell = first + i;
+        let slot = cell % slots;
+        let row = &mut acc[slot * d..(slot + 1) * d];
+        for (a, &x) in row.iter_mut().zip(v(cell)) {
+            *a = x.mul_add(w, *a);
+        }
+    }
+    let mut lanes = [0f32; 16];
+    for (c, o) in out.iter_mut().enumerate() {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = match order {
+                VSumOrder::Gemm => acc[l * d + c],
+                VSumOrder::VecDot => {
+                    let s = |j: usize| acc[(16 * j + l) * d + c];
+                    (s(0) + s(2)) + (s(1) + s(3))
+                }
+            };
+        }
+        *o = reduce16(&lanes);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn weighted_sum_fma<'a>(
+    p: &[f32],
+    first: usize,
+    v: &dyn Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+    order: VSumOrder,
+    acc: &mut Vec<f32>,
+) {
+    weighted_sum_portable(p, first, v, out, order, acc)
+}
+
+/// `out[c] = Σ_i p[i] · v(first + i)[c]`, summed in ggml's lane order.
+/// `acc` is scratch (reused between calls to avoid allocation).
+pub fn weighted_sum_v<'a>(
+    p: &[f32],
+    first: usize,
+    v: &dyn Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+    order: VSumOrder,
+    acc: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::exp::fma_available() {
+            // SAFETY: FMA was detected at run time.
+            unsafe { weighted_sum_fma(p, first, v, out, order, acc) };
+            return;
+        }
+    }
+    weighted_sum_portable(p, first, v, out, order, acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_and_weighted_sum_agree_with_plain_sums() {
+        let q: Vec<f32> = (0..136)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.1)
+            .collect();
+        let k: Vec<f32> = (0..136)
+            .map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.05)
+            .collect();
+        let plain: f64 = q
+            .iter()
+            .zip(&k)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        assert!((dot_kq(&q, &k) as f64 - plain).abs() < 1e-4);
+        let vals: Vec<Vec<f32>> = (0..40)
+            .map(|j| (0..8).map(|c| (j * 8 + c) as f32 * 0.01).collect())
+            .collect();
+        let p: Vec<f32> = (0..30).map(|i| 1.0 / (1.0 + i as f32)).collect();
+        for order in [VSumOrder::Gemm, VSumOrder::VecDot] {
+            let mut out = vec![0f32; 8];
+            let mut acc = Vec::new();
+            weighted_sum_v(&p, 7, &|j| &vals[j], &mut out, order, &mut acc);
+            for c in 0..8 {
+                let want: f64 = p
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| *w as f64 * vals[7 + i][c] as f64)
+                    .sum();
+                assert!((out[c] as f64 - want).abs() < 1e-4, "{order:?} {c}");
+            }
+        }
+    }
+}

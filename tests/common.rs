@@ -1,0 +1,83 @@
+//! Shared helpers: fixture and model paths, cached model loading, reading
+//! reference files.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use dwarfstar_gguf::GgufFile;
+use dwarfstar_model::Model;
+use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
+
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+/// The path of a real model; panics with the fix when it is missing.
+pub fn model_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("DWARFSTAR_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run deploy/fetch-models.sh (or set DWARFSTAR_MODELS_DIR)",
+        p.display()
+    );
+    p
+}
+
+pub struct Loaded {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub file: Arc<GgufFile>,
+}
+
+/// Loads a real model once per test process.
+pub fn load(name: &str) -> Arc<Loaded> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Loaded>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    c.entry(name.to_string())
+        .or_insert_with(|| {
+            let (model, file) = Model::open(&model_path(name), &[]).expect("model loads");
+            let tokenizer =
+                Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
+                    .expect("tokenizer");
+            Arc::new(Loaded {
+                model,
+                tokenizer,
+                file,
+            })
+        })
+        .clone()
+}
+
+/// Reads a raw little-endian f32 file.
+pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&s).expect("valid JSON")
+}
+
+/// Largest absolute difference of two equal-length slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

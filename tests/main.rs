@@ -1,0 +1,12 @@
+//! DwarfStar's integration tests: one binary, one module per area.
+//!
+//! Fixtures live in `tests/fixtures/` (copied from the reference outputs of
+//! llama.cpp and transformers). Tests that need a real model find it in
+//! `$DWARFSTAR_MODELS_DIR` (default `<repo>/models`), which
+//! `deploy/fetch-models.sh` fills.
+
+mod api;
+mod cli;
+mod common;
+mod deepseek;
+mod reference;

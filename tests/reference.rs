@@ -1,0 +1,123 @@
+//! Real models against llama.cpp's outputs: greedy continuations token for
+//! token, the top-10 logits of every step, and the full logits of the last
+//! prompt position (tolerance 1e-2). Also: decoding with the cache gives
+//! the logits of recomputing the whole sequence.
+
+use crate::common::*;
+use dwarfstar_model::generate::top_k;
+use dwarfstar_model::sampler::argmax;
+
+const TOL: f32 = 1e-2;
+
+fn check_case(model_file: &str, dir: &str, case: &str) {
+    let m = load(model_file);
+    let fx = fixtures().join(dir);
+    let j = read_json(&fx.join(format!("{case}.json")));
+    let ids = |k: &str| -> Vec<u32> {
+        j[k].as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect()
+    };
+    let prompt = ids("prompt_ids");
+    let expected = ids("generated_ids");
+    // The prompt, tokenized by us, is llama.cpp's.
+    let text = j["prompt_text"].as_str().expect("prompt_text");
+    assert_eq!(
+        m.tokenizer.encode(text, true, true).unwrap(),
+        prompt,
+        "{case}: tokenization"
+    );
+
+    let mut st = m.model.new_state(prompt.len() + expected.len() + 1);
+    let mut logits = m.model.forward(&prompt, &mut st, false).unwrap();
+    let last = read_f32(&fx.join(j["last_prompt_logits_file"].as_str().unwrap()));
+    let d = max_abs_diff(&logits, &last);
+    assert!(d < TOL, "{case}: last prompt logits differ by {d}");
+
+    let steps = j["steps"].as_array().expect("steps");
+    let mut worst = 0f32;
+    for (k, want) in expected.iter().enumerate() {
+        let top_ref = steps[k]["top"].as_array().expect("top");
+        let ours = top_k(&logits, top_ref.len());
+        for (r, pair) in top_ref.iter().enumerate() {
+            let id = pair[0].as_u64().unwrap() as usize;
+            let l = pair[1].as_f64().unwrap() as f32;
+            let diff = (logits[id] - l).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff < TOL,
+                "{case} step {k}: logit of top-{r} token {id} is {} vs llama.cpp {l} (ours top: {:?})",
+                logits[id],
+                &ours[..3]
+            );
+        }
+        let got = argmax(&logits);
+        assert_eq!(got, *want, "{case}: greedy token {k}");
+        if k + 1 < expected.len() {
+            logits = m.model.forward(&[got], &mut st, false).unwrap();
+        }
+    }
+    eprintln!(
+        "{case}: 32 greedy tokens equal, last-prompt max |Δ| {d:.2e}, top-10 max |Δ| {worst:.2e}"
+    );
+}
+
+#[test]
+fn smollm2_raw_fox() {
+    check_case(SMOLLM2, "smollm2", "raw_fox");
+}
+
+#[test]
+fn smollm2_raw_code() {
+    check_case(SMOLLM2, "smollm2", "raw_code");
+}
+
+#[test]
+fn smollm2_chat_capital() {
+    check_case(SMOLLM2, "smollm2", "chat_capital");
+}
+
+#[test]
+fn smollm2_chat_system_haiku() {
+    check_case(SMOLLM2, "smollm2", "chat_system_haiku");
+}
+
+#[test]
+fn gemma3_raw_history() {
+    check_case(GEMMA3, "gemma3", "raw_history");
+}
+
+#[test]
+fn gemma3_raw_list() {
+    check_case(GEMMA3, "gemma3", "raw_list");
+}
+
+/// Decoding token by token with the cache equals one pass over the whole
+/// sequence, for every position.
+fn cache_equals_recompute(model_file: &str) {
+    let m = load(model_file);
+    let seq: Vec<u32> = (0..24u32).map(|i| 300 + i * 37).collect();
+    let nv = m.model.n_vocab();
+    let mut full = m.model.new_state(64);
+    let all = m.model.forward(&seq, &mut full, true).unwrap();
+    let mut inc = m.model.new_state(64);
+    let first = m.model.forward(&seq[..5], &mut inc, true).unwrap();
+    assert!(max_abs_diff(&first, &all[..5 * nv]) < 1e-3);
+    for (i, t) in seq.iter().enumerate().skip(5) {
+        let l = m.model.forward(&[*t], &mut inc, false).unwrap();
+        let d = max_abs_diff(&l, &all[i * nv..(i + 1) * nv]);
+        assert!(d < 1e-3, "{model_file}: position {i} differs by {d}");
+    }
+}
+
+#[test]
+fn smollm2_cache_equals_recompute() {
+    cache_equals_recompute(SMOLLM2);
+}
+
+#[test]
+fn gemma3_cache_equals_recompute() {
+    cache_equals_recompute(GEMMA3);
+}
