@@ -36,6 +36,7 @@ mod vocab;
 
 pub use chat::{ChatMessage, CHATML_TEMPLATE};
 pub use error::TokenizerError;
+pub use pre::SUPPORTED as SUPPORTED_PRE_TOKENIZERS;
 pub use spec::{keys, TokenizerSpec};
 pub use tokenizer::Tokenizer;
 pub use vocab::TokenType;

@@ -139,8 +139,8 @@ pub(crate) fn lookup(name: Option<&str>) -> Result<PreTokenizer, TokenizerError>
     })
 }
 
-/// Every name [`lookup`] accepts.
-pub(crate) const SUPPORTED: &[&str] = &[
+/// Every `tokenizer.ggml.pre` name the BPE tokenizer accepts.
+pub const SUPPORTED: &[&str] = &[
     "default",
     "llama3",
     "llama-v3",
