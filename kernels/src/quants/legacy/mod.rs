@@ -11,6 +11,8 @@ pub mod act;
 pub mod dot;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;

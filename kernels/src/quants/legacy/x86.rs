@@ -46,7 +46,7 @@ pub(crate) struct TileShape {
 }
 
 /// Bytes ahead of the current block that the tiles prefetch.
-const PREFETCH: usize = 8192;
+pub(super) const PREFETCH: usize = 8192;
 
 /// Σ of unsigned × signed byte pairs added to 8 i32 lanes (AVX2).
 #[inline]
@@ -301,7 +301,7 @@ pub(crate) fn tile_for(ty: GgmlType, level: SimdLevel) -> Option<(TileFn, TileSh
     macro_rules! pick {
         ($($t:ident => $f:ident),*) => {
             match ty {
-                $(GgmlType::$t if vnni => (vnni::tile::$f as TileFn, vnni::SHAPE),)*
+                $(GgmlType::$t if vnni => (super::x86_512::tile::$f as TileFn, super::x86_512::SHAPE),)*
                 $(GgmlType::$t => (avx2::tile::$f as TileFn, avx2::SHAPE),)*
                 _ => return None,
             }
