@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use dwarfstar_kernels::matmul::matmul_many;
 use dwarfstar_kernels::{matmul, quantize_row, GgmlType, MatRef};
 
 struct Weights {
@@ -200,6 +201,35 @@ fn decode(args: &[String]) {
         }
         println!(
             "decode matmuls, {threads} thread(s): best {:.2} ms ({:.0} tok/s), mean {:.2} ms",
+            best * 1e3,
+            1.0 / best,
+            total / samples as f64 * 1e3
+        );
+        // The same with Q/K/V and gate/up fused by matmul_many.
+        let (mut best, mut total) = (f64::MAX, 0.0);
+        let mut o: Vec<Vec<f32>> = (0..3).map(|_| vec![0.0f32; 1536]).collect();
+        for _ in 0..samples {
+            let s = Instant::now();
+            for l in &layers {
+                let [o0, o1, o2] = &mut o[..] else { unreachable!() };
+                let mut qkv = [
+                    (l[0].mat(), &mut o0[..576]),
+                    (l[1].mat(), &mut o1[..192]),
+                    (l[2].mat(), &mut o2[..192]),
+                ];
+                matmul_many(&mut qkv, &x1[..576], 1).unwrap();
+                matmul(l[3].mat(), &x1[..576], 1, &mut out[..576]).unwrap();
+                let mut gu = [(l[4].mat(), &mut o0[..]), (l[5].mat(), &mut o1[..])];
+                matmul_many(&mut gu, &x1[..576], 1).unwrap();
+                matmul(l[6].mat(), &x1[..1536], 1, &mut out[..576]).unwrap();
+            }
+            matmul(head.mat(), &x1[..576], 1, &mut out).unwrap();
+            let t = s.elapsed().as_secs_f64();
+            best = best.min(t);
+            total += t;
+        }
+        println!(
+            "decode matmuls with matmul_many, {threads} thread(s): best {:.2} ms ({:.0} tok/s), mean {:.2} ms",
             best * 1e3,
             1.0 / best,
             total / samples as f64 * 1e3

@@ -9,13 +9,19 @@
 //! dequantize each weight row once to f32 and dot it with the f32
 //! activations. Small products run on the calling thread: a decode step
 //! issues hundreds of them and rayon's wake-up would cost more than the work.
+//!
+//! [`matmul_many`] runs several matrices that read the same activations
+//! (Q, K and V; gate and up) in one parallel region, rounding the
+//! activations once. Calling these from inside the pool (`pool.install`
+//! around the whole forward pass) keeps the calling thread a pool worker,
+//! which is cheaper than entering the pool from outside on every call.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::dispatch::{kernels_at, type_kernels, TypeKernels, VecDotFn};
+use crate::dispatch::{kernels_at, type_kernels, DequantFn, TypeKernels, VecDotFn};
 use crate::quants::{float, legacy};
 use crate::simd::SimdLevel;
 use crate::types::GgmlType;
@@ -55,14 +61,9 @@ pub fn matmul(
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    run(
-        w,
-        x,
-        n_tokens,
-        out,
-        type_kernels(w.ty)?,
-        SimdLevel::current(),
-    )
+    let k = type_kernels(w.ty)?;
+    let job = Job::new(w, out, x, n_tokens, k, SimdLevel::current())?;
+    execute(&mut [job], x, n_tokens)
 }
 
 /// [`matmul`] with the kernels of one SIMD level (tests run every level
@@ -75,31 +76,251 @@ pub fn matmul_at(
     level: SimdLevel,
 ) -> Result<(), KernelError> {
     let k = kernels_at(w.ty, level).ok_or(KernelError::Unsupported(w.ty, "dequantize"))?;
-    run(w, x, n_tokens, out, &k, level)
+    let job = Job::new(w, out, x, n_tokens, &k, level)?;
+    execute(&mut [job], x, n_tokens)
 }
 
-fn run(
-    w: MatRef<'_>,
+/// Several products with the same activations, e.g. Q, K and V:
+/// `mats[i].1[t * rows_i + r] = dot(mats[i].0 row r, x row t)`. The
+/// activations are rounded once per distinct `vec_dot_type` and all rows of
+/// all matrices share one parallel region. Matrices may differ in type and
+/// row count but all have `x.len() / n_tokens` columns. At most
+/// [`MAX_MANY`] matrices.
+pub fn matmul_many(
+    mats: &mut [(MatRef<'_>, &mut [f32])],
     x: &[f32],
     n_tokens: usize,
-    out: &mut [f32],
-    k: &TypeKernels,
-    level: SimdLevel,
 ) -> Result<(), KernelError> {
-    let row_bytes = check_shapes(&w, x, n_tokens, out)?;
-    if w.rows == 0 || n_tokens == 0 {
-        return Ok(());
+    if mats.len() > MAX_MANY {
+        return Err(KernelError::Shape(format!(
+            "matmul_many takes at most {MAX_MANY} matrices, got {}",
+            mats.len()
+        )));
     }
-    if w.cols == 0 {
-        out.fill(0.0);
-        return Ok(());
+    let level = SimdLevel::current();
+    let mut jobs: [Option<Job>; MAX_MANY] = Default::default();
+    for (slot, (w, out)) in jobs.iter_mut().zip(mats.iter_mut()) {
+        *slot = Some(Job::new(*w, out, x, n_tokens, type_kernels(w.ty)?, level)?);
     }
-    match k.vec_dot {
-        Some(vd) => {
-            let dots = Dots::pick(w.ty, vd, level);
-            quantized(w, row_bytes, x, n_tokens, out, k.vec_dot_type, dots)
+    let mut list: [Job; MAX_MANY] = std::array::from_fn(|i| jobs[i].take().unwrap_or(Job::EMPTY));
+    execute(&mut list[..mats.len()], x, n_tokens)
+}
+
+/// The most matrices one [`matmul_many`] call takes.
+pub const MAX_MANY: usize = 8;
+
+/// How one matrix's dots are done.
+#[derive(Clone, Copy)]
+enum How {
+    /// Against activations rounded to `vdt` (`act_off` into the scratch,
+    /// filled by [`execute`]; `x` itself when `vdt` is F32).
+    Dots {
+        dots: Dots,
+        vdt: GgmlType,
+        act_row: usize,
+        act_off: usize,
+    },
+    /// Dequantize rows, dot in f32.
+    Dequant { deq: DequantFn, f32dot: VecDotFn },
+}
+
+/// One validated matrix product, ready to run over any range of its rows.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    w: MatRef<'a>,
+    row_bytes: usize,
+    out: OutPtr,
+    how: How,
+}
+
+impl<'a> Job<'a> {
+    const EMPTY: Job<'static> = Job {
+        w: MatRef {
+            ty: GgmlType::F32,
+            data: &[],
+            rows: 0,
+            cols: 0,
+        },
+        row_bytes: 0,
+        out: OutPtr(std::ptr::null_mut()),
+        how: How::Dots {
+            dots: Dots::Pairs(float::vec_dot_f32_ref),
+            vdt: GgmlType::F32,
+            act_row: 0,
+            act_off: 0,
+        },
+    };
+
+    /// Validates `w`, `x` and `out` and picks the kernels. The job keeps a
+    /// raw pointer to `out`: it must only run while `out` is borrowed.
+    fn new(
+        w: MatRef<'a>,
+        out: &mut [f32],
+        x: &[f32],
+        n_tokens: usize,
+        k: &TypeKernels,
+        level: SimdLevel,
+    ) -> Result<Job<'a>, KernelError> {
+        if k.ty != w.ty {
+            return Err(KernelError::Shape(format!(
+                "{} kernels for a {} matrix",
+                k.ty, w.ty
+            )));
         }
-        None => dequantized(w, row_bytes, x, n_tokens, out, k, level),
+        let row_bytes = check_shapes(&w, x, n_tokens, out)?;
+        let how = match k.vec_dot {
+            Some(vd) => {
+                let vdt = k.vec_dot_type;
+                let act_row = vdt.row_bytes(w.cols).ok_or(KernelError::NotBlockMultiple {
+                    ty: vdt,
+                    len: w.cols,
+                    block: vdt.block_size(),
+                })?;
+                How::Dots {
+                    dots: Dots::pick(w.ty, vd, level),
+                    vdt,
+                    act_row,
+                    act_off: 0,
+                }
+            }
+            None => How::Dequant {
+                deq: k.dequantize,
+                f32dot: float::vec_dot_for(GgmlType::F32, level)
+                    .ok_or(KernelError::Unsupported(GgmlType::F32, "vec_dot"))?,
+            },
+        };
+        Ok(Job {
+            w,
+            row_bytes,
+            out: OutPtr(out.as_mut_ptr()),
+            how,
+        })
+    }
+
+    /// Work units per row, to size the parallel split.
+    fn work_per_row(&self, n_tokens: usize) -> usize {
+        match self.how {
+            How::Dots { .. } => self.row_bytes * n_tokens,
+            How::Dequant { .. } => self.w.cols * 4 * n_tokens.max(4),
+        }
+    }
+}
+
+/// Rounds the activations for every job, then runs all their rows.
+fn execute(jobs: &mut [Job<'_>], x: &[f32], n_tokens: usize) -> Result<(), KernelError> {
+    if n_tokens == 0 {
+        return Ok(());
+    }
+    // One scratch segment per distinct activation type (F32 reads `x`).
+    let mut segments: [(GgmlType, usize, usize); MAX_MANY] = [(GgmlType::F32, 0, 0); MAX_MANY];
+    let mut n_seg = 0;
+    let mut total = 0;
+    for job in jobs.iter_mut() {
+        if let How::Dots {
+            vdt,
+            act_row,
+            act_off,
+            ..
+        } = &mut job.how
+        {
+            if *vdt == GgmlType::F32 {
+                continue;
+            }
+            match segments[..n_seg].iter().find(|s| s.0 == *vdt) {
+                Some(s) => *act_off = s.1,
+                None => {
+                    let len = *act_row * n_tokens;
+                    segments[n_seg] = (*vdt, total, len);
+                    *act_off = total;
+                    n_seg += 1;
+                    // Keep segments 8-byte aligned.
+                    total += len.next_multiple_of(8);
+                }
+            }
+        }
+    }
+    with_act_scratch(total / 8, |scratch| {
+        let act = bytemuck::cast_slice_mut::<u64, u8>(scratch);
+        for &(vdt, off, len) in &segments[..n_seg] {
+            quantize_activations(vdt, x, &mut act[off..off + len])?;
+        }
+        let act: &[u8] = act;
+        let jobs: &[Job<'_>] = jobs;
+        for_tasks(jobs, n_tokens, |j, rows| {
+            run_rows(&jobs[j], rows, x, act, n_tokens)
+        });
+        Ok(())
+    })
+}
+
+/// Splits the rows of all jobs into tasks and runs them, in parallel when
+/// the work is worth it. Row ranges are whole tiles.
+fn for_tasks(jobs: &[Job<'_>], n_tokens: usize, task: impl Fn(usize, Range<usize>) + Sync) {
+    let work: usize = jobs
+        .iter()
+        .map(|j| j.w.rows.saturating_mul(j.work_per_row(n_tokens)))
+        .sum();
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work < SERIAL_WORK {
+        for (j, job) in jobs.iter().enumerate() {
+            task(j, 0..job.w.rows);
+        }
+        return;
+    }
+    // Enough tasks to balance, none so small that scheduling dominates.
+    // Each job gets at least one task and rounding adds at most one more,
+    // so `MAX_TASKS / 2 + MAX_MANY` tasks always fit the list.
+    let n_tasks = (threads * TASKS_PER_THREAD)
+        .min((work / (SERIAL_WORK / 2)).max(2))
+        .min(MAX_TASKS / 2);
+    let mut list = [(0usize, 0usize, 0usize); MAX_TASKS];
+    let mut n = 0;
+    for (j, job) in jobs.iter().enumerate() {
+        let rows = job.w.rows;
+        let share = rows.saturating_mul(job.work_per_row(n_tokens)) as f64 / work as f64;
+        let parts = ((share * n_tasks as f64).round() as usize).clamp(1, rows.max(1));
+        // Multiples of 4 rows: whole tiles, and tasks off each other's lines.
+        let per = rows
+            .div_ceil(parts)
+            .next_multiple_of(4)
+            .clamp(1, rows.max(1));
+        let mut start = 0;
+        while start < rows {
+            let end = (start + per).min(rows);
+            if n < MAX_TASKS {
+                list[n] = (j, start, end);
+                n += 1;
+            } else {
+                task(j, start..end); // unreachable by the count above; stays correct
+            }
+            start = end;
+        }
+    }
+    list[..n]
+        .par_iter()
+        .for_each(|&(j, start, end)| task(j, start..end));
+}
+
+/// Most tasks one call is split into.
+const MAX_TASKS: usize = 64;
+
+/// Rows `rows` of one job, every token.
+fn run_rows(job: &Job<'_>, rows: Range<usize>, x: &[f32], act: &[u8], n_tokens: usize) {
+    match job.how {
+        How::Dots {
+            dots,
+            vdt,
+            act_row,
+            act_off,
+        } => {
+            let act = if vdt == GgmlType::F32 {
+                bytemuck::cast_slice(x)
+            } else {
+                &act[act_off..act_off + act_row * n_tokens]
+            };
+            dot_rows(job, rows, act, act_row, n_tokens, dots)
+        }
+        How::Dequant { deq, f32dot } => dequant_rows(job, rows, x, n_tokens, deq, f32dot),
     }
 }
 
@@ -153,26 +374,6 @@ impl OutPtr {
     }
 }
 
-/// Runs `task(rows)` over `0..rows`, in parallel when the work is worth it.
-fn for_row_ranges(rows: usize, work_per_row: usize, task: impl Fn(Range<usize>) + Sync) {
-    let threads = rayon::current_num_threads();
-    let work = rows.saturating_mul(work_per_row);
-    if threads <= 1 || work < SERIAL_WORK || rows < 2 {
-        task(0..rows);
-        return;
-    }
-    // Enough tasks to balance, none so small that scheduling dominates.
-    let max_tasks = (work / (SERIAL_WORK / 2)).max(2);
-    let n_tasks = (threads * TASKS_PER_THREAD).min(max_tasks).min(rows);
-    // Row ranges in multiples of 4 rows keep neighbouring tasks off shared lines.
-    let per = rows.div_ceil(n_tasks).next_multiple_of(4).min(rows);
-    let n_tasks = rows.div_ceil(per);
-    (0..n_tasks).into_par_iter().for_each(|i| {
-        let start = i * per;
-        task(start..(start + per).min(rows));
-    });
-}
-
 /// Borrows this thread's scratch of at least `words` u64s (a fresh vector
 /// if the scratch is already in use further up the stack).
 fn with_act_scratch<R>(words: usize, f: impl FnOnce(&mut [u64]) -> R) -> R {
@@ -202,34 +403,6 @@ fn quantize_activations(vdt: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<(), 
         }
     }
     Ok(())
-}
-
-fn quantized(
-    w: MatRef<'_>,
-    row_bytes: usize,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [f32],
-    vdt: GgmlType,
-    vd: Dots,
-) -> Result<(), KernelError> {
-    let act_row = vdt.row_bytes(w.cols).ok_or(KernelError::NotBlockMultiple {
-        ty: vdt,
-        len: w.cols,
-        block: vdt.block_size(),
-    })?;
-    if vdt == GgmlType::F32 {
-        let act: &[u8] = bytemuck::cast_slice(x);
-        dot_all(w, row_bytes, act, act_row, n_tokens, out, vd);
-        return Ok(());
-    }
-    let total = act_row * n_tokens;
-    with_act_scratch(total.div_ceil(8), |scratch| {
-        let act = &mut bytemuck::cast_slice_mut::<u64, u8>(scratch)[..total];
-        quantize_activations(vdt, x, act)?;
-        dot_all(w, row_bytes, act, act_row, n_tokens, out, vd);
-        Ok(())
-    })
 }
 
 /// How the dots of one matmul are computed: pair by pair through the
@@ -263,107 +436,98 @@ impl Dots {
     }
 }
 
-/// Every (row, token) dot with the activations already in `vec_dot_type`.
-fn dot_all(
-    w: MatRef<'_>,
-    row_bytes: usize,
+/// Every (row, token) dot of `rows` with the activations already in
+/// `vec_dot_type`, a block of weight rows against a block of tokens at a time.
+fn dot_rows(
+    job: &Job<'_>,
+    range: Range<usize>,
     act: &[u8],
     act_row: usize,
     n_tokens: usize,
-    out: &mut [f32],
     dots: Dots,
 ) {
+    let (w, row_bytes, optr) = (job.w, job.row_bytes, job.out);
     let (rows, cols) = (w.rows, w.cols);
-    let optr = OutPtr(out.as_mut_ptr());
     let tr = dots.tile_rows();
-    let row_block = (ROW_BLOCK_BYTES / row_bytes)
+    let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1))
         .clamp(1, 64)
         .next_multiple_of(tr);
-    for_row_ranges(rows, row_bytes * n_tokens, |range| {
-        for r0 in range.clone().step_by(row_block) {
-            let r1 = (r0 + row_block).min(range.end);
-            for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
-                let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
-                match dots {
-                    Dots::Pairs(vd) => {
-                        for r in r0..r1 {
-                            let wr = &w.data[r * row_bytes..(r + 1) * row_bytes];
-                            for t in t0..t1 {
-                                let v = vd(cols, wr, &act[t * act_row..(t + 1) * act_row]);
-                                // SAFETY: r < rows and t < n_tokens, so the index
-                                // is inside `out`; this task alone owns row r.
-                                unsafe { *optr.at(t * rows + r) = v };
-                            }
+    for r0 in range.clone().step_by(row_block) {
+        let r1 = (r0 + row_block).min(range.end);
+        for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
+            let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
+            match dots {
+                Dots::Pairs(vd) => {
+                    for r in r0..r1 {
+                        let wr = &w.data[r * row_bytes..(r + 1) * row_bytes];
+                        for t in t0..t1 {
+                            let v = vd(cols, wr, &act[t * act_row..(t + 1) * act_row]);
+                            // SAFETY: r < rows and t < n_tokens, so the index
+                            // is inside `out`; this task alone owns row r.
+                            unsafe { *optr.at(t * rows + r) = v };
                         }
                     }
-                    #[cfg(target_arch = "x86_64")]
-                    Dots::Tiles(tile, shape) => {
-                        let nb = cols / 32;
-                        for r in (r0..r1).step_by(shape.rows) {
-                            let nr = shape.rows.min(r1 - r);
-                            for t in (t0..t1).step_by(shape.tokens) {
-                                let nt = shape.tokens.min(t1 - t);
-                                // SAFETY: the tile reads rows r..r+nr of `w`
-                                // and t..t+nt of `act` (whole blocks, checked
-                                // lengths) and writes (t.., r..) of `out`,
-                                // which this task alone owns.
-                                unsafe {
-                                    tile(
-                                        nb,
-                                        w.data.as_ptr().add(r * row_bytes),
-                                        row_bytes,
-                                        nr,
-                                        act.as_ptr().add(t * act_row),
-                                        act_row,
-                                        nt,
-                                        optr.at(t * rows + r),
-                                        rows,
-                                    )
-                                };
-                            }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Dots::Tiles(tile, shape) => {
+                    let nb = cols / 32;
+                    for r in (r0..r1).step_by(shape.rows) {
+                        let nr = shape.rows.min(r1 - r);
+                        for t in (t0..t1).step_by(shape.tokens) {
+                            let nt = shape.tokens.min(t1 - t);
+                            // SAFETY: the tile reads rows r..r+nr of `w` and
+                            // t..t+nt of `act` (whole blocks, lengths checked)
+                            // and writes (t.., r..) of `out`, which this task
+                            // alone owns.
+                            unsafe {
+                                tile(
+                                    nb,
+                                    w.data.as_ptr().add(r * row_bytes),
+                                    row_bytes,
+                                    nr,
+                                    act.as_ptr().add(t * act_row),
+                                    act_row,
+                                    nt,
+                                    optr.at(t * rows + r),
+                                    rows,
+                                )
+                            };
                         }
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// The fallback for types without `vec_dot`: dequantize each weight row once
 /// and dot it (f32) with every activation row.
-fn dequantized(
-    w: MatRef<'_>,
-    row_bytes: usize,
+fn dequant_rows(
+    job: &Job<'_>,
+    range: Range<usize>,
     x: &[f32],
     n_tokens: usize,
-    out: &mut [f32],
-    k: &TypeKernels,
-    level: SimdLevel,
-) -> Result<(), KernelError> {
-    let f32dot = float::vec_dot_for(GgmlType::F32, level)
-        .ok_or(KernelError::Unsupported(GgmlType::F32, "vec_dot"))?;
+    deq: DequantFn,
+    f32dot: VecDotFn,
+) {
+    let (w, row_bytes, optr) = (job.w, job.row_bytes, job.out);
     let (rows, cols) = (w.rows, w.cols);
-    let optr = OutPtr(out.as_mut_ptr());
-    let deq = k.dequantize;
-    for_row_ranges(rows, cols * 4 * n_tokens.max(4), |range| {
-        ROW_SCRATCH.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let buf = match guard.as_mut() {
-                Ok(v) => &mut **v,
-                Err(_) => &mut fresh,
-            };
-            buf.resize(cols, 0.0);
-            for r in range {
-                deq(&w.data[r * row_bytes..(r + 1) * row_bytes], buf);
-                let wb: &[u8] = bytemuck::cast_slice(&buf[..]);
-                for t in 0..n_tokens {
-                    let xt: &[u8] = bytemuck::cast_slice(&x[t * cols..(t + 1) * cols]);
-                    // SAFETY: as in `dot_all`.
-                    unsafe { *optr.at(t * rows + r) = f32dot(cols, wb, xt) };
-                }
+    ROW_SCRATCH.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf = match guard.as_mut() {
+            Ok(v) => &mut **v,
+            Err(_) => &mut fresh,
+        };
+        buf.resize(cols, 0.0);
+        for r in range {
+            deq(&w.data[r * row_bytes..(r + 1) * row_bytes], buf);
+            let wb: &[u8] = bytemuck::cast_slice(&buf[..]);
+            for t in 0..n_tokens {
+                let xt: &[u8] = bytemuck::cast_slice(&x[t * cols..(t + 1) * cols]);
+                // SAFETY: as in `dot_rows`.
+                unsafe { *optr.at(t * rows + r) = f32dot(cols, wb, xt) };
             }
-        });
+        }
     });
-    Ok(())
 }

@@ -179,7 +179,7 @@ fn vec_dot_matches_ggml_at_every_level() {
                     "{tag}: {ours} vs exact {exact}"
                 );
                 assert!(
-                    (f64::from(ours) - ggml[r]).abs() <= 1e-5 * l1,
+                    (f64::from(ours) - ggml[r]).abs() <= 1e-6 * l1,
                     "{tag}: {ours} vs ggml {}",
                     ggml[r]
                 );

@@ -6,7 +6,7 @@ mod common;
 
 use common::Rng;
 use dwarfstar_kernels::dispatch::kernels_at;
-use dwarfstar_kernels::matmul::matmul_at;
+use dwarfstar_kernels::matmul::{matmul_at, matmul_many, MAX_MANY};
 use dwarfstar_kernels::quants::legacy::act::{quantize_q8_0_bytes, quantize_q8_1_bytes};
 use dwarfstar_kernels::{
     dequantize_row, matmul, quantize_row, GgmlType, KernelError, MatRef, SimdLevel,
@@ -344,4 +344,109 @@ fn every_family_goes_through_the_matmul() {
             }
         }
     }
+}
+
+#[test]
+fn matmul_many_equals_separate_matmuls() {
+    let mut rng = Rng::new(5);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let cols = 512;
+    // Mixed activation types (Q8_1, Q8_0, f16, Q8_K, none) and row counts.
+    let specs = [
+        (GgmlType::Q4_1, 576),
+        (GgmlType::Q4_1, 192),
+        (GgmlType::Q8_0, 61),
+        (GgmlType::F16, 33),
+        (GgmlType::Q8_1, 9),
+        (GgmlType::Q4_K, 130),
+        (GgmlType::F32, 0),
+    ];
+    let weights: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|&(ty, rows)| weights(&mut rng, ty, rows, cols))
+        .collect();
+    for n in [1, 3, 20] {
+        let x = rng.vec(n * cols, 1.0);
+        let mut want: Vec<Vec<f32>> = Vec::new();
+        for (&(ty, rows), w) in specs.iter().zip(&weights) {
+            let mut o = vec![0.0; n * rows];
+            matmul(
+                MatRef {
+                    ty,
+                    data: w,
+                    rows,
+                    cols,
+                },
+                &x,
+                n,
+                &mut o,
+            )
+            .unwrap();
+            want.push(o);
+        }
+        let mut outs: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|&(_, rows)| vec![f32::NAN; n * rows])
+            .collect();
+        let mut mats: Vec<(MatRef<'_>, &mut [f32])> = specs
+            .iter()
+            .zip(&weights)
+            .zip(outs.iter_mut())
+            .map(|((&(ty, rows), w), o)| {
+                (
+                    MatRef {
+                        ty,
+                        data: w,
+                        rows,
+                        cols,
+                    },
+                    &mut o[..],
+                )
+            })
+            .collect();
+        pool.install(|| matmul_many(&mut mats, &x, n)).unwrap();
+        for ((o, e), (ty, _)) in outs.iter().zip(&want).zip(specs) {
+            let same = o.iter().zip(e).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ty} n={n}");
+        }
+    }
+}
+
+#[test]
+fn matmul_many_rejects_bad_input() {
+    let mut rng = Rng::new(6);
+    let (rows, cols) = (8, 64);
+    let w = weights(&mut rng, GgmlType::Q4_0, rows, cols);
+    let x = vec![0.25; cols];
+    let m = MatRef {
+        ty: GgmlType::Q4_0,
+        data: &w,
+        rows,
+        cols,
+    };
+    let mut bufs: Vec<Vec<f32>> = (0..=MAX_MANY).map(|_| vec![0.0; rows]).collect();
+    let mut too_many: Vec<(MatRef<'_>, &mut [f32])> =
+        bufs.iter_mut().map(|b| (m, &mut b[..])).collect();
+    assert!(matches!(
+        matmul_many(&mut too_many, &x, 1),
+        Err(KernelError::Shape(_))
+    ));
+    let (mut a, mut b) = (vec![0.0; rows], vec![0.0; rows - 1]);
+    let mut bad = [(m, &mut a[..]), (m, &mut b[..])];
+    assert!(matches!(
+        matmul_many(&mut bad, &x, 1),
+        Err(KernelError::Shape(_))
+    ));
+    let other = MatRef {
+        cols: 32,
+        data: &w[..rows * 18],
+        ..m
+    };
+    let mut c = vec![0.0; rows];
+    let mut mixed = [(m, &mut a[..]), (other, &mut c[..])];
+    assert!(matmul_many(&mut mixed, &x, 1).is_err());
+    assert!(matmul_many(&mut [], &x, 1).is_ok());
 }
