@@ -60,6 +60,26 @@ pub fn load(name: &str) -> Arc<Loaded> {
         .clone()
 }
 
+/// Loads a real model in llama.cpp-exact arithmetic, once per process.
+pub fn load_exact(name: &str) -> Arc<Loaded> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Loaded>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    c.entry(name.to_string())
+        .or_insert_with(|| {
+            let (mut model, file) = Model::open(&model_path(name), &[]).expect("model loads");
+            model.set_llama_exact(true);
+            let tokenizer = Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
+                .expect("tokenizer");
+            Arc::new(Loaded {
+                model,
+                tokenizer,
+                file,
+            })
+        })
+        .clone()
+}
+
 /// Reads a raw little-endian f32 file.
 pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

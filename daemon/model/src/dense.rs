@@ -14,6 +14,7 @@ use dwarfstar_kernels::{matmul, ops};
 use rayon::prelude::*;
 
 use crate::arch::{dense_arch, Activation, ArchSpec};
+use crate::deepseek2::repack;
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
 use crate::kv::KvCache;
@@ -25,12 +26,10 @@ pub struct DenseModel {
     pub spec: &'static ArchSpec,
     pub hp: HParams,
     pub w: DenseWeights,
-}
-
-fn mm(file: &GgufFile, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    let mut out = vec![0f32; n * w.rows];
-    matmul(w.mat(file), x, n, &mut out)?;
-    Ok(out)
+    /// Sum the products of the weights llama.cpp repacks (Q4_0, Q4_K, Q2_K
+    /// on x86) in its repacked kernels' order, so that logits reproduce
+    /// llama.cpp's to the last bits (slower; off by default).
+    pub llama_exact: bool,
 }
 
 fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>) {
@@ -68,13 +67,30 @@ fn norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 impl DenseModel {
+    fn mm(&self, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n * w.rows];
+        if self.llama_exact && repack::eligible(w.ty, w.rows) {
+            // llama.cpp runs its GEMM on groups of four rows, GEMV on the rest.
+            repack::matmul(w.mat(&self.file), x, n, &mut out, n - n % 4)?;
+        } else {
+            matmul(w.mat(&self.file), x, n, &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// Binds a dense model from an opened GGUF file.
     pub fn load(file: Arc<GgufFile>) -> Result<DenseModel> {
         let arch = file.get_str("general.architecture")?.to_string();
         let spec = dense_arch(&arch).ok_or(ModelError::UnsupportedArch(arch))?;
         let hp = HParams::from_gguf(&file, spec)?;
         let w = DenseWeights::bind(&file, spec, &hp)?;
-        Ok(DenseModel { file, spec, hp, w })
+        Ok(DenseModel {
+            file,
+            spec,
+            hp,
+            w,
+            llama_exact: false,
+        })
     }
 
     /// An empty KV cache for up to `capacity` positions.
@@ -146,16 +162,15 @@ impl DenseModel {
     ) -> Result<()> {
         let hp = &self.hp;
         let l = &self.w.layers[il];
-        let f = &*self.file;
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
         trace_tensor("attn_norm", il, &cur);
-        let mut q = mm(f, &l.wq, &cur, n)?;
+        let mut q = self.mm(&l.wq, &cur, n)?;
         trace_tensor("Qcur", il, &q);
-        let mut k = mm(f, &l.wk, &cur, n)?;
+        let mut k = self.mm(&l.wk, &cur, n)?;
         let v = {
-            let mut v = mm(f, &l.wv, &cur, n)?;
+            let mut v = self.mm(&l.wv, &cur, n)?;
             add_bias(&mut v, &l.bv);
             v
         };
@@ -197,7 +212,7 @@ impl DenseModel {
         trace_tensor("Vcur", il, &v);
         let attn = self.attention(&q, &caches, &spans, il, n, window);
         trace_tensor("kqv_out", il, &attn);
-        let mut o = mm(f, &l.wo, &attn, n)?;
+        let mut o = self.mm(&l.wo, &attn, n)?;
         trace_tensor("attn_out", il, &o);
         if let Some(w) = &l.attn_post_norm {
             norm_rows(&mut o, w, hp.rms_eps);
@@ -206,14 +221,14 @@ impl DenseModel {
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
-        let mut g = mm(f, &l.gate, &cur, n)?;
-        let u = mm(f, &l.up, &cur, n)?;
+        let mut g = self.mm(&l.gate, &cur, n)?;
+        let u = self.mm(&l.up, &cur, n)?;
         match self.spec.activation {
             Activation::SwiGlu => ops::swiglu(&mut g, &u),
             Activation::GeGlu => ops::geglu(&mut g, &u),
         }
         trace_tensor("ffn_act", il, &g);
-        let mut d = mm(f, &l.down, &g, n)?;
+        let mut d = self.mm(&l.down, &g, n)?;
         trace_tensor("ffn_out", il, &d);
         if let Some(w) = &l.ffn_post_norm {
             norm_rows(&mut d, w, hp.rms_eps);
@@ -281,7 +296,7 @@ impl DenseModel {
         let e = self.hp.n_embd;
         let mut h = x.to_vec();
         norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
-        let mut out = mm(&self.file, &self.w.output, &h, x.len() / e)?;
+        let mut out = self.mm(&self.w.output, &h, x.len() / e)?;
         if let Some(c) = self.hp.final_softcap {
             out.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
         }

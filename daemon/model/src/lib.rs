@@ -108,6 +108,15 @@ impl Model {
         }
     }
 
+    /// Reproduce llama.cpp's x86 summation orders (repacked kernels, its
+    /// vector `exp`) so logits agree to the last bits; slower.
+    pub fn set_llama_exact(&mut self, on: bool) {
+        match self {
+            Model::Dense(m) => m.llama_exact = on,
+            Model::Deepseek2(m) => m.llama_exact = on,
+        }
+    }
+
     pub fn n_vocab(&self) -> usize {
         match self {
             Model::Dense(m) => m.hp.n_vocab,

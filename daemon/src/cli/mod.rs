@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Reproduce llama.cpp's x86 summation orders (its repacked Q4_0/Q4_K/
+    /// Q2_K kernels), so logits agree with it to the last bits. Slower.
+    #[arg(long)]
+    pub llama_exact: bool,
 }
 
 /// A model with its tokenizer, ready to run.
@@ -49,8 +53,9 @@ impl ModelArgs {
                 dwarfstar_gguf::parse_override(s).with_context(|| format!("--override-kv {s}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (model, file) = Model::open(&self.model, &overrides)
+        let (mut model, file) = Model::open(&self.model, &overrides)
             .with_context(|| format!("loading {}", self.model.display()))?;
+        model.set_llama_exact(self.llama_exact);
         let tokenizer = load_tokenizer(&file, &self.model)?;
         Ok(Loaded {
             model,

@@ -4,7 +4,9 @@
 //! (`.strip()`, `.startswith()`, `.items()`, ... via minijinja-contrib's pycompat),
 //! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), and a `tojson` that writes
 //! JSON as Python's `json.dumps` does (`", "` / `": "` separators, no HTML escaping).
-//! The context has `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
+//! `{% break %}` / `{% continue %}`, and HF's `{% generation %}` block (rendered as
+//! its body). The context has `messages`, `add_generation_prompt`, `bos_token`,
+//! `eos_token`, and `tools` / `documents` set to none, as HF passes them without tools.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -71,7 +73,8 @@ pub(crate) fn render(
     });
     env.add_function("strftime_now", |fmt: String| strftime_utc(&fmt, now_unix()));
     env.add_filter("tojson", tojson);
-    let tmpl = env.template_from_str(source)?;
+    let source = rewrite_generation_tags(source);
+    let tmpl = env.template_from_str(&source)?;
     let msgs: Vec<Value> = messages
         .iter()
         .map(|m| Value::from_object(MessageObject(m.clone())))
@@ -81,8 +84,46 @@ pub(crate) fn render(
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
+        tools => Value::from(()),
+        documents => Value::from(()),
     };
     Ok(tmpl.render(ctx)?)
+}
+
+/// Turns HF's `{% generation %}` ... `{% endgeneration %}` (which marks assistant
+/// text and renders its body unchanged) into `{% if true %}` ... `{% endif %}`,
+/// keeping whitespace-control markers.
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(pos) = rest.find("{%") {
+        out.push_str(&rest[..pos]);
+        let tag = &rest[pos..];
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..end];
+        let body = inner
+            .trim_start_matches(['-', '+'])
+            .trim_end_matches(['-', '+'])
+            .trim();
+        let replacement = match body {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str("{%");
+                out.push_str(&inner.replacen(body, r, 1));
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn now_unix() -> i64 {
@@ -352,6 +393,22 @@ mod tests {
         );
         let err = render("{{ raise_exception('nope') }}", &msgs, false, "", "").unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn generation_blocks_loop_controls_and_none_tools() {
+        let msgs = [
+            ChatMessage::new("assistant", "A"),
+            ChatMessage::new("user", "U"),
+        ];
+        let t = "{% for m in messages %}{%- if m.role == 'user' %}{% break %}{% endif %}\
+                 {%- generation -%} [{{ m.content }}] {%- endgeneration %}{% endfor %}\
+                 {% if tools is not none and tools|length > 0 %}T{% endif %}{{ documents is none }}";
+        assert_eq!(render(t, &msgs, false, "", "").unwrap(), "[A]True");
+        assert_eq!(
+            rewrite_generation_tags("a {%- generation +%}b{% endgeneration%}"),
+            "a {%- if true +%}b{% endif%}"
+        );
     }
 
     #[test]
