@@ -69,8 +69,9 @@ pub fn load_exact(name: &str) -> Arc<Loaded> {
         .or_insert_with(|| {
             let (mut model, file) = Model::open(&model_path(name), &[]).expect("model loads");
             model.set_llama_exact(true);
-            let tokenizer = Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
-                .expect("tokenizer");
+            let tokenizer =
+                Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
+                    .expect("tokenizer");
             Arc::new(Loaded {
                 model,
                 tokenizer,

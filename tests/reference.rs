@@ -109,9 +109,16 @@ fn cache_equals_recompute(model_file: &str) {
     // the reference tests check those against llama.cpp.)
     let mut at = 0;
     for chunk in [5usize, 2, 7, 3, 7] {
-        let l = m.model.forward(&seq[at..at + chunk], &mut inc, true).unwrap();
+        let l = m
+            .model
+            .forward(&seq[at..at + chunk], &mut inc, true)
+            .unwrap();
         let d = max_abs_diff(&l, &all[at * nv..(at + chunk) * nv]);
-        assert!(d < 1e-5, "{model_file}: positions {at}..{} differ by {d}", at + chunk);
+        assert!(
+            d < 1e-5,
+            "{model_file}: positions {at}..{} differ by {d}",
+            at + chunk
+        );
         at += chunk;
     }
 }

@@ -40,10 +40,18 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => cli::run::run(a),
+        // Generation runs on a worker of the kernel pool, so the matmuls it
+        // starts fork there instead of waking the pool from outside.
+        Command::Run(a) => {
+            cli::init_threads(a.model.threads)?;
+            rayon::scope(|_| cli::run::run(a))
+        }
+        Command::Bench(a) => {
+            cli::init_threads(a.model.threads)?;
+            rayon::scope(|_| cli::bench::run(a))
+        }
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
-        Command::Bench(a) => cli::bench::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }

@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use dwarfstar_gguf::GgufFile;
+use dwarfstar_kernels::matmul::matmul_many;
 use dwarfstar_kernels::ops::VSumOrder;
 use dwarfstar_kernels::{matmul, ops};
 use rayon::prelude::*;
@@ -76,6 +77,32 @@ impl DenseModel {
             matmul(w.mat(&self.file), x, n, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Several products of the same input (Q/K/V, gate/up) in one parallel
+    /// region, the input rounded once per activation type.
+    fn mm_many<const N: usize>(
+        &self,
+        ws: [&Weight; N],
+        x: &[f32],
+        n: usize,
+    ) -> Result<[Vec<f32>; N]> {
+        let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; n * ws[i].rows]);
+        if self.llama_exact && ws.iter().any(|w| repack::eligible(w.ty, w.rows)) {
+            for (o, w) in outs.iter_mut().zip(ws) {
+                *o = self.mm(w, x, n)?;
+            }
+            return Ok(outs);
+        }
+        {
+            let mut mats: Vec<(dwarfstar_kernels::MatRef<'_>, &mut [f32])> = ws
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(w, o)| (w.mat(&self.file), o.as_mut_slice()))
+                .collect();
+            matmul_many(&mut mats, x, n)?;
+        }
+        Ok(outs)
     }
 
     /// Binds a dense model from an opened GGUF file.
@@ -166,14 +193,9 @@ impl DenseModel {
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
         trace_tensor("attn_norm", il, &cur);
-        let mut q = self.mm(&l.wq, &cur, n)?;
+        let [mut q, mut k, mut v] = self.mm_many([&l.wq, &l.wk, &l.wv], &cur, n)?;
         trace_tensor("Qcur", il, &q);
-        let mut k = self.mm(&l.wk, &cur, n)?;
-        let v = {
-            let mut v = self.mm(&l.wv, &cur, n)?;
-            add_bias(&mut v, &l.bv);
-            v
-        };
+        add_bias(&mut v, &l.bv);
         add_bias(&mut q, &l.bq);
         add_bias(&mut k, &l.bk);
         if let Some(w) = &l.q_norm {
@@ -221,8 +243,7 @@ impl DenseModel {
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
-        let mut g = self.mm(&l.gate, &cur, n)?;
-        let u = self.mm(&l.up, &cur, n)?;
+        let [mut g, u] = self.mm_many([&l.gate, &l.up], &cur, n)?;
         match self.spec.activation {
             Activation::SwiGlu => ops::swiglu(&mut g, &u),
             Activation::GeGlu => ops::geglu(&mut g, &u),

@@ -2,7 +2,8 @@
 //! minijinja, configured like Hugging Face's `apply_chat_template` (which llama.cpp
 //! mirrors): `trim_blocks` and `lstrip_blocks` on, Python string/dict methods
 //! (`.strip()`, `.startswith()`, `.items()`, ... via minijinja-contrib's pycompat),
-//! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), and a `tojson` that writes
+//! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), Jinja2's `iterable` test (none
+//! is not iterable), and a `tojson` that writes
 //! JSON as Python's `json.dumps` does (`", "` / `": "` separators, no HTML escaping).
 //! `{% break %}` / `{% continue %}`, and HF's `{% generation %}` block (rendered as
 //! its body). The context has `messages`, `add_generation_prompt`, `bos_token`,
@@ -73,6 +74,18 @@ pub(crate) fn render(
     });
     env.add_function("strftime_now", |fmt: String| strftime_utc(&fmt, now_unix()));
     env.add_filter("tojson", tojson);
+    // Jinja2: none is not iterable (minijinja iterates it as empty); undefined is.
+    env.add_test("iterable", |v: &Value| {
+        matches!(
+            v.kind(),
+            ValueKind::Undefined
+                | ValueKind::String
+                | ValueKind::Bytes
+                | ValueKind::Seq
+                | ValueKind::Map
+                | ValueKind::Iterable
+        )
+    });
     let source = rewrite_generation_tags(source);
     let tmpl = env.template_from_str(&source)?;
     let msgs: Vec<Value> = messages
@@ -403,8 +416,13 @@ mod tests {
         ];
         let t = "{% for m in messages %}{%- if m.role == 'user' %}{% break %}{% endif %}\
                  {%- generation -%} [{{ m.content }}] {%- endgeneration %}{% endfor %}\
-                 {% if tools is not none and tools|length > 0 %}T{% endif %}{{ documents is none }}";
-        assert_eq!(render(t, &msgs, false, "", "").unwrap(), "[A]True");
+                 {% if tools is not none and tools|length > 0 %}T{% endif %}{{ documents is none }}\
+                 {% if tools is iterable and tools|length > 0 %}T{% endif %}\
+                 {{ messages is iterable }}{{ 'x' is iterable }}{{ 3 is iterable }}{{ nothing is iterable }}";
+        assert_eq!(
+            render(t, &msgs, false, "", "").unwrap(),
+            "[A]TrueTrueTrueFalseTrue"
+        );
         assert_eq!(
             rewrite_generation_tags("a {%- generation +%}b{% endgeneration%}"),
             "a {%- if true +%}b{% endif%}"

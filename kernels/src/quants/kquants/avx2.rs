@@ -1,11 +1,14 @@
-//! AVX2 dot products of Q2_K..Q6_K weights with Q8_K activations.
+//! AVX2 dot products of Q2_K..Q6_K weights with Q8_K activations,
+//! bit-identical to ggml's x86 kernels (see [`super::lanes`]).
 //!
 //! Every kernel works in exact integers inside a super-block: weight levels
 //! are made unsigned bytes, multiplied with the signed activation bytes by
 //! `maddubs` (pairs summed into i16 without overflow: |level| ≤ 63), then
-//! `madd` with the group scales widens to i32. Offsets (Q3_K's −4, Q6_K's
-//! −32) and mins (Q2_K, Q4_K, Q5_K) are applied once per block through the
-//! precomputed activation sums `bsums`. Only the per-block scaling is f32.
+//! `madd` with the group scales widens to i32, so lane `l` of a chunk holds
+//! weights `4l..4l+4`. What lands in each lane is ggml's choice and fixes
+//! the f32 result: Q6_K takes its −32 offset off per lane through `bsums`,
+//! Q3_K its −4 per element; Q2_K fuses its mins into the main lanes, Q4_K
+//! into a separate four-lane accumulator, Q5_K into one scalar.
 //!
 //! The kernels read raw bytes with unaligned loads; the safe wrappers bound
 //! the block count by both slices, and `kernels()` hands them out only when
@@ -151,6 +154,14 @@ pub(super) unsafe fn k4_min_sums(y: *const u8, mins: [u8; 8]) -> __m128i {
     _mm_madd_epi16(pairs, m)
 }
 
+/// Sum of the four i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum128_epi32(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
+}
+
 /// Sum of the four lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -186,7 +197,7 @@ unsafe fn q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
         let (sc, mn) = k4_scales_mins(packed);
         let mins = unsafe { k4_min_sums(y, mn) };
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(-yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
         let scales = _mm256_broadcastsi128_si256(k4_scales_i16(sc));
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
@@ -205,7 +216,7 @@ unsafe fn q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - hsum128_ps(acc_m)
+    hsum_ps(acc) + hsum128_ps(acc_m)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -213,7 +224,9 @@ unsafe fn q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
+    // Unlike Q4_K, ggml sums the mins exactly per block and fuses them into
+    // one scalar.
+    let mut summs = 0f32;
     for i in 0..nb {
         let (x, y) = unsafe { (w.add(i * 176), a.add(i * Q8_SIZE)) };
         let yd = unsafe { q8_d(y) };
@@ -221,7 +234,7 @@ unsafe fn q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
         let (sc, mn) = k4_scales_mins(packed);
         let mins = unsafe { k4_min_sums(y, mn) };
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
+        summs = (-yd * dmin).mul_add(hsum128_epi32(mins) as f32, summs);
         let scales = _mm256_broadcastsi128_si256(k4_scales_i16(sc));
         // Bits 2c and 2c+1 of each qh byte are the fifth bits of chunk c;
         // shifting right by 2 per chunk brings them to bits 0 and 1.
@@ -250,7 +263,7 @@ unsafe fn q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - hsum128_ps(acc_m)
+    hsum_ps(acc) + summs
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -311,26 +324,27 @@ unsafe fn q3_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let packed: &[u8; 12] = unsafe { &*(x.add(96) as *const [u8; 12]) };
         let scales = q3k_scales(packed);
         let sc = unsafe { load128(scales.as_ptr() as *const u8) };
-        // Levels are value + 4 (low bits | high bit · 4): take 4·Σ sc·bsums off.
-        let offset = unsafe { scaled_bsums(y, sc) };
+        // ggml's lanes hold the signed values' products, so the −4 of a
+        // clear high bit is taken off per element (a second `maddubs`), not
+        // through `bsums`.
         let mut hm = unsafe { load256(x) };
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
             let mut qs = unsafe { load256(x.add(32 + 32 * h)) };
             for j in 0..4 {
-                let q = _mm256_or_si256(
-                    _mm256_and_si256(qs, m3),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2),
-                );
+                let low = _mm256_and_si256(qs, m3);
+                let minus4 = _mm256_andnot_si256(_mm256_slli_epi16::<2>(hm), bit2);
                 qs = _mm256_srli_epi16::<2>(qs);
                 hm = _mm256_srli_epi16::<1>(hm);
                 let q8 = unsafe { load256(y.add(Q8_QS + 128 * h + 32 * j)) };
-                let p = _mm256_maddubs_epi16(q, q8);
+                let p = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(low, q8),
+                    _mm256_maddubs_epi16(minus4, q8),
+                );
                 let s = unsafe { scale_pair(sc, 4 * h + j) };
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
             }
         }
-        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<2>(offset));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
@@ -341,7 +355,6 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm256_setzero_ps();
     for i in 0..nb {
         let (x, y) = unsafe { (w.add(i * 84), a.add(i * Q8_SIZE)) };
         let yd = unsafe { q8_d(y) };
@@ -350,7 +363,8 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let sc = _mm_and_si128(packed, m4);
         let mn = _mm_and_si128(_mm_srli_epi16::<4>(packed), m4);
         let mins = unsafe { scaled_bsums(y, mn) };
-        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(yd * dmin), _mm256_cvtepi32_ps(mins), acc_m);
+        // ggml fuses the mins into the same lanes, first.
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(-yd * dmin), _mm256_cvtepi32_ps(mins), acc);
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
             let mut qs = unsafe { load256(x.add(16 + 32 * h)) };
@@ -365,5 +379,5 @@ unsafe fn q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(_mm256_sub_ps(acc, acc_m))
+    hsum_ps(acc)
 }

@@ -6,7 +6,9 @@
 //! Same integer scheme as [`super::avx2`], on 64-byte registers: a Q4_K
 //! block is two 64-byte loads of nibbles, a Q6_K block four 64-element
 //! chunks, each rebuilt in natural weight order so the activations load
-//! contiguously.
+//! contiguously. Each block's sixteen i32 lanes are folded to ggml's eight
+//! before the f32 steps, which are then exactly the AVX2 kernels' (and
+//! ggml's).
 
 // The AVX-512 intrinsics are stable since Rust 1.89; the toolchain is 1.95
 // while the workspace still declares rust-version 1.85.
@@ -14,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16x1, f16x2, hsum128_ps, k4_min_sums, k4_scales_i16, q8_d};
+use super::avx2::{f16x1, f16x2, hsum128_ps, hsum_ps, k4_min_sums, k4_scales_i16, q8_d};
 use super::avx2::{Q8_BSUMS, Q8_QS, Q8_SIZE};
 use super::blocks::{k4_scales_mins, BlockQ4_K, BlockQ6_K};
 use super::dot_blocks;
@@ -81,6 +83,15 @@ unsafe fn load512(p: *const u8) -> __m512i {
     unsafe { _mm512_loadu_si512(p as *const __m512i) }
 }
 
+/// ggml's eight i32 lanes from sixteen: each 64-byte register holds two
+/// 32-weight chunks in weight order, so lanes `l` and `l + 8` belong to the
+/// same ggml lane (integer adds: exact).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn fold(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+}
+
 /// `acc + Σ a·b` over i16 pairs, with or without VNNI.
 macro_rules! dot_acc {
     (vnni, $acc:expr, $a:expr, $b:expr) => {
@@ -104,7 +115,7 @@ macro_rules! q4_k_kernel {
                     load512(K4_SCALE_CTRL[3].as_ptr()),
                 ]
             };
-            let mut acc = _mm512_setzero_ps();
+            let mut acc = _mm256_setzero_ps();
             let mut acc_m = _mm_setzero_ps();
             for i in 0..nb {
                 let (x, y) = unsafe { (w.add(i * 144), a.add(i * Q8_SIZE)) };
@@ -113,7 +124,7 @@ macro_rules! q4_k_kernel {
                 let packed: &[u8; 12] = unsafe { &*(x.add(4) as *const [u8; 12]) };
                 let (sc, mn) = k4_scales_mins(packed);
                 let mins = unsafe { k4_min_sums(y, mn) };
-                acc_m = _mm_fmadd_ps(_mm_set1_ps(yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
+                acc_m = _mm_fmadd_ps(_mm_set1_ps(-yd * dmin), _mm_cvtepi32_ps(mins), acc_m);
                 let scales = _mm512_broadcast_i32x4(k4_scales_i16(sc));
                 let mut sumi = _mm512_setzero_si512();
                 for half in 0..2 {
@@ -134,9 +145,10 @@ macro_rules! q4_k_kernel {
                     sumi = dot_acc!($mode, sumi, p0, s0);
                     sumi = dot_acc!($mode, sumi, p1, s1);
                 }
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(yd * d), _mm512_cvtepi32_ps(sumi), acc);
+                let sumi = fold(sumi);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi), acc);
             }
-            _mm512_reduce_add_ps(acc) - hsum128_ps(acc_m)
+            hsum_ps(acc) + hsum128_ps(acc_m)
         }
     };
 }
@@ -162,7 +174,7 @@ macro_rules! q6_k_kernel {
                     load512(K6_SCALE_IDX[3].as_ptr() as *const u8),
                 ]
             };
-            let mut acc = _mm512_setzero_ps();
+            let mut acc = _mm256_setzero_ps();
             for i in 0..nb {
                 let (x, y) = unsafe { (w.add(i * 210), a.add(i * Q8_SIZE)) };
                 let d = unsafe { q8_d(y) * f16x1(x.add(208)) };
@@ -171,7 +183,7 @@ macro_rules! q6_k_kernel {
                 let scales = _mm512_castsi256_si512(sc16);
                 // Levels are value + 32: take 32·Σ sc·bsums off at the end.
                 let bsums = unsafe { _mm256_loadu_si256(y.add(Q8_BSUMS) as *const __m256i) };
-                let offset = _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, sc16));
+                let offset = _mm256_madd_epi16(bsums, sc16);
                 let mut sumi = _mm512_setzero_si512();
                 for h in 0..2 {
                     // Low nibbles of ql[64h..64h+64] are weights 0..64 of
@@ -200,10 +212,10 @@ macro_rules! q6_k_kernel {
                     sumi = dot_acc!($mode, sumi, pa, sa);
                     sumi = dot_acc!($mode, sumi, pb, sb);
                 }
-                sumi = _mm512_sub_epi32(sumi, _mm512_slli_epi32::<5>(offset));
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+                let sumi = _mm256_sub_epi32(fold(sumi), _mm256_slli_epi32::<5>(offset));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
             }
-            _mm512_reduce_add_ps(acc)
+            hsum_ps(acc)
         }
     };
 }

@@ -17,6 +17,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod blocks;
+mod lanes;
 mod q2k;
 mod q3k;
 mod q4k;

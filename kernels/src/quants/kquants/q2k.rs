@@ -8,6 +8,7 @@
 use half::f16;
 
 use super::blocks::{BlockQ2_K, BlockQ8_K, QK_K};
+use super::lanes::{fma_lanes, hsum8, lanes};
 use super::search::{make_qkx_quants, make_qp_quants, nearest_int, AffineSearch};
 
 /// The 2-bit level of weight `i` of `b`.
@@ -163,28 +164,28 @@ pub fn quantize_q2_k_weighted(x: &[f32], out: &mut [BlockQ2_K], weights: Option<
     }
 }
 
-/// Scalar reference dot product of Q2_K weights with Q8_K activations.
+/// Scalar reference dot product of Q2_K weights with Q8_K activations, in
+/// ggml's x86 order (see [`super::lanes`]): per block, first the mins
+/// (lane `l`: groups `2l`, `2l+1` against their `bsums`, times
+/// `−d8·dmin`), then the scaled levels (times `d8·d`), both fused into the
+/// same eight f32 lanes.
 pub fn vec_dot_q2_k_q8_k(w: &[BlockQ2_K], a: &[BlockQ8_K]) -> f32 {
-    let mut sum = 0f32;
+    let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {
-        let (mut sumi, mut summ) = (0i32, 0i32);
-        for h in 0..2 {
-            let qs = &x.qs[32 * h..32 * h + 32];
-            for j in 0..4 {
-                let q8 = &y.qs[128 * h + 32 * j..128 * h + 32 * j + 32];
-                for half in 0..2 {
-                    let mut s = 0i32;
-                    for l in 16 * half..16 * half + 16 {
-                        s += ((qs[l] >> (2 * j)) & 3) as i32 * q8[l] as i32;
-                    }
-                    sumi += (x.scales[8 * h + 2 * j + half] & 0xf) as i32 * s;
-                }
-            }
-        }
-        for g in 0..16 {
-            summ += (x.scales[g] >> 4) as i32 * y.bsums[g] as i32;
-        }
-        sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
+        let m: [i32; 8] = std::array::from_fn(|l| {
+            (2 * l..2 * l + 2)
+                .map(|g| (x.scales[g] >> 4) as i32 * y.bsums[g] as i32)
+                .sum()
+        });
+        fma_lanes(&mut acc, dmin, &m);
+        let s = lanes(|e| {
+            let (h, j, l) = (e / 128, (e % 128) / 32, e % 32);
+            let q = (x.qs[32 * h + l] >> (2 * j)) & 3;
+            (x.scales[e / 16] & 0xf) as i32 * q as i32 * y.qs[e] as i32
+        });
+        fma_lanes(&mut acc, d, &s);
     }
-    sum
+    hsum8(&acc)
 }

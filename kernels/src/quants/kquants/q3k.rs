@@ -9,6 +9,7 @@
 use half::f16;
 
 use super::blocks::{pack_q3k_scales, q3k_scales, BlockQ3_K, BlockQ8_K, QK_K};
+use super::lanes::{fma_lanes, hsum8, lanes};
 use super::search::{make_q3_quants, make_qx_quants, nearest_int};
 
 /// The signed 3-bit value of weight `i` of `b`.
@@ -147,29 +148,15 @@ pub fn quantize_q3_k_weighted(x: &[f32], out: &mut [BlockQ3_K], weights: Option<
     }
 }
 
-/// Scalar reference dot product of Q3_K weights with Q8_K activations.
+/// Scalar reference dot product of Q3_K weights with Q8_K activations, in
+/// ggml's x86 order (see [`super::lanes`]).
 pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3_K], a: &[BlockQ8_K]) -> f32 {
-    let mut sum = 0f32;
+    let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
         let sc = q3k_scales(&x.scales);
-        let mut sumi = 0i32;
-        for h in 0..2 {
-            let qs = &x.qs[32 * h..32 * h + 32];
-            for j in 0..4 {
-                let q8 = &y.qs[128 * h + 32 * j..128 * h + 32 * j + 32];
-                let bit = 4 * h + j;
-                for half in 0..2 {
-                    let mut s = 0i32;
-                    for l in 16 * half..16 * half + 16 {
-                        let low = ((qs[l] >> (2 * j)) & 3) as i32;
-                        let high = ((x.hmask[l] >> bit) & 1) as i32;
-                        s += (low + 4 * high - 4) * q8[l] as i32;
-                    }
-                    sumi += sc[8 * h + 2 * j + half] as i32 * s;
-                }
-            }
-        }
-        sum += x.d.to_f32() * y.d * sumi as f32;
+        let s = lanes(|e| sc[e / 16] as i32 * value(x, e) * y.qs[e] as i32);
+        fma_lanes(&mut acc, d, &s);
     }
-    sum
+    hsum8(&acc)
 }

@@ -8,6 +8,7 @@
 use half::f16;
 
 use super::blocks::{k4_scales_mins, pack_k4_scales_mins, BlockQ4_K, BlockQ8_K, QK_K};
+use super::lanes::{fma_lanes, hsum4, hsum8, lanes};
 use super::search::{make_qkx_quants, make_qp_quants, nearest_int, AffineSearch};
 
 /// Dequantizes `blocks` into `out` (`256` values per block), as ggml does.
@@ -207,26 +208,33 @@ pub(super) fn weighted_group_search(
     (scales, mins, sw)
 }
 
-/// Scalar reference dot product of Q4_K weights with Q8_K activations.
+/// Scalar reference dot product of Q4_K weights with Q8_K activations, in
+/// ggml's x86 order (see [`super::lanes`]). The mins go to a separate
+/// four-lane accumulator (lane `m`: groups `2m`, `2m+1`, each against the
+/// sum of its two `bsums`, times `−d8·dmin`), reduced on its own and added
+/// last.
 pub fn vec_dot_q4_k_q8_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
-    let mut sum = 0f32;
+    let (mut acc, mut acc_m) = ([0f32; 8], [0f32; 4]);
     for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
         let (sc, mn) = k4_scales_mins(&x.scales);
-        let mut sumi = 0i32;
-        for c in 0..4 {
-            let q = &x.qs[32 * c..32 * c + 32];
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                lo += (q[l] & 0xf) as i32 * y.qs[64 * c + l] as i32;
-                hi += (q[l] >> 4) as i32 * y.qs[64 * c + 32 + l] as i32;
-            }
-            sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+        for (m, acc_m) in acc_m.iter_mut().enumerate() {
+            let p: i32 = (2 * m..2 * m + 2)
+                .map(|j| mn[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32))
+                .sum();
+            *acc_m = dmin.mul_add(p as f32, *acc_m);
         }
-        let mut summ = 0i32;
-        for j in 0..8 {
-            summ += mn[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;
+        let s = lanes(|e| {
+            let (c, l) = (e / 64, e % 32);
+            let q = if e % 64 < 32 {
+                x.qs[32 * c + l] & 0xf
+            } else {
+                x.qs[32 * c + l] >> 4
+            };
+            sc[e / 32] as i32 * q as i32 * y.qs[e] as i32
+        });
+        fma_lanes(&mut acc, d, &s);
     }
-    sum
+    hsum8(&acc) + hsum4(&acc_m)
 }

@@ -7,6 +7,7 @@
 use half::f16;
 
 use super::blocks::{k4_scales_mins, pack_k4_scales_mins, BlockQ5_K, BlockQ8_K, QK_K};
+use super::lanes::{fma_lanes, hsum8, lanes};
 use super::q4k::{reference_scales, requantize_k4, weighted_group_search};
 use super::search::{make_qp_quants, AffineSearch};
 
@@ -102,28 +103,30 @@ pub fn quantize_q5_k_weighted(x: &[f32], out: &mut [BlockQ5_K], weights: Option<
     }
 }
 
-/// Scalar reference dot product of Q5_K weights with Q8_K activations.
+/// Scalar reference dot product of Q5_K weights with Q8_K activations, in
+/// ggml's x86 order (see [`super::lanes`]). The mins are summed exactly
+/// per block and fused, times `−d8·dmin`, into one scalar added last.
 pub fn vec_dot_q5_k_q8_k(w: &[BlockQ5_K], a: &[BlockQ8_K]) -> f32 {
-    let mut sum = 0f32;
+    let (mut acc, mut summs) = ([0f32; 8], 0f32);
     for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
         let (sc, mn) = k4_scales_mins(&x.scales);
-        let mut sumi = 0i32;
-        for c in 0..4 {
-            let q = &x.qs[32 * c..32 * c + 32];
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let h1 = ((x.qh[l] >> (2 * c)) & 1) << 4;
-                let h2 = ((x.qh[l] >> (2 * c + 1)) & 1) << 4;
-                lo += ((q[l] & 0xf) | h1) as i32 * y.qs[64 * c + l] as i32;
-                hi += ((q[l] >> 4) | h2) as i32 * y.qs[64 * c + 32 + l] as i32;
-            }
-            sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
-        }
-        let mut summ = 0i32;
-        for j in 0..8 {
-            summ += mn[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;
+        let m: i32 = (0..8)
+            .map(|j| mn[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32))
+            .sum();
+        summs = dmin.mul_add(m as f32, summs);
+        let s = lanes(|e| {
+            let (c, l) = (e / 64, e % 32);
+            let lo = if e % 64 < 32 {
+                x.qs[32 * c + l] & 0xf
+            } else {
+                x.qs[32 * c + l] >> 4
+            };
+            let q = lo | (((x.qh[l] >> (e / 32)) & 1) << 4);
+            sc[e / 32] as i32 * q as i32 * y.qs[e] as i32
+        });
+        fma_lanes(&mut acc, d, &s);
     }
-    sum
+    hsum8(&acc) + summs
 }

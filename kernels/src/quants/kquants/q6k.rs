@@ -10,6 +10,7 @@
 use half::f16;
 
 use super::blocks::{BlockQ6_K, BlockQ8_K, QK_K};
+use super::lanes::{fma_lanes, hsum8, lanes};
 use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
 
 /// The 6-bit level (0..64) of weight `i` of `b`.
@@ -103,28 +104,21 @@ pub fn quantize_q6_k_weighted(x: &[f32], out: &mut [BlockQ6_K], weights: Option<
     }
 }
 
-/// Scalar reference dot product of Q6_K weights with Q8_K activations.
+/// Scalar reference dot product of Q6_K weights with Q8_K activations, in
+/// ggml's x86 order (see [`super::lanes`]): levels stay unsigned (`q + 32`)
+/// and lane `l` takes off `32·(sc[2l]·bsums[2l] + sc[2l+1]·bsums[2l+1])`.
 pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
-    let mut sum = 0f32;
+    let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for h in 0..2 {
-            let ql = &x.ql[64 * h..64 * h + 64];
-            let qh = &x.qh[32 * h..32 * h + 32];
-            let q8 = &y.qs[128 * h..128 * h + 128];
-            for k in 0..4 {
-                let (ql, shift) = (&ql[32 * (k & 1)..32 * (k & 1) + 32], 4 * (k / 2));
-                for half in 0..2 {
-                    let mut s = 0i32;
-                    for l in 16 * half..16 * half + 16 {
-                        let q = ((ql[l] >> shift) & 0xf) | (((qh[l] >> (2 * k)) & 3) << 4);
-                        s += (q as i32 - 32) * q8[32 * k + l] as i32;
-                    }
-                    sumi += x.scales[8 * h + 2 * k + half] as i32 * s;
-                }
-            }
+        let d = y.d * x.d.to_f32();
+        let mut s = lanes(|e| x.scales[e / 16] as i32 * level(x, e) as i32 * y.qs[e] as i32);
+        for (l, s) in s.iter_mut().enumerate() {
+            let off = (2 * l..2 * l + 2)
+                .map(|g| x.scales[g] as i32 * y.bsums[g] as i32)
+                .sum::<i32>();
+            *s -= off << 5;
         }
-        sum += x.d.to_f32() * y.d * sumi as f32;
+        fma_lanes(&mut acc, d, &s);
     }
-    sum
+    hsum8(&acc)
 }

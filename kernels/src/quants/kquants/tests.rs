@@ -54,7 +54,8 @@ fn misaligned_bytes_are_copied_not_rejected() {
 }
 
 /// Every kernel variant this CPU can run (including the plain AVX-512 ones
-/// that `kernels()` skips when VNNI is present) against the scalar one.
+/// that `kernels()` skips when VNNI is present) against the scalar one, bit
+/// for bit.
 #[test]
 fn every_variant_matches_scalar() {
     let hw = SimdLevel::available();
@@ -94,8 +95,11 @@ fn every_variant_matches_scalar() {
         }
         for (name, f) in variants {
             let got = f(n, &w, a);
-            let tol = 1e-5 * want.abs().max(1e-3);
-            assert!((got - want).abs() <= tol, "{ty:?} {name}: {got} vs {want}");
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{ty:?} {name}: {got} vs {want}"
+            );
         }
     }
 }
