@@ -10,3 +10,4 @@ mod cli;
 mod common;
 mod deepseek;
 mod reference;
+mod synthetic;

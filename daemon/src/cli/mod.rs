@@ -7,7 +7,6 @@ pub mod run;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -37,7 +36,6 @@ pub struct ModelArgs {
 /// A model with its tokenizer, ready to run.
 pub struct Loaded {
     pub model: Model,
-    pub file: Arc<GgufFile>,
     pub tokenizer: Tokenizer,
 }
 
@@ -57,11 +55,7 @@ impl ModelArgs {
             .with_context(|| format!("loading {}", self.model.display()))?;
         model.set_llama_exact(self.llama_exact);
         let tokenizer = load_tokenizer(&file, &self.model)?;
-        Ok(Loaded {
-            model,
-            file,
-            tokenizer,
-        })
+        Ok(Loaded { model, tokenizer })
     }
 }
 
