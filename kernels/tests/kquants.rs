@@ -657,7 +657,7 @@ impl RawRows {
                 -((self.next() % 10) as i32) - 5
             };
             let d = mant * f32::from_bits(((127 + ex) as u32) << 23);
-            let lim = if c % 7 == 0 {
+            let lim = if matches!(c % 7, 0) {
                 128
             } else {
                 1 + self.next() % 128
