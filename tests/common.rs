@@ -42,36 +42,24 @@ pub struct Loaded {
 
 /// Loads a real model once per test process.
 pub fn load(name: &str) -> Arc<Loaded> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Loaded>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    c.entry(name.to_string())
-        .or_insert_with(|| {
-            let (model, file) = Model::open(&model_path(name), &[]).expect("model loads");
-            let tokenizer =
-                Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
-                    .expect("tokenizer");
-            Arc::new(Loaded {
-                model,
-                tokenizer,
-                file,
-            })
-        })
-        .clone()
+    load_with(name, false)
 }
 
 /// Loads a real model in llama.cpp-exact arithmetic, once per process.
 pub fn load_exact(name: &str) -> Arc<Loaded> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Loaded>>>> = OnceLock::new();
+    load_with(name, true)
+}
+
+fn load_with(name: &str, exact: bool) -> Arc<Loaded> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, bool), Arc<Loaded>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    c.entry(name.to_string())
+    c.entry((name.to_string(), exact))
         .or_insert_with(|| {
             let (mut model, file) = Model::open(&model_path(name), &[]).expect("model loads");
-            model.set_llama_exact(true);
-            let tokenizer =
-                Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
-                    .expect("tokenizer");
+            model.set_llama_exact(exact);
+            let tokenizer = Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
+                .expect("tokenizer");
             Arc::new(Loaded {
                 model,
                 tokenizer,
