@@ -17,7 +17,7 @@ if [ ${#models[@]} -eq 0 ]; then
 fi
 # Some VMs report AMX in CPUID but fault on it: then run llama-bench with AMX hidden (see llama-noamx.c).
 preload=
-if ! "$bin/llama-bench" -m "${models[0]}" -t 1 -p 8 -n 0 -r 1 >/dev/null 2>&1; then
+if ! ( "$bin/llama-bench" -m "${models[0]}" -t 1 -p 8 -n 0 -r 1 ) >/dev/null 2>&1; then
   shim=$bin/../llama-noamx.so
   [ -f "$shim" ] || gcc -O2 -shared -fPIC "$here/deploy/llama-noamx.c" -o "$shim"
   preload=$shim

@@ -58,8 +58,9 @@ fn load_with(name: &str, exact: bool) -> Arc<Loaded> {
         .or_insert_with(|| {
             let (mut model, file) = Model::open(&model_path(name), &[]).expect("model loads");
             model.set_llama_exact(exact);
-            let tokenizer = Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
-                .expect("tokenizer");
+            let tokenizer =
+                Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
+                    .expect("tokenizer");
             Arc::new(Loaded {
                 model,
                 tokenizer,
