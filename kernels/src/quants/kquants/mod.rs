@@ -25,6 +25,7 @@ mod q5k;
 mod q6k;
 mod q8k;
 mod search;
+pub mod tiled;
 
 use std::mem::size_of;
 
@@ -41,6 +42,7 @@ pub use q4k::{dequantize_q4_k, quantize_q4_k, quantize_q4_k_weighted, vec_dot_q4
 pub use q5k::{dequantize_q5_k, quantize_q5_k, quantize_q5_k_weighted, vec_dot_q5_k_q8_k};
 pub use q6k::{dequantize_q6_k, quantize_q6_k, quantize_q6_k_weighted, vec_dot_q6_k_q8_k};
 pub use q8k::{dequantize_q8_k, quantize_q8_k, vec_dot_q8_k_q8_k};
+pub use tiled::{matmul_tiled_order, tiled_supported};
 
 /// A K-quant block type with its typed kernels, so that one generic
 /// wrapper serves every format in the type-erased table.
