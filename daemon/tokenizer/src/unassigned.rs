@@ -133,7 +133,9 @@ pub(crate) const LLAMA_UNASSIGNED: &str = concat!(
     r"\x{E0080}-\x{E00FF}\x{E01F0}-\x{EFFFF}\x{FFFFE}-\x{FFFFF}\x{10FFFE}-\x{10FFFF}",
 );
 
-/// `pattern` with each `\p{X}` replaced by `[\p{X}--[LLAMA_UNASSIGNED]]`.
+/// `pattern` with each `\p{X}` replaced by `[\p{X}--[LLAMA_UNASSIGNED]]`. Letter
+/// subcategories (`\p{Lu}`, `\p{Ll}`, `\p{Lt}`, `\p{Lm}`, `\p{Lo}`) become `\p{L}`:
+/// llama.cpp's tables only know "letter", so it matches them all as letters.
 pub(crate) fn with_llama_categories(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
@@ -141,7 +143,10 @@ pub(crate) fn with_llama_categories(pattern: &str) -> String {
         let Some(end) = rest[pos..].find('}') else {
             break;
         };
-        let class = &rest[pos..pos + end + 1];
+        let class = match &rest[pos..pos + end + 1] {
+            r"\p{Lu}" | r"\p{Ll}" | r"\p{Lt}" | r"\p{Lm}" | r"\p{Lo}" => r"\p{L}",
+            other => other,
+        };
         out.push_str(&rest[..pos]);
         out.push('[');
         out.push_str(class);
@@ -163,6 +168,7 @@ mod tests {
         let p = with_llama_categories(r"[^\s\p{L}\p{N}]+|\p{Lu}x");
         assert_eq!(p.matches("--[").count(), 3);
         assert!(p.starts_with(r"[^\s[\p{L}--[\x{378}-\x{379}"));
+        assert!(p.contains(r"|[\p{L}--["), "\\p{{Lu}} is a letter: {p}");
         assert!(p.ends_with("]]x"));
         assert_eq!(with_llama_categories("abc"), "abc");
     }
