@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dwarfstar_gguf::GgufFile;
 use dwarfstar_kernels::matmul::matmul_many;
 use dwarfstar_kernels::ops::VSumOrder;
+use dwarfstar_kernels::quants::kquants::{matmul_tiled_order, tiled_supported};
 use dwarfstar_kernels::{matmul, ops};
 use rayon::prelude::*;
 
@@ -73,10 +74,19 @@ impl DenseModel {
         if self.llama_exact && repack::eligible(w.ty, w.rows) {
             // llama.cpp runs its GEMM on groups of four rows, GEMV on the rest.
             repack::matmul(w.mat(&self.file), x, n, &mut out, n - n % 4)?;
+        } else if self.tiled(w, n) {
+            matmul_tiled_order(w.mat(&self.file), x, n, &mut out)?;
         } else {
             matmul(w.mat(&self.file), x, n, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Whether llama.cpp computes this product on its tiled K-quant path
+    /// (>= 8 rows, weights not in the repack buffer), whose float order
+    /// differs from `vec_dot`'s.
+    fn tiled(&self, w: &Weight, n: usize) -> bool {
+        self.llama_exact && n >= 8 && tiled_supported(w.ty) && !repack::eligible(w.ty, w.rows)
     }
 
     /// Several products of the same input (Q/K/V, gate/up) in one parallel
@@ -88,7 +98,11 @@ impl DenseModel {
         n: usize,
     ) -> Result<[Vec<f32>; N]> {
         let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; n * ws[i].rows]);
-        if self.llama_exact && ws.iter().any(|w| repack::eligible(w.ty, w.rows)) {
+        if self.llama_exact
+            && ws
+                .iter()
+                .any(|w| repack::eligible(w.ty, w.rows) || self.tiled(w, n))
+        {
             for (o, w) in outs.iter_mut().zip(ws) {
                 *o = self.mm(w, x, n)?;
             }
