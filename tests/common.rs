@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use dwarfstar_gguf::GgufFile;
 use dwarfstar_model::Model;
 use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
 
@@ -37,7 +36,6 @@ pub fn model_path(name: &str) -> PathBuf {
 pub struct Loaded {
     pub model: Model,
     pub tokenizer: Tokenizer,
-    pub file: Arc<GgufFile>,
 }
 
 /// Loads a real model once per test process.
@@ -61,11 +59,7 @@ fn load_with(name: &str, exact: bool) -> Arc<Loaded> {
             let tokenizer =
                 Tokenizer::new(TokenizerSpec::from_gguf(&file).expect("tokenizer spec"))
                     .expect("tokenizer");
-            Arc::new(Loaded {
-                model,
-                tokenizer,
-                file,
-            })
+            Arc::new(Loaded { model, tokenizer })
         })
         .clone()
 }
