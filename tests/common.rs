@@ -48,8 +48,11 @@ pub fn load_exact(name: &str) -> Arc<Loaded> {
     load_with(name, true)
 }
 
+/// Loaded models by (file name, llama-exact).
+type ModelCache = Mutex<HashMap<(String, bool), Arc<Loaded>>>;
+
 fn load_with(name: &str, exact: bool) -> Arc<Loaded> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, bool), Arc<Loaded>>>> = OnceLock::new();
+    static CACHE: OnceLock<ModelCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
     c.entry((name.to_string(), exact))

@@ -104,7 +104,7 @@ impl Rng {
         (0..n)
             .map(|_| {
                 let v = (self.uniform() + self.uniform() + self.uniform()) * scale;
-                if self.next_u64() % 97 == 0 {
+                if self.next_u64().is_multiple_of(97) {
                     v * 20.0
                 } else {
                     v

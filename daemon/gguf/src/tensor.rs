@@ -84,7 +84,7 @@ pub(crate) fn check_shape(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64,
         }
     }
     let block = ty.block_size() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(GgufError::BlockMismatch {
             name: name.to_string(),
             ty,

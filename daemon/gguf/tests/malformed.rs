@@ -100,7 +100,7 @@ impl Raw {
     }
     /// Zero padding to a multiple of `a`.
     fn pad(mut self, a: usize) -> Self {
-        while self.0.len() % a != 0 {
+        while !self.0.len().is_multiple_of(a) {
             self.0.push(0);
         }
         self
@@ -508,7 +508,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             "no padding before the data section",
             {
                 let mut f = with_tensors(1, r().tensor("w", &[4], 0, 0), 0);
-                while f.len() % 32 == 0 {
+                while f.len().is_multiple_of(32) {
                     f.pop();
                 }
                 f

@@ -62,7 +62,7 @@ impl<'a> Binder<'a> {
 
     fn check_align(&self, info: &TensorInfo) -> Result<()> {
         let data = self.file.tensor_data(info);
-        if (data.as_ptr() as usize) % 4 != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(4) {
             return Err(ModelError::Tensor {
                 name: info.name.clone(),
                 msg: "data is not 4-byte aligned".into(),

@@ -358,7 +358,7 @@ pub fn quantize_iq2_xxs(
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
     let ty = crate::GgmlType::IQ2_XXS;
-    if n_per_row == 0 || n_per_row % QK_K != 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !n_per_row.is_multiple_of(QK_K) || !src.len().is_multiple_of(n_per_row) {
         return Err(KernelError::NotBlockMultiple {
             ty,
             len: if n_per_row == 0 { src.len() } else { n_per_row },

@@ -120,7 +120,7 @@ pub fn quantize_q2_k_weighted(x: &[f32], out: &mut [BlockQ2_K], weights: Option<
         "quantize_q2_k_weighted: length mismatch"
     );
     assert!(
-        !qw.is_empty() && qw.len() % QK_K == 0 && x.len() % qw.len() == 0,
+        !qw.is_empty() && qw.len() % QK_K == 0 && x.len().is_multiple_of(qw.len()),
         "quantize_q2_k_weighted: weights must be one row"
     );
     let search = AffineSearch {

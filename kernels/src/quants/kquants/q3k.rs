@@ -114,7 +114,7 @@ pub fn quantize_q3_k_weighted(x: &[f32], out: &mut [BlockQ3_K], weights: Option<
         "quantize_q3_k_weighted: length mismatch"
     );
     assert!(
-        !qw.is_empty() && qw.len() % QK_K == 0 && x.len() % qw.len() == 0,
+        !qw.is_empty() && qw.len() % QK_K == 0 && x.len().is_multiple_of(qw.len()),
         "quantize_q3_k_weighted: weights must be one row"
     );
     for (bi, (x, b)) in x.chunks_exact(QK_K).zip(out.iter_mut()).enumerate() {

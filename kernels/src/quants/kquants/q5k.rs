@@ -78,7 +78,7 @@ pub fn quantize_q5_k_weighted(x: &[f32], out: &mut [BlockQ5_K], weights: Option<
         "quantize_q5_k_weighted: length mismatch"
     );
     assert!(
-        !qw.is_empty() && qw.len() % QK_K == 0 && x.len() % qw.len() == 0,
+        !qw.is_empty() && qw.len() % QK_K == 0 && x.len().is_multiple_of(qw.len()),
         "quantize_q5_k_weighted: weights must be one row"
     );
     let search = AffineSearch {

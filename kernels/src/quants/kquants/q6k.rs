@@ -87,7 +87,7 @@ pub fn quantize_q6_k_weighted(x: &[f32], out: &mut [BlockQ6_K], weights: Option<
     assert_eq!(x.len(), out.len() * QK_K, "quantize_q6_k: length mismatch");
     if let Some(qw) = weights {
         assert!(
-            !qw.is_empty() && qw.len() % QK_K == 0 && x.len() % qw.len() == 0,
+            !qw.is_empty() && qw.len() % QK_K == 0 && x.len().is_multiple_of(qw.len()),
             "quantize_q6_k_weighted: weights must be one row"
         );
     }

@@ -24,7 +24,11 @@ fn misaligned_bytes_are_copied_not_rejected() {
     q(&x, &mut aligned);
     // The same bytes one past an even address: f16 fields are misaligned.
     let mut buf = vec![0u8; 2 * 144 + 1];
-    let off = if buf.as_ptr() as usize % 2 == 0 { 1 } else { 0 };
+    let off = if (buf.as_ptr() as usize).is_multiple_of(2) {
+        1
+    } else {
+        0
+    };
     q(&x, &mut buf[off..off + 2 * 144]);
     assert_eq!(&buf[off..off + 2 * 144], &aligned[..]);
     let mut a = vec![0f32; 512];
@@ -37,7 +41,7 @@ fn misaligned_bytes_are_copied_not_rejected() {
     quantize_q8_k(&pseudo_random(512, 9), &mut act);
     let act_bytes: &[u8] = bytemuck::cast_slice(&act);
     let mut shifted = vec![0u8; act_bytes.len() + 1];
-    let off_a = if shifted.as_ptr() as usize % 4 == 0 {
+    let off_a = if (shifted.as_ptr() as usize).is_multiple_of(4) {
         1
     } else {
         0
