@@ -12,6 +12,7 @@
 //! contiguous range, which is how a pipeline stage runs its share.
 
 pub mod arch;
+mod batch;
 pub mod deepseek2;
 pub mod dense;
 pub mod error;

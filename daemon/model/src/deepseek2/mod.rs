@@ -287,25 +287,16 @@ impl Deepseek2Model {
                 .collect();
             self.forward_layers(0..self.hp.n_layer, &mut x, &mut segs)?;
         }
-        let e = self.hp.n_embd;
-        let mut rows = Vec::new();
-        let mut row = 0;
         for s in seqs.iter_mut() {
-            let n = s.tokens.len();
-            s.cache.advance(n);
-            let from = if s.all_logits { row } else { row + n - 1 };
-            rows.extend_from_slice(&x[from * e..(row + n) * e]);
-            row += n;
+            s.cache.advance(s.tokens.len());
         }
+        let shape = || seqs.iter().map(|s| (s.tokens.len(), s.all_logits));
+        let rows = crate::batch::wanted_rows(&x, self.hp.n_embd, shape());
         let logits = self.logits(&rows)?;
-        let nv = self.hp.n_vocab;
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut at = 0;
-        for s in seqs.iter() {
-            let m = if s.all_logits { s.tokens.len() } else { 1 };
-            out.push(logits[at * nv..(at + m) * nv].to_vec());
-            at += m;
-        }
-        Ok(out)
+        Ok(crate::batch::split_logits(
+            &logits,
+            self.hp.n_vocab,
+            shape(),
+        ))
     }
 }
