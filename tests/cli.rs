@@ -57,6 +57,29 @@ fn run_json_matches_the_reference_greedy_continuation() {
 }
 
 #[test]
+fn run_text_is_llama_cpps_text_with_control_tokens_hidden() {
+    // The raw_fox continuation runs through <|endoftext|> and <|im_start|>;
+    // llama.cpp's text leaves both out.
+    let model = model_path(SMOLLM2);
+    let j = read_json(&fixtures().join("smollm2/raw_fox.json"));
+    let v = ok_json(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        j["prompt_text"].as_str().unwrap(),
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert_eq!(v["tokens"], j["generated_ids"]);
+    assert_eq!(v["text"], j["generated_text"]);
+}
+
+#[test]
 fn run_prompt_ids_and_dump_logits() {
     let model = model_path(SMOLLM2);
     let dir = std::env::temp_dir().join(format!("dwarfstar-dump-{}", std::process::id()));

@@ -196,8 +196,9 @@ pub fn generate(
             break;
         }
         // Decode bytes incrementally so multi-byte characters split across
-        // tokens come out whole.
-        pending.extend_from_slice(&tok.token_bytes(token));
+        // tokens come out whole. Control tokens are not shown, as llama.cpp
+        // prints a generation.
+        pending.extend_from_slice(&tok.piece(token, false));
         let valid = match std::str::from_utf8(&pending) {
             Ok(_) => pending.len(),
             Err(e) if e.error_len().is_none() => e.valid_up_to(),

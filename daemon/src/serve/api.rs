@@ -463,7 +463,7 @@ async fn consume(job: Job, mut emit: impl FnMut(Out) -> bool) -> End {
                 if tok.is_eog(id) && !ignore_eos {
                     continue; // its Done follows
                 }
-                pending.extend_from_slice(&tok.token_bytes(id));
+                pending.extend_from_slice(&tok.piece(id, false));
                 let (text, stopped) = scan.push(&take_utf8(&mut pending));
                 if !text.is_empty() && !emit(Out::Text(text)) {
                     return End::Gone;
