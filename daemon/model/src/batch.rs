@@ -1,6 +1,54 @@
 //! The bookkeeping of a multi-sequence forward pass shared by every
-//! architecture: which hidden rows go to the output head, and how the
-//! head's logits split back into one vector per sequence.
+//! architecture: embedding lookups, the checks on a layer-range call,
+//! which hidden rows go to the output head, and how the head's logits split
+//! back into one vector per sequence.
+
+use std::ops::Range;
+
+use dwarfstar_gguf::GgufFile;
+
+use crate::error::{ModelError, Result};
+use crate::weights::Weight;
+
+/// Looks `tokens` up in the embedding table: `n × e` hidden rows.
+pub(crate) fn embed_rows(
+    table: &Weight,
+    file: &GgufFile,
+    tokens: &[u32],
+    n_vocab: usize,
+    e: usize,
+) -> Result<Vec<f32>> {
+    let mut x = vec![0f32; tokens.len() * e];
+    for (t, row) in tokens.iter().zip(x.chunks_exact_mut(e)) {
+        if *t as usize >= n_vocab {
+            return Err(ModelError::BadToken { id: *t, n_vocab });
+        }
+        table.dequantize_row(file, *t as usize, row)?;
+    }
+    Ok(x)
+}
+
+/// Checks a layer-range call: `x` holds `n` rows of `e` (the sum of the
+/// sequences' rows), and `layers` lies within the model's `n_layer`.
+pub(crate) fn check_layer_call(
+    x_len: usize,
+    e: usize,
+    n: usize,
+    layers: &Range<usize>,
+    n_layer: usize,
+) -> Result<()> {
+    if n == 0 || x_len != n * e {
+        return Err(ModelError::Invalid(format!(
+            "hidden state of {x_len} floats is not {n} rows of {e}"
+        )));
+    }
+    if layers.end > n_layer {
+        return Err(ModelError::Invalid(format!(
+            "layers {layers:?} outside 0..{n_layer}"
+        )));
+    }
+    Ok(())
+}
 
 /// The rows of `x` (`e` wide) whose logits are wanted: per sequence of
 /// `(len, all_logits)`, every row or only its last one.

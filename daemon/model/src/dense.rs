@@ -142,18 +142,8 @@ impl DenseModel {
     /// Embeds `tokens` into `n × n_embd` hidden states.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let e = self.hp.n_embd;
-        let mut x = vec![0f32; tokens.len() * e];
-        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(e)) {
-            if *t as usize >= self.hp.n_vocab {
-                return Err(ModelError::BadToken {
-                    id: *t,
-                    n_vocab: self.hp.n_vocab,
-                });
-            }
-            self.w
-                .tok_embd
-                .dequantize_row(&self.file, *t as usize, row)?;
-        }
+        let mut x =
+            crate::batch::embed_rows(&self.w.tok_embd, &self.file, tokens, self.hp.n_vocab, e)?;
         if self.spec.scale_embeddings {
             let s = (e as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);
@@ -173,18 +163,7 @@ impl DenseModel {
     ) -> Result<()> {
         let e = self.hp.n_embd;
         let n: usize = seqs.iter().map(|s| s.0).sum();
-        if n == 0 || x.len() != n * e {
-            return Err(ModelError::Invalid(format!(
-                "hidden state of {} floats is not {n} rows of {e}",
-                x.len()
-            )));
-        }
-        if layers.end > self.hp.n_layer {
-            return Err(ModelError::Invalid(format!(
-                "layers {layers:?} outside 0..{}",
-                self.hp.n_layer
-            )));
-        }
+        crate::batch::check_layer_call(x.len(), e, n, &layers, self.hp.n_layer)?;
         for (k, kv) in seqs.iter() {
             kv.reserve(*k)?;
         }

@@ -141,20 +141,13 @@ impl Deepseek2Model {
 
     /// Embeds `tokens` into `n × n_embd` hidden states.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let e = self.hp.n_embd;
-        let mut x = vec![0f32; tokens.len() * e];
-        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(e)) {
-            if *t as usize >= self.hp.n_vocab {
-                return Err(ModelError::BadToken {
-                    id: *t,
-                    n_vocab: self.hp.n_vocab,
-                });
-            }
-            self.w
-                .tok_embd
-                .dequantize_row(&self.file, *t as usize, row)?;
-        }
-        Ok(x)
+        crate::batch::embed_rows(
+            &self.w.tok_embd,
+            &self.file,
+            tokens,
+            self.hp.n_vocab,
+            self.hp.n_embd,
+        )
     }
 
     /// Runs `layers` over `x`: the hidden rows of one or more sequences,
@@ -169,18 +162,7 @@ impl Deepseek2Model {
     ) -> Result<()> {
         let e = self.hp.n_embd;
         let n: usize = seqs.iter().map(|s| s.0).sum();
-        if n == 0 || x.len() != n * e {
-            return Err(ModelError::Invalid(format!(
-                "hidden state of {} floats is not {n} rows of {e}",
-                x.len()
-            )));
-        }
-        if layers.end > self.hp.n_layer {
-            return Err(ModelError::Invalid(format!(
-                "layers {layers:?} outside 0..{}",
-                self.hp.n_layer
-            )));
-        }
+        crate::batch::check_layer_call(x.len(), e, n, &layers, self.hp.n_layer)?;
         let mut spans = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for (cnt, c) in seqs.iter() {
