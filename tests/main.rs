@@ -10,4 +10,5 @@ mod cli;
 mod common;
 mod deepseek;
 mod reference;
+mod stage;
 mod synthetic;

@@ -6,7 +6,8 @@
 //! - [`dense`]: the forward pass of dense transformers over a layer range;
 //! - [`kv`]: KV caches;
 //! - [`sampler`]: logits to tokens;
-//! - [`generate`]: the prompt → tokens loop with stop conditions.
+//! - [`generate`]: the prompt → tokens loop with stop conditions;
+//! - [`stage`]: a node's share of a split model (layer ranges, remote experts).
 //!
 //! The model code never assumes it holds every layer: a caller may run any
 //! contiguous range, which is how a pipeline stage runs its share.
@@ -20,7 +21,9 @@ pub mod generate;
 
 pub mod hparams;
 pub mod kv;
+pub mod observe;
 pub mod sampler;
+pub mod stage;
 pub mod weights;
 
 use std::path::Path;
@@ -31,7 +34,9 @@ use dwarfstar_gguf::GgufFile;
 pub use dense::{DenseModel, SeqBatch};
 pub use error::{ModelError, Result};
 pub use kv::KvCache;
+pub use observe::{MatIndex, MatmulObserver};
 pub use sampler::{Sampler, SamplerConfig};
+pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
 
 /// A loaded model of any supported architecture.
 pub enum Model {
@@ -115,6 +120,14 @@ impl Model {
         match self {
             Model::Dense(m) => m.llama_exact = on,
             Model::Deepseek2(m) => m.llama_exact = on,
+        }
+    }
+
+    /// Shows the input of every weight product to `observer` (None: stop).
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        match self {
+            Model::Dense(m) => m.observer = observer,
+            Model::Deepseek2(m) => m.observer = observer,
         }
     }
 

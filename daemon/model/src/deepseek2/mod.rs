@@ -27,6 +27,8 @@ use dwarfstar_gguf::GgufFile;
 use dwarfstar_kernels::{matmul, ops};
 
 use crate::error::{ModelError, Result};
+use crate::observe::{MatIndex, MatmulObserver};
+use crate::stage::{ExpertBatch, ExpertDispatch};
 use crate::weights::Weight;
 
 pub use hparams::{Ds2HParams, Gating, MoeParams};
@@ -43,11 +45,18 @@ use weights::{Ffn, Stack};
 pub(crate) struct Ctx<'a> {
     pub file: &'a GgufFile,
     pub exact: bool,
+    /// Sees the input of every weight product (importance matrices).
+    pub obs: Option<&'a dyn MatmulObserver>,
+    /// Where routed experts held by other nodes run (expert parallelism).
+    pub remote: Option<&'a dyn ExpertDispatch>,
 }
 
 impl Ctx<'_> {
     /// `x · wᵀ` for `n` rows, as llama.cpp's `MUL_MAT` on a 2-D weight.
     pub fn mm(&self, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        if let Some(o) = self.obs {
+            o.observe(&w.info.name, x, w.cols, MatIndex::Whole);
+        }
         let mut out = vec![0f32; n * w.rows];
         if self.exact && repack::eligible(w.ty, w.rows) {
             repack::matmul(w.mat(self.file), x, n, &mut out, n - n % 4)?;
@@ -65,6 +74,13 @@ impl Ctx<'_> {
 
     /// Matrix `e` of an expert stack over `n` rows, as `MUL_MAT_ID`.
     pub fn expert_mm(&self, s: &Stack, e: usize, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        if let Some(o) = self.obs {
+            let mat = MatIndex::Expert {
+                id: e as u32,
+                of: s.n as u32,
+            };
+            o.observe(&s.info.name, x, s.cols, mat);
+        }
         let mut out = vec![0f32; n * s.rows];
         if self.exact && repack::eligible(s.info.ty, s.rows) {
             repack::matmul(s.mat(self.file, e), x, n, &mut out, 0)?;
@@ -102,6 +118,10 @@ pub struct Deepseek2Model {
     /// (DwarfStar's SIMD kernels and libm: equal up to those last bits, and
     /// 5–10× faster on repacked types); the reference tests turn it on.
     pub llama_exact: bool,
+    /// Sees the input of every weight product (importance matrices).
+    pub observer: Option<Arc<dyn MatmulObserver>>,
+    /// Routed experts held by other nodes run there (see [`crate::stage`]).
+    pub remote: Option<Arc<dyn ExpertDispatch>>,
 }
 
 /// One sequence of a batch: its new tokens, its cache, and whether every
@@ -126,6 +146,8 @@ impl Deepseek2Model {
             hp,
             w,
             llama_exact: false,
+            observer: None,
+            remote: None,
         })
     }
 
@@ -192,6 +214,8 @@ impl Deepseek2Model {
         Ctx {
             file: &self.file,
             exact: self.llama_exact,
+            obs: self.observer.as_deref(),
+            remote: self.remote.as_deref(),
         }
     }
 
@@ -220,11 +244,32 @@ impl Deepseek2Model {
                 let p = hp.moe.as_ref().ok_or_else(|| {
                     ModelError::Invalid("MoE layer without MoE parameters".into())
                 })?;
-                moe::moe_ffn(f, p, w, &cur, n)?
+                moe::moe_ffn(f, p, w, il, &cur, n)?
             }
         };
         ops::add_assign(x, &out);
         Ok(())
+    }
+
+    /// Whether layer `il` has routed experts.
+    pub fn is_moe_layer(&self, il: usize) -> bool {
+        matches!(self.w.layers.get(il).map(|l| &l.ffn), Some(Ffn::Moe(_)))
+    }
+
+    /// Runs layer `il`'s routed experts on `batch` for another node.
+    pub fn run_experts(&self, il: usize, batch: &ExpertBatch) -> Result<Vec<f32>> {
+        let Some(Ffn::Moe(w)) = self.w.layers.get(il).map(|l| &l.ffn) else {
+            return Err(ModelError::Invalid(format!(
+                "layer {il} has no routed experts"
+            )));
+        };
+        if batch.d != self.hp.n_embd {
+            return Err(ModelError::Invalid(format!(
+                "expert rows of {} values, the model's are {}",
+                batch.d, self.hp.n_embd
+            )));
+        }
+        moe::run_experts(&self.ctx(), w, batch)
     }
 
     /// Final norm and output head for the hidden rows `x` (`m × n_embd`):

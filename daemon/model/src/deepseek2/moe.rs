@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 use super::hparams::{Gating, MoeParams};
 use super::weights::{GateUp, Mlp, MoeWeights};
 use super::Ctx;
+use crate::stage::ExpertBatch;
 
 /// The experts one token uses, best first, with their weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,12 +113,14 @@ fn expert(cx: &Ctx<'_>, w: &MoeWeights, e: usize, x: &[f32], m: usize) -> Result
     cx.expert_mm(&w.down, e, &act, m)
 }
 
-/// The MoE FFN (routed plus shared experts) over the normalised rows `x`
-/// (`n × n_embd`).
+/// The MoE FFN (routed plus shared experts) of layer `il` over the
+/// normalised rows `x` (`n × n_embd`). Experts other nodes hold go to them
+/// first ([`Ctx::remote`]) and run while the local ones do.
 pub(crate) fn moe_ffn(
     cx: &Ctx<'_>,
     p: &MoeParams,
     w: &MoeWeights,
+    il: usize,
     x: &[f32],
     n: usize,
 ) -> Result<Vec<f32>> {
@@ -139,23 +142,80 @@ pub(crate) fn moe_ffn(
             list.push((t, s));
         }
     }
-    let mut slots = vec![0f32; n * k * d];
-    let mut xe = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        if list.is_empty() {
-            continue;
-        }
-        xe.clear();
+    let gather = |list: &[(usize, usize)], xe: &mut Vec<f32>| {
         for &(t, _) in list {
             xe.extend_from_slice(&x[t * d..(t + 1) * d]);
         }
-        let y = expert(cx, w, e, &xe, list.len())?;
+    };
+
+    // Remote experts first, one batch per holder, so they overlap ours.
+    let mut remote: Vec<(u32, ExpertBatch, Vec<usize>)> = Vec::new();
+    if let Some(r) = cx.remote {
+        for (e, list) in by_expert.iter().enumerate() {
+            let Some(node) = (!list.is_empty()).then(|| r.owner(il, e)).flatten() else {
+                continue;
+            };
+            let i = match remote.iter().position(|b| b.0 == node) {
+                Some(i) => i,
+                None => {
+                    let b = ExpertBatch {
+                        d,
+                        ..Default::default()
+                    };
+                    remote.push((node, b, Vec::new()));
+                    remote.len() - 1
+                }
+            };
+            let (_, b, es) = &mut remote[i];
+            b.experts.push(e as u32);
+            b.counts.push(list.len() as u32);
+            gather(list, &mut b.rows);
+            es.push(e);
+        }
+    }
+    let mut tickets = Vec::with_capacity(remote.len());
+    for (node, batch, es) in remote {
+        let r = cx
+            .remote
+            .ok_or_else(|| ModelError::Invalid("no expert dispatch".into()))?;
+        tickets.push((r.submit(node, il, batch)?, es));
+    }
+    let is_remote = |e: usize| tickets.iter().any(|(_, es)| es.contains(&e));
+
+    let mut slots = vec![0f32; n * k * d];
+    let place = |slots: &mut [f32], list: &[(usize, usize)], y: &[f32]| {
         for (i, &(t, s)) in list.iter().enumerate() {
             let wt = routes[t].weights[s];
             let dst = &mut slots[(t * k + s) * d..(t * k + s + 1) * d];
             for (o, &v) in dst.iter_mut().zip(&y[i * d..(i + 1) * d]) {
                 *o = v * wt;
             }
+        }
+    };
+    let mut xe = Vec::new();
+    for (e, list) in by_expert.iter().enumerate() {
+        if list.is_empty() || is_remote(e) {
+            continue;
+        }
+        xe.clear();
+        gather(list, &mut xe);
+        let y = expert(cx, w, e, &xe, list.len())?;
+        place(&mut slots, list, &y);
+    }
+    for (ticket, es) in tickets {
+        let y = ticket.wait()?;
+        let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
+        if y.len() != rows * d {
+            return Err(ModelError::Invalid(format!(
+                "a remote expert holder returned {} values for {rows} rows of {d}",
+                y.len()
+            )));
+        }
+        let mut off = 0;
+        for e in es {
+            let list = &by_expert[e];
+            place(&mut slots, list, &y[off..off + list.len() * d]);
+            off += list.len() * d;
         }
     }
     let mut out = vec![0f32; n * d];
@@ -169,6 +229,28 @@ pub(crate) fn moe_ffn(
     if let Some(sh) = &w.shared {
         let y = mlp(cx, sh, x, n)?;
         ops::add_assign(&mut out, &y);
+    }
+    Ok(out)
+}
+
+/// Runs `batch`'s experts over their rows, for the node that routed them:
+/// unweighted outputs in row order.
+pub(crate) fn run_experts(cx: &Ctx<'_>, w: &MoeWeights, batch: &ExpertBatch) -> Result<Vec<f32>> {
+    let d = batch.d;
+    let mut out = Vec::with_capacity(batch.rows.len());
+    let mut off = 0;
+    for (&e, &c) in batch.experts.iter().zip(&batch.counts) {
+        let (e, c) = (e as usize, c as usize);
+        if e >= w.down.n {
+            return Err(ModelError::Invalid(format!(
+                "expert {e} requested, the layer has {}",
+                w.down.n
+            )));
+        }
+        if c > 0 {
+            out.extend(expert(cx, w, e, &batch.rows[off..off + c * d], c)?);
+        }
+        off += c * d;
     }
     Ok(out)
 }

@@ -1,0 +1,184 @@
+//! A node's share of a model: the calls a pipeline stage or an expert
+//! holder makes when the model is split across machines.
+//!
+//! - [`Model::embed`], [`Model::forward_layers`], [`Model::finish_step`] and
+//!   [`Model::logits`] run any contiguous range of layers over hidden rows,
+//!   so a stage never needs the layers it does not hold;
+//! - [`ExpertDispatch`] lets a MoE layer hand the routed experts it does not
+//!   hold to whoever does (expert parallelism), and
+//!   [`Model::run_experts`] is what that holder runs.
+//!
+//! Results do not depend on where a piece runs: the same kernels see the
+//! same rows, and partial expert outputs are combined in the router's order,
+//! so a split model's logits equal the whole model's bit for bit.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::error::{ModelError, Result};
+use crate::{Model, SeqState};
+
+/// Rows for some routed experts of one layer: `counts[i]` rows of `d`
+/// values for `experts[i]`, back to back in `rows`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExpertBatch {
+    pub d: usize,
+    pub experts: Vec<u32>,
+    pub counts: Vec<u32>,
+    pub rows: Vec<f32>,
+}
+
+impl ExpertBatch {
+    /// Checks that the counts, the rows and the width agree.
+    pub fn check(&self) -> Result<()> {
+        if self.experts.len() != self.counts.len() {
+            return Err(ModelError::Invalid(format!(
+                "expert batch: {} experts but {} counts",
+                self.experts.len(),
+                self.counts.len()
+            )));
+        }
+        let n: usize = self.counts.iter().map(|&c| c as usize).sum();
+        if self.d == 0 || n.checked_mul(self.d) != Some(self.rows.len()) {
+            return Err(ModelError::Invalid(format!(
+                "expert batch: {n} rows of {} values need {} floats, got {}",
+                self.d,
+                n.saturating_mul(self.d),
+                self.rows.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Work handed to another node: waits for its rows of expert outputs.
+pub trait ExpertTicket: Send {
+    /// The outputs, `n_embd` per input row, in the batch's row order.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// Where the routed experts a node does not hold are computed.
+pub trait ExpertDispatch: Send + Sync {
+    /// The node that holds expert `e` of layer `il`; `None` when it is here.
+    fn owner(&self, il: usize, e: usize) -> Option<u32>;
+    /// Starts `batch` on `node`; the caller runs its own experts meanwhile.
+    fn submit(&self, node: u32, il: usize, batch: ExpertBatch) -> Result<Box<dyn ExpertTicket>>;
+}
+
+impl Model {
+    /// Width of a hidden row.
+    pub fn n_embd(&self) -> usize {
+        match self {
+            Model::Dense(m) => m.hp.n_embd,
+            Model::Deepseek2(m) => m.hp.n_embd,
+        }
+    }
+
+    /// Embeds `tokens` into `n × n_embd` hidden rows.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Model::Dense(m) => m.embed(tokens),
+            Model::Deepseek2(m) => m.embed(tokens),
+        }
+    }
+
+    /// Runs `layers` over the hidden rows `x` of several sequences back to
+    /// back (`seqs[i]` owns the next `seqs[i].0` rows, at positions
+    /// `state.len()..`). Call [`Model::finish_step`] once the last layer of
+    /// the step has run on this node.
+    pub fn forward_layers(
+        &self,
+        layers: Range<usize>,
+        x: &mut [f32],
+        seqs: &mut [(usize, &mut SeqState)],
+    ) -> Result<()> {
+        match self {
+            Model::Dense(m) => {
+                let mut segs = Vec::with_capacity(seqs.len());
+                for (n, s) in seqs.iter_mut() {
+                    let SeqState::Dense(kv) = &mut **s else {
+                        return Err(wrong_state());
+                    };
+                    segs.push((*n, kv));
+                }
+                m.forward_layers(layers, x, &mut segs)
+            }
+            Model::Deepseek2(m) => {
+                let mut segs = Vec::with_capacity(seqs.len());
+                for (n, s) in seqs.iter_mut() {
+                    let SeqState::Mla(c) = &mut **s else {
+                        return Err(wrong_state());
+                    };
+                    segs.push((*n, c));
+                }
+                m.forward_layers(layers, x, &mut segs)
+            }
+        }
+    }
+
+    /// Commits the positions a step wrote into each state.
+    pub fn finish_step(&self, seqs: &mut [(usize, &mut SeqState)]) {
+        for (n, s) in seqs.iter_mut() {
+            match s {
+                SeqState::Dense(kv) => kv.advance(*n),
+                SeqState::Mla(c) => c.advance(*n),
+            }
+        }
+    }
+
+    /// Final norm and output head over `m × n_embd` rows: `m × n_vocab`.
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Model::Dense(m) => m.logits(x),
+            Model::Deepseek2(m) => m.logits(x),
+        }
+    }
+
+    /// Whether layer `il` has routed experts.
+    pub fn is_moe_layer(&self, il: usize) -> bool {
+        match self {
+            Model::Dense(_) => false,
+            Model::Deepseek2(m) => m.is_moe_layer(il),
+        }
+    }
+
+    /// Routed experts per MoE layer (0 for dense models).
+    pub fn n_expert(&self) -> usize {
+        match self {
+            Model::Dense(_) => 0,
+            Model::Deepseek2(m) => m.hp.moe.as_ref().map_or(0, |p| p.n_expert),
+        }
+    }
+
+    /// Sends the experts this node does not hold elsewhere (`None`: every
+    /// expert runs here).
+    pub fn set_expert_dispatch(&mut self, d: Option<Arc<dyn ExpertDispatch>>) -> Result<()> {
+        match self {
+            Model::Dense(_) if d.is_some() => Err(ModelError::Invalid(
+                "expert parallelism needs a mixture-of-experts model".into(),
+            )),
+            Model::Dense(_) => Ok(()),
+            Model::Deepseek2(m) => {
+                m.remote = d;
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the routed experts of layer `il` on `batch`'s rows (what an
+    /// expert holder does for the node running the layer); unweighted
+    /// outputs, `n_embd` per row, in row order.
+    pub fn run_experts(&self, il: usize, batch: &ExpertBatch) -> Result<Vec<f32>> {
+        batch.check()?;
+        match self {
+            Model::Dense(_) => Err(ModelError::Invalid(
+                "this model has no routed experts".into(),
+            )),
+            Model::Deepseek2(m) => m.run_experts(il, batch),
+        }
+    }
+}
+
+fn wrong_state() -> ModelError {
+    ModelError::Invalid("sequence state of another architecture".into())
+}
