@@ -10,13 +10,16 @@
 //! into a visible one, so they are worth the care.
 
 mod attn;
+mod dequant_matmul;
 mod exp;
+pub mod qat;
 
 use std::sync::OnceLock;
 
 use half::f16;
 
 pub use attn::{dot_kq, weighted_sum_v, VSumOrder};
+pub use dequant_matmul::matmul_dequant_f32;
 pub use exp::{expf, silu, softmax, softmax_aligned, swiglu};
 
 /// `y = x / sqrt(mean(x²) + eps) * w`, in place on `x`. `w` may be empty
