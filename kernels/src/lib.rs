@@ -11,6 +11,8 @@
 //!   the SIMD level picked once at run time ([`simd`]);
 //! - [`matmul`]: matrix-vector and matrix-matrix products over quantized
 //!   weights, parallel over rows with rayon;
+//! - [`quantize`]: whole-matrix quantization as `llama-quantize` does it,
+//!   with an optional importance matrix;
 //! - [`ops`]: the small f32 operations of a forward pass (norms, RoPE,
 //!   softmax, activations).
 
@@ -18,6 +20,7 @@ pub mod dispatch;
 pub mod matmul;
 pub mod ops;
 pub mod quants;
+pub mod quantize;
 pub mod simd;
 pub mod types;
 

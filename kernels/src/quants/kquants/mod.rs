@@ -24,7 +24,7 @@ mod q4k;
 mod q5k;
 mod q6k;
 mod q8k;
-mod search;
+pub(crate) mod search;
 pub mod tiled;
 
 use std::mem::size_of;

@@ -5,10 +5,12 @@
 //! `quantize_row_*_ref`, used to write model files), and the dispatch entry
 //! [`kernels`]. The run-time activation quantizers [`quantize_q8_0`] and
 //! [`quantize_q8_1`] live in [`act`]; the dot products in [`dot`] (scalar
-//! references) and `x86` (AVX2 / AVX-512 VNNI).
+//! references) and `x86` (AVX2 / AVX-512 VNNI); the importance-weighted
+//! quantizers `llama-quantize` uses with an imatrix in [`weighted`].
 
 pub mod act;
 pub mod dot;
+pub mod weighted;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
