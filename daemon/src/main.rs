@@ -4,6 +4,7 @@
 //! `bench`. Each lives in its own module under [`cli`].
 
 mod cli;
+mod node;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
     Serve(serve::ServeArgs),
+    /// Write a synthetic MoE GGUF (deepseek2) of realistic shape and size.
+    Synth(cli::synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Synth(a) => cli::synth::run(a),
     }
 }

@@ -1,0 +1,202 @@
+//! The coordinator's side of a split model: a scheduler [`Backend`] whose
+//! forward pass embeds the tokens, runs the coordinator's own layers, and
+//! sends the rest of the step down the pipeline through a [`Hop`].
+//!
+//! Each sequence has an id the other stages key their caches by. Stages
+//! truncate to the step's start position themselves, so rewinding a state
+//! here costs no message; a clone becomes a *fork* the next step carries;
+//! dropping a state releases its caches downstream.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dwarfstar_model::{Model, SeqState};
+
+use super::pipeline::{Hop, Span, Step, Want};
+use crate::serve::scheduler::Backend;
+
+/// Sequence ids whose states were dropped, released in batches.
+#[derive(Default)]
+struct Released(Mutex<Vec<u64>>);
+
+/// A sequence of a split model, as the coordinator holds it.
+pub struct DistSeq {
+    pub id: u64,
+    /// The coordinator's own layers' cache.
+    local: SeqState,
+    /// Positions held (on every stage, once the next step ran).
+    len: usize,
+    /// Copy sequence `.0`'s positions on the stages first.
+    fork: Option<u64>,
+    released: Arc<Released>,
+}
+
+impl Drop for DistSeq {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.released.0.lock() {
+            r.push(self.id);
+        }
+    }
+}
+
+/// The coordinator's model share and the way to the other stages.
+pub struct DistBackend {
+    model: Arc<Model>,
+    local: Range<usize>,
+    next: Option<Arc<dyn Hop>>,
+    plan_version: u64,
+    ids: AtomicU64,
+    released: Arc<Released>,
+}
+
+impl DistBackend {
+    /// `local`: the layers this node runs first (may be empty); `next`: the
+    /// rest of the pipeline, `None` when this node also holds the output.
+    pub fn new(
+        model: Arc<Model>,
+        local: Range<usize>,
+        next: Option<Arc<dyn Hop>>,
+        plan_version: u64,
+    ) -> DistBackend {
+        DistBackend {
+            model,
+            local,
+            next,
+            plan_version,
+            ids: AtomicU64::new(1),
+            released: Arc::default(),
+        }
+    }
+
+    fn flush_released(&self) {
+        let ids = std::mem::take(&mut *self.released.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if !ids.is_empty() {
+            if let Some(n) = &self.next {
+                n.release(&ids);
+            }
+        }
+    }
+
+    fn step(&self, items: &mut [(&[u32], &mut DistSeq, bool)]) -> Result<Vec<Vec<f32>>, String> {
+        if items.iter().any(|(t, _, _)| t.is_empty()) {
+            return Err("a sequence in the batch has no tokens".into());
+        }
+        let tokens: Vec<u32> = items
+            .iter()
+            .flat_map(|(t, _, _)| t.iter().copied())
+            .collect();
+        let mut x = self.model.embed(&tokens).map_err(|e| e.to_string())?;
+        {
+            let mut refs: Vec<(usize, &mut SeqState)> = items
+                .iter_mut()
+                .map(|(t, s, _)| (t.len(), &mut s.local))
+                .collect();
+            if !self.local.is_empty() {
+                self.model
+                    .forward_layers(self.local.clone(), &mut x, &mut refs)
+                    .map_err(|e| e.to_string())?;
+            }
+            self.model.finish_step(&mut refs);
+        }
+        let spans: Vec<Span> = items
+            .iter()
+            .map(|(t, s, all)| Span {
+                seq: s.id,
+                rows: t.len() as u32,
+                pos0: s.len as u32,
+                want: if *all { Want::All } else { Want::Last },
+                fork: s.fork,
+            })
+            .collect();
+        let step = Step {
+            plan_version: self.plan_version,
+            layer: self.local.end as u32,
+            spans,
+            x,
+        };
+        let logits = match &self.next {
+            // Releases go after the step: a fork in it may copy a dropped state.
+            Some(next) => {
+                let r = next.call(step).map_err(|e| e.to_string());
+                self.flush_released();
+                r?
+            }
+            None => {
+                let e = self.model.n_embd();
+                let rows: Vec<f32> = step
+                    .output_rows()
+                    .iter()
+                    .flat_map(|&r| step.x[r as usize * e..(r as usize + 1) * e].iter().copied())
+                    .collect();
+                self.model.logits(&rows).map_err(|e| e.to_string())?
+            }
+        };
+        let v = self.model.n_vocab();
+        let want: usize = items
+            .iter()
+            .map(|(t, _, all)| if *all { t.len() } else { 1 })
+            .sum();
+        if logits.len() != want * v {
+            return Err(format!(
+                "the pipeline returned {} logits for {want} rows of {v}",
+                logits.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut off = 0;
+        for (t, s, all) in items.iter_mut() {
+            let n = if *all { t.len() } else { 1 };
+            out.push(logits[off * v..(off + n) * v].to_vec());
+            off += n;
+            s.len += t.len();
+            s.fork = None;
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for DistBackend {
+    type State = DistSeq;
+
+    fn new_state(&self, capacity: usize) -> DistSeq {
+        DistSeq {
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            local: self.model.new_state(capacity),
+            len: 0,
+            fork: None,
+            released: self.released.clone(),
+        }
+    }
+
+    fn state_len(&self, s: &DistSeq) -> usize {
+        s.len
+    }
+
+    fn truncate(&self, s: &mut DistSeq, len: usize) {
+        s.local.truncate(len);
+        s.len = s.len.min(len);
+    }
+
+    fn clone_state(&self, s: &DistSeq) -> DistSeq {
+        DistSeq {
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            local: s.local.clone(),
+            len: s.len,
+            // A fork of a fork not yet run copies the same original.
+            fork: Some(s.fork.unwrap_or(s.id)),
+            released: self.released.clone(),
+        }
+    }
+
+    fn state_bytes(&self, s: &DistSeq) -> usize {
+        s.local.bytes()
+    }
+
+    fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut DistSeq, bool)],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        self.step(items)
+    }
+}

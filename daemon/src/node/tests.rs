@@ -1,0 +1,184 @@
+//! The pipeline without sockets: a coordinator backend chained to stage
+//! workers in one process gives the single-node logits bit for bit, and a
+//! stage refuses steps a hostile or confused peer could send.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dwarfstar_model::Model;
+
+use super::backend::DistBackend;
+use super::pipeline::{Hop, Span, StageHost, StageLimits, StageWorker, Step, Want};
+use crate::serve::scheduler::Backend;
+
+const LIMITS: StageLimits = StageLimits {
+    ctx_size: 256,
+    max_seqs: 8,
+};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn smollm2() -> Option<Arc<Model>> {
+    let dir = std::env::var_os("DWARFSTAR_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("models"));
+    let p = dir.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run deploy/fetch-models.sh",
+        p.display()
+    );
+    Some(Arc::new(Model::open(&p, &[]).ok()?.0))
+}
+
+fn tiny_v3() -> Arc<Model> {
+    let p = repo().join("tests/fixtures/tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");
+    Arc::new(Model::open(&p, &[]).expect("fixture loads").0)
+}
+
+/// Stages `[0, a)` here, then `[a, b)` and `[b, n)` on two "nodes".
+fn chain(m: &Arc<Model>, a: usize, b: usize) -> DistBackend {
+    let n = m.n_layer();
+    let last = StageWorker {
+        host: Mutex::new(StageHost::new(m.clone(), b..n, true, 7, LIMITS).unwrap()),
+        next: None,
+    };
+    let mid = StageWorker {
+        host: Mutex::new(StageHost::new(m.clone(), a..b, false, 7, LIMITS).unwrap()),
+        next: Some(Arc::new(last)),
+    };
+    DistBackend::new(m.clone(), 0..a, Some(Arc::new(mid)), 7)
+}
+
+/// Two sequences batched, prompt then two decode steps, a rewind and a
+/// clone: every logits vector equals the single-node backend's.
+fn same_as_local(m: &Arc<Model>, a: usize, b: usize) {
+    let d = chain(m, a, b);
+    let p1: Vec<u32> = vec![1, 504, 2933, 22, 1392, 3240];
+    let p2: Vec<u32> = vec![7, 8, 9];
+    let mut l1 = m.new_state(256);
+    let mut l2 = m.new_state(256);
+    let mut d1 = d.new_state(256);
+    let mut d2 = d.new_state(256);
+    let local = |items: &mut [(&[u32], &mut dwarfstar_model::SeqState, bool)]| {
+        Backend::forward_batch(&**m, items).unwrap()
+    };
+    let want = local(&mut [(&p1, &mut l1, false), (&p2, &mut l2, true)]);
+    let got = d
+        .forward_batch(&mut [(&p1, &mut d1, false), (&p2, &mut d2, true)])
+        .unwrap();
+    assert_eq!(got, want);
+    for t in [42u32, 43] {
+        let want = local(&mut [(&[t], &mut l1, false), (&[t + 1], &mut l2, false)]);
+        let got = d
+            .forward_batch(&mut [(&[t], &mut d1, false), (&[t + 1], &mut d2, false)])
+            .unwrap();
+        assert_eq!(got, want);
+    }
+    // Rewind two positions and run something else.
+    Backend::truncate(&**m, &mut l1, 5);
+    d.truncate(&mut d1, 5);
+    let want = local(&mut [(&[99, 100], &mut l1, true)]);
+    assert_eq!(
+        d.forward_batch(&mut [(&[99, 100], &mut d1, true)]).unwrap(),
+        want
+    );
+    // A clone (prompt-cache hit) continues independently of its source.
+    let mut lc = Backend::clone_state(&**m, &l2);
+    let mut dc = d.clone_state(&d2);
+    Backend::truncate(&**m, &mut lc, 2);
+    d.truncate(&mut dc, 2);
+    let want = local(&mut [(&[5], &mut lc, false), (&[6], &mut l2, false)]);
+    let got = d
+        .forward_batch(&mut [(&[5], &mut dc, false), (&[6], &mut d2, false)])
+        .unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn split_pipeline_matches_one_node_smollm2() {
+    let m = smollm2().unwrap();
+    let n = m.n_layer();
+    same_as_local(&m, n / 3, 2 * n / 3);
+    same_as_local(&m, 0, n / 2);
+}
+
+#[test]
+fn split_pipeline_matches_one_node_deepseek_v3() {
+    let m = tiny_v3();
+    same_as_local(&m, 1, 2);
+}
+
+fn step(m: &Model, layer: u32, spans: Vec<Span>) -> Step {
+    let rows: u32 = spans.iter().map(|s| s.rows).sum();
+    Step {
+        plan_version: 7,
+        layer,
+        spans,
+        x: vec![0.01; rows as usize * m.n_embd()],
+    }
+}
+
+fn span(seq: u64, rows: u32, pos0: u32) -> Span {
+    Span {
+        seq,
+        rows,
+        pos0,
+        want: Want::Last,
+        fork: None,
+    }
+}
+
+#[test]
+fn stages_refuse_bad_steps() {
+    let m = tiny_v3();
+    let n = m.n_layer() as u32;
+    let mut h = StageHost::new(m.clone(), 1..n as usize, true, 7, LIMITS).unwrap();
+    let bad = |h: &mut StageHost, mut s: Step| h.run(&mut s).unwrap_err().to_string();
+    // Another plan, another first layer, rows that do not add up.
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.plan_version = 6;
+    assert!(bad(&mut h, s).contains("plan version"));
+    assert!(bad(&mut h, step(&m, 0, vec![span(1, 2, 0)])).contains("layer"));
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.x.pop();
+    assert!(bad(&mut h, s).contains("rows"));
+    // A gap in positions, past the context, a repeated sequence, empty spans.
+    assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 3)])).contains("holds 0"));
+    assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 255)])).contains("context"));
+    assert!(bad(&mut h, step(&m, 1, vec![span(1, 1, 0), span(1, 1, 0)])).contains("repeated"));
+    assert!(bad(&mut h, step(&m, 1, vec![])).contains("rows"));
+    // Too many sequences at once.
+    let many = (0..9).map(|i| span(100 + i, 1, 0)).collect();
+    assert!(bad(&mut h, step(&m, 1, many)).contains("sequences"));
+    // Nothing was kept from the refused steps; a good one runs.
+    assert_eq!(h.n_seqs(), 0);
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    h.run(&mut s).unwrap();
+    assert_eq!(s.layer, n);
+    assert_eq!(h.logits(&s).unwrap().len(), m.n_vocab());
+    h.release(&[1]);
+    assert_eq!(h.n_seqs(), 0);
+    assert!(StageHost::new(m.clone(), 2..99, true, 7, LIMITS).is_err());
+}
+
+#[test]
+fn released_sequences_free_their_stage_caches() {
+    let m = tiny_v3();
+    let n = m.n_layer();
+    let last = Arc::new(StageWorker {
+        host: Mutex::new(StageHost::new(m.clone(), 1..n, true, 7, LIMITS).unwrap()),
+        next: None,
+    });
+    let d = DistBackend::new(m.clone(), 0..1, Some(last.clone() as Arc<dyn Hop>), 7);
+    let mut a = d.new_state(64);
+    let mut b = d.new_state(64);
+    d.forward_batch(&mut [(&[1, 2, 3], &mut a, false), (&[4], &mut b, false)])
+        .unwrap();
+    assert_eq!(last.host.lock().unwrap().n_seqs(), 2);
+    drop(a);
+    d.forward_batch(&mut [(&[5], &mut b, false)]).unwrap();
+    assert_eq!(last.host.lock().unwrap().n_seqs(), 1);
+}
