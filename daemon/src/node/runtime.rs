@@ -1,0 +1,442 @@
+//! The node runtime: one event loop over the mesh's events, the plan
+//! handshake, and what a plan makes of this node.
+//!
+//! The node where a model is loaded coordinates it ([`NodeRuntime::coordinate`]):
+//! it waits for its peers, plans with their capabilities, proposes the plan
+//! to every node in it (a `PlanProposal` on the control protocol, answered
+//! by `NodeReady` once the node has loaded its share), and then serves
+//! through a [`DistBackend`]. Every node answers data-plane streams with the
+//! [`Roles`] its plan gave it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use dwarfstar_mesh::{ControlResponder, MeshEvent, MeshEvents, MeshHandle, ModelInfo, PeerId};
+use dwarfstar_model::Model;
+use dwarfstar_planner::{ActDType, NodeCaps, Plan, PlanRequest};
+use dwarfstar_proto::v1 as pb;
+use dwarfstar_proto::Message;
+use tokio::runtime::Handle;
+
+use super::backend::DistBackend;
+use super::error::{NodeError, Result};
+use super::pipeline::{Hop, StageHost, StageLimits, StageWorker};
+use super::plan_wire;
+use super::transport::{serve_stream, MeshExperts, QuicHop, Roles};
+
+/// What a node needs to take a share of a plan.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// Where model files are found by name.
+    pub models_dir: PathBuf,
+    pub limits: StageLimits,
+    /// This node's capabilities, as the planner sees them.
+    pub caps: NodeCaps,
+}
+
+/// How the coordinator plans.
+#[derive(Clone, Debug, Default)]
+pub struct CoordOptions {
+    /// Nodes (this one included) to wait for before planning.
+    pub min_nodes: usize,
+    pub wait: Duration,
+    pub force_stages: Option<u32>,
+    pub expert_parallel: bool,
+}
+
+/// Where this node stands, for status displays.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// `idle`, `loading`, `ready` or `failed`.
+    pub state: String,
+    pub model: Option<String>,
+    pub plan: Option<Plan>,
+    pub error: Option<String>,
+}
+
+pub struct NodeRuntime {
+    pub mesh: MeshHandle,
+    /// This node's id (its PeerId as text).
+    pub me: String,
+    rt: Handle,
+    roles: Arc<RwLock<Arc<Roles>>>,
+    settings: NodeSettings,
+    status: Mutex<NodeStatus>,
+}
+
+/// What applying a plan gave this node.
+pub struct Applied {
+    pub model: Arc<Model>,
+    /// Set on the coordinator: the scheduler's backend.
+    pub backend: Option<DistBackend>,
+}
+
+fn peer(id: &str) -> Result<PeerId> {
+    id.parse()
+        .map_err(|_| NodeError::BadRequest(format!("'{id}' is not a peer id")))
+}
+
+impl NodeRuntime {
+    pub fn new(mesh: MeshHandle, rt: Handle, mut settings: NodeSettings) -> Arc<NodeRuntime> {
+        let me = mesh.local_peer_id().to_string();
+        settings.caps.id = me.clone();
+        Arc::new(NodeRuntime {
+            mesh,
+            me,
+            rt,
+            roles: Arc::default(),
+            settings,
+            status: Mutex::new(NodeStatus {
+                state: "idle".into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut NodeStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Runs the event loop: data-plane streams and control requests.
+    pub fn run_events(self: &Arc<Self>, mut events: MeshEvents) {
+        let me = self.clone();
+        self.rt.spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    MeshEvent::IncomingStream(_, s) => {
+                        tokio::spawn(serve_stream(s, me.roles.clone()));
+                    }
+                    MeshEvent::ControlRequest(p, req, resp) => {
+                        tokio::spawn(me.clone().on_control(p, req, resp));
+                    }
+                    MeshEvent::PeerAdmitted(p) => tracing::info!("peer {p} admitted"),
+                    MeshEvent::PeerLost(p) => tracing::info!("peer {p} lost"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    async fn on_control(self: Arc<Self>, from: PeerId, req: Vec<u8>, resp: ControlResponder) {
+        let reply = match pb::MeshMessage::decode(req.as_slice()) {
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::PlanProposal(p)),
+            }) => pb::mesh_message::Body::NodeReady(self.clone().on_proposal(from, p).await),
+            Ok(_) => {
+                tracing::warn!("peer {from} sent a control message this node does not take");
+                pb::mesh_message::Body::NodeReady(pb::NodeReady {
+                    node: self.me.clone(),
+                    error: "unexpected control message".into(),
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                tracing::warn!("peer {from} sent an undecodable control message: {e}");
+                return;
+            }
+        };
+        let msg = pb::MeshMessage { body: Some(reply) };
+        if let Err(e) = resp.respond(msg.encode_to_vec()).await {
+            tracing::debug!("answering {from}: {e}");
+        }
+    }
+
+    async fn on_proposal(self: Arc<Self>, from: PeerId, p: pb::PlanProposal) -> pb::NodeReady {
+        let t0 = Instant::now();
+        let version = p.plan.as_ref().map_or(0, |p| p.version);
+        self.set_status(|s| s.state = "loading".into());
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || me.accept(&p)).await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => Err(NodeError::NotReady(format!("loading failed: {e}"))),
+        };
+        let mut ready = pb::NodeReady {
+            plan_version: version,
+            node: self.me.clone(),
+            load_ms: t0.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        match r {
+            Ok((plan, applied)) => {
+                tracing::info!("plan {version} from {from}: ready in {} ms", ready.load_ms);
+                ready.bytes_loaded = applied.model.kv_bytes_per_token() as u64;
+                self.set_status(|s| {
+                    s.state = "ready".into();
+                    s.model = Some(plan.model.clone());
+                    s.plan = Some(plan);
+                    s.error = None;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("plan {version} from {from}: {e}");
+                ready.error = e.to_string();
+                self.set_status(|s| {
+                    s.state = "failed".into();
+                    s.error = Some(e.to_string());
+                });
+            }
+        }
+        ready
+    }
+
+    /// Checks a proposal, finds the model file, and takes this node's share.
+    fn accept(&self, p: &pb::PlanProposal) -> Result<(Plan, Applied)> {
+        let info = p
+            .model
+            .as_ref()
+            .ok_or_else(|| NodeError::BadRequest("proposal without a model".into()))?;
+        let wire = p
+            .plan
+            .as_ref()
+            .ok_or_else(|| NodeError::BadRequest("proposal without a plan".into()))?;
+        let name = Path::new(&info.name)
+            .file_name()
+            .ok_or_else(|| NodeError::BadRequest(format!("model name '{}'", info.name)))?;
+        let path = self.settings.models_dir.join(name);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| {
+                NodeError::NotReady(format!("model {} not found here: {e}", path.display()))
+            })?
+            .len();
+        if size != info.size {
+            return Err(NodeError::NotReady(format!(
+                "model {} here has {size} bytes, the coordinator's has {}",
+                path.display(),
+                info.size
+            )));
+        }
+        let (model, _) = Model::open(&path, &[])?;
+        let plan = plan_wire::from_proto(wire, model.n_layer() as u32)?;
+        let applied = self.apply(&plan, model)?;
+        Ok((plan, applied))
+    }
+
+    /// Builds this node's roles for `plan` around `model`.
+    pub fn apply(&self, plan: &Plan, mut model: Model) -> Result<Applied> {
+        let act = match plan.activation_dtype {
+            ActDType::F32 => pb::DType::F32,
+            ActDType::F16 => pb::DType::F16,
+        };
+        // Experts held elsewhere go there.
+        let others: BTreeSet<&str> = plan
+            .experts
+            .iter()
+            .filter(|s| s.node != self.me)
+            .map(|s| s.node.as_str())
+            .collect();
+        if !others.is_empty() {
+            let nodes: Vec<&str> = others.into_iter().collect();
+            let mut owners = HashMap::new();
+            for s in plan.experts.iter().filter(|s| s.node != self.me) {
+                let i = nodes.iter().position(|n| *n == s.node).unwrap_or(0) as u32;
+                for &e in &s.experts {
+                    owners.insert((s.layer as usize, e as usize), i);
+                }
+            }
+            let dispatch = MeshExperts {
+                mesh: self.mesh.clone(),
+                rt: self.rt.clone(),
+                nodes: nodes.iter().map(|n| peer(n)).collect::<Result<_>>()?,
+                owners,
+                plan_version: plan.version,
+                dtype: act,
+            };
+            model.set_expert_dispatch(Some(Arc::new(dispatch)))?;
+        }
+        let model = Arc::new(model);
+        let width = model.n_embd();
+
+        // Stage workers from the last stage back, each knowing the way on.
+        let coordinator = plan.coordinator == self.me;
+        let mut next: Option<Arc<dyn Hop>> = None;
+        let mut mine: Option<Arc<StageWorker>> = None;
+        let mut local = 0..0;
+        for (i, s) in plan.stages.iter().enumerate().rev() {
+            if s.node != self.me {
+                next = Some(Arc::new(QuicHop {
+                    mesh: self.mesh.clone(),
+                    peer: peer(&s.node)?,
+                    rt: self.rt.clone(),
+                    width,
+                    dtype: act,
+                }));
+                continue;
+            }
+            let layers = s.layers.start as usize..s.layers.end as usize;
+            if coordinator && i == 0 {
+                local = layers;
+                continue;
+            }
+            let host = StageHost::new(
+                model.clone(),
+                layers,
+                s.holds_output,
+                plan.version,
+                self.settings.limits,
+            )?;
+            let w = Arc::new(StageWorker {
+                host: Mutex::new(host),
+                next: next.take(),
+            });
+            mine = Some(w.clone());
+            next = Some(w);
+        }
+        let holds_experts = plan.experts.iter().any(|s| s.node == self.me);
+        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Roles {
+            plan_version: plan.version,
+            stage: mine,
+            experts: holds_experts.then(|| model.clone()),
+        });
+        let backend = coordinator.then(|| {
+            let next = if local.end as u32 == plan.stages.last().map_or(0, |s| s.layers.end) {
+                None
+            } else {
+                next
+            };
+            DistBackend::new(model.clone(), local, next, plan.version)
+        });
+        Ok(Applied { model, backend })
+    }
+
+    /// Plans `path` over the admitted peers, has every node in the plan load
+    /// its share, and takes this node's.
+    pub async fn coordinate(
+        self: &Arc<Self>,
+        path: &Path,
+        opts: &CoordOptions,
+        version: u64,
+    ) -> Result<(Plan, Applied)> {
+        let t = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+        let deadline = Instant::now() + opts.wait;
+        let mut caps: Vec<NodeCaps> = Vec::new();
+        loop {
+            caps.clear();
+            caps.push(self.settings.caps.clone());
+            for p in self.mesh.peers().await.map_err(|e| t(&e))? {
+                if let Some(c) = p.caps {
+                    caps.push(node_caps(&p.peer.to_string(), &c));
+                }
+            }
+            if caps.len() >= opts.min_nodes.max(1) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NotReady(format!(
+                    "{} of {} nodes joined within {:?}",
+                    caps.len(),
+                    opts.min_nodes,
+                    opts.wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.set_status(|s| s.state = "loading".into());
+        let p = path.to_path_buf();
+        let (model, file) = tokio::task::spawn_blocking(move || Model::open(&p, &[]))
+            .await
+            .map_err(|e| NodeError::NotReady(e.to_string()))??;
+        let shape = dwarfstar_model::shape::model_shape(&file)?;
+        let n_layer = model.n_layer() as u32;
+        let req = PlanRequest {
+            model: shape,
+            nodes: caps,
+            links: Vec::new(),
+            coordinator: self.me.clone(),
+            version,
+            force_stages: opts.force_stages,
+            expert_parallel: opts.expert_parallel,
+            kv_tokens: self.settings.limits.ctx_size as u64,
+            force_act_dtype: Some(ActDType::F32),
+        };
+        let plan = dwarfstar_planner::plan(&req)
+            .map_err(|e| NodeError::NotReady(format!("planning: {e}")))?;
+        tracing::info!("plan {version}: {plan:?}");
+        let info = ModelInfo {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            arch: model.arch().to_string(),
+            ..Default::default()
+        };
+        let proposal = pb::MeshMessage {
+            body: Some(pb::mesh_message::Body::PlanProposal(pb::PlanProposal {
+                plan: Some(plan_wire::to_proto(&plan, n_layer)),
+                model: Some(info),
+                proposer: self.me.clone(),
+            })),
+        }
+        .encode_to_vec();
+        let members: BTreeSet<&str> = plan
+            .stages
+            .iter()
+            .map(|s| s.node.as_str())
+            .chain(plan.experts.iter().map(|s| s.node.as_str()))
+            .filter(|n| *n != self.me)
+            .collect();
+        let mut waits = Vec::new();
+        for n in members {
+            let (mesh, msg, id) = (self.mesh.clone(), proposal.clone(), peer(n)?);
+            waits.push((
+                n.to_string(),
+                tokio::spawn(async move { mesh.send_control(id, msg).await }),
+            ));
+        }
+        for (n, w) in waits {
+            let reply = w.await.map_err(|e| t(&e))?.map_err(|e| t(&e))?;
+            match pb::MeshMessage::decode(reply.as_slice()) {
+                Ok(pb::MeshMessage {
+                    body: Some(pb::mesh_message::Body::NodeReady(r)),
+                }) if r.error.is_empty() && r.plan_version == version => {}
+                Ok(pb::MeshMessage {
+                    body: Some(pb::mesh_message::Body::NodeReady(r)),
+                }) => {
+                    return Err(NodeError::Remote {
+                        node: n,
+                        message: r.error,
+                    })
+                }
+                _ => {
+                    return Err(NodeError::BadRequest(format!(
+                        "{n} answered the plan with something else"
+                    )))
+                }
+            }
+        }
+        let me = self.clone();
+        let plan2 = plan.clone();
+        let applied = tokio::task::spawn_blocking(move || me.apply(&plan2, model))
+            .await
+            .map_err(|e| NodeError::NotReady(e.to_string()))??;
+        self.set_status(|s| {
+            s.state = "ready".into();
+            s.model = Some(plan.model.clone());
+            s.plan = Some(plan.clone());
+        });
+        Ok((plan, applied))
+    }
+}
+
+/// A peer's announced capabilities as the planner takes them.
+pub fn node_caps(id: &str, c: &dwarfstar_mesh::Capabilities) -> NodeCaps {
+    NodeCaps {
+        id: id.to_string(),
+        mem_budget: c.mem_budget,
+        free_ram: c.free_ram,
+        cores: c.cores,
+        matmul_gflops: c.matmul_gflops,
+        mem_bw_gbs: c.mem_bw_gbs,
+        disk_read_gbs: c.disk_read_gbs,
+    }
+}

@@ -1,0 +1,248 @@
+//! The pipeline and expert traffic over the mesh's QUIC data plane.
+//!
+//! - [`QuicHop`]: a [`Hop`] to the next stage's node, one stream per step;
+//! - [`MeshExperts`]: an [`ExpertDispatch`] sending expert batches to their
+//!   holders, one stream per batch, answered while local experts run;
+//! - [`serve_stream`]: the receiving side, which answers one request frame
+//!   per stream with what this node's [`Roles`] compute, or an ERROR frame.
+//!
+//! Model work runs on blocking threads (`spawn_blocking`); the async side
+//! only moves frames. A peer whose frame is malformed gets an ERROR answer
+//! or, for codec violations, a closed connection (the mesh crate's call),
+//! and this node keeps serving everyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use dwarfstar_mesh::{FrameStream, MeshHandle, PeerId};
+use dwarfstar_model::{ExpertBatch, ExpertDispatch, ExpertTicket, Model, ModelError};
+use dwarfstar_proto::v1::{DType, FrameHeader, FrameKind};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::error::{NodeError, Result};
+use super::frames;
+use super::pipeline::{Hop, StageWorker, Step};
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn next_request_id() -> u64 {
+    REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Sends one request frame on a fresh stream to `peer` and reads the answer.
+async fn exchange(
+    mesh: &MeshHandle,
+    peer: PeerId,
+    h: FrameHeader,
+    payload: Bytes,
+) -> Result<(FrameHeader, Bytes)> {
+    let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
+    let (mut tx, mut rx) = mesh.open_stream(peer).await.map_err(|e| t(&e))?;
+    tx.send_frame(&h, payload).await.map_err(|e| t(&e))?;
+    tx.finish().map_err(|e| t(&e))?;
+    match rx.recv_frame().await.map_err(|e| t(&e))? {
+        Some(f) => Ok((f.header, f.payload)),
+        None => Err(t(&"stream closed without an answer")),
+    }
+}
+
+/// The next pipeline stage, on another node.
+pub struct QuicHop {
+    pub mesh: MeshHandle,
+    pub peer: PeerId,
+    pub rt: Handle,
+    pub width: usize,
+    pub dtype: DType,
+}
+
+impl Hop for QuicHop {
+    fn call(&self, step: Step) -> Result<Vec<f32>> {
+        let id = next_request_id();
+        let (h, p) = frames::step_frame(&step, id, self.width, self.dtype);
+        let (ah, ap) = self.rt.block_on(exchange(&self.mesh, self.peer, h, p))?;
+        frames::answer_rows(&ah, &ap, FrameKind::Logits, &self.peer.to_string())
+    }
+
+    fn release(&self, seqs: &[u64]) {
+        let (h, p) = frames::release_frame(0, seqs);
+        let (mesh, peer) = (self.mesh.clone(), self.peer);
+        self.rt.spawn(async move {
+            if let Err(e) = exchange(&mesh, peer, h, p).await {
+                tracing::debug!("release on {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Routed experts other nodes hold, by (layer, expert).
+pub struct MeshExperts {
+    pub mesh: MeshHandle,
+    pub rt: Handle,
+    pub nodes: Vec<PeerId>,
+    /// (layer, expert) → index into `nodes`; absent = held here.
+    pub owners: HashMap<(usize, usize), u32>,
+    pub plan_version: u64,
+    pub dtype: DType,
+}
+
+struct Pending {
+    rt: Handle,
+    task: JoinHandle<Result<Vec<f32>>>,
+}
+
+impl ExpertTicket for Pending {
+    fn wait(self: Box<Self>) -> dwarfstar_model::Result<Vec<f32>> {
+        match self.rt.block_on(self.task) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ModelError::Invalid(format!("remote experts: {e}"))),
+            Err(e) => Err(ModelError::Invalid(format!("remote experts: {e}"))),
+        }
+    }
+}
+
+impl ExpertDispatch for MeshExperts {
+    fn owner(&self, il: usize, e: usize) -> Option<u32> {
+        self.owners.get(&(il, e)).copied()
+    }
+
+    fn submit(
+        &self,
+        node: u32,
+        il: usize,
+        batch: ExpertBatch,
+    ) -> dwarfstar_model::Result<Box<dyn ExpertTicket>> {
+        let peer = *self
+            .nodes
+            .get(node as usize)
+            .ok_or_else(|| ModelError::Invalid(format!("no node {node} in the plan")))?;
+        let (h, p) = frames::expert_request_frame(
+            next_request_id(),
+            self.plan_version,
+            il as u32,
+            &batch,
+            self.dtype,
+        );
+        let mesh = self.mesh.clone();
+        let task = self.rt.spawn(async move {
+            let (ah, ap) = exchange(&mesh, peer, h, p).await?;
+            frames::answer_rows(&ah, &ap, FrameKind::ExpertResult, &peer.to_string())
+        });
+        Ok(Box::new(Pending {
+            rt: self.rt.clone(),
+            task,
+        }))
+    }
+}
+
+/// What this node does for others under the current plan.
+#[derive(Default)]
+pub struct Roles {
+    pub plan_version: u64,
+    pub stage: Option<Arc<StageWorker>>,
+    /// The model whose routed experts this node runs for others.
+    pub experts: Option<Arc<Model>>,
+}
+
+/// Answers the request on one incoming stream.
+pub async fn serve_stream(mut s: FrameStream, roles: Arc<RwLock<Arc<Roles>>>) {
+    let peer = s.peer;
+    let frame = match s.recv.recv_frame().await {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("peer {peer} sent a bad frame: {e}");
+            return;
+        }
+    };
+    let roles = roles.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let (h, p) = frame_answer(frame.header, frame.payload, roles).await;
+    if let Err(e) = s.send.send_frame(&h, p).await {
+        tracing::debug!("answering {peer}: {e}");
+        return;
+    }
+    let _ = s.send.finish();
+}
+
+async fn frame_answer(h: FrameHeader, payload: Bytes, roles: Arc<Roles>) -> (FrameHeader, Bytes) {
+    let (id, version) = (h.request_id, h.plan_version);
+    let r = tokio::task::spawn_blocking(move || answer(&h, &payload, &roles)).await;
+    match r {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::warn!("request {id}: {e}");
+            frames::error_frame(id, version, &e.to_string())
+        }
+        Err(e) => frames::error_frame(id, version, &format!("worker failed: {e}")),
+    }
+}
+
+fn answer(h: &FrameHeader, payload: &[u8], roles: &Roles) -> Result<(FrameHeader, Bytes)> {
+    let kind = FrameKind::try_from(h.kind)
+        .map_err(|_| NodeError::BadRequest(format!("frame kind {}", h.kind)))?;
+    match kind {
+        FrameKind::Activation => {
+            let stage = roles
+                .stage
+                .as_ref()
+                .ok_or_else(|| NodeError::NotReady("this node runs no stage".into()))?;
+            let (width, n_vocab, n_layer) = {
+                let host = stage.host.lock().unwrap_or_else(|e| e.into_inner());
+                let m = host.model();
+                (m.n_embd(), m.n_vocab(), m.n_layer() as u32)
+            };
+            let step = frames::frame_step(h, payload, width)?;
+            let version = step.plan_version;
+            let logits = stage.handle(step)?;
+            Ok(frames::logits_frame(
+                h.request_id,
+                version,
+                n_layer,
+                &logits,
+                n_vocab,
+            ))
+        }
+        FrameKind::ExpertRequest => {
+            if h.plan_version != roles.plan_version {
+                return Err(NodeError::WrongPlan {
+                    got: h.plan_version,
+                    have: roles.plan_version,
+                });
+            }
+            let m = roles
+                .experts
+                .as_ref()
+                .ok_or_else(|| NodeError::NotReady("this node holds no experts".into()))?;
+            let b = frames::frame_expert_batch(h, payload, m.n_embd())?;
+            let y = m.run_experts(h.layer as usize, &b)?;
+            let rows = y.len() / b.d;
+            let mut ah = FrameHeader {
+                request_id: h.request_id,
+                plan_version: h.plan_version,
+                kind: FrameKind::ExpertResult as i32,
+                layer: h.layer,
+                ..Default::default()
+            };
+            let payload = frames::encode_rows(&y, DType::F32);
+            ah.dtype = DType::F32 as i32;
+            ah.shape = vec![rows as u64, b.d as u64];
+            ah.payload_len = payload.len() as u64;
+            Ok((ah, payload))
+        }
+        FrameKind::Release => {
+            if let Some(stage) = &roles.stage {
+                let seqs: Vec<u64> = h.spans.iter().map(|s| s.seq).collect();
+                stage.release(&seqs);
+            }
+            let ah = FrameHeader {
+                request_id: h.request_id,
+                kind: FrameKind::Release as i32,
+                ..Default::default()
+            };
+            Ok((ah, Bytes::new()))
+        }
+        other => Err(NodeError::BadRequest(format!("{other:?} is not a request"))),
+    }
+}
