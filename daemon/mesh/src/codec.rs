@@ -4,7 +4,8 @@
 //! takes bytes in a `BytesMut` and yields whole [`Frame`]s; the payload is split off the input
 //! buffer and frozen, so it is never copied. Every limit is checked before memory is committed:
 //! header <= [`FrameLimits::max_header`], payload <= [`FrameLimits::max_payload`], and the payload
-//! length must equal `product(shape) * dtype size` (an empty shape means no payload).
+//! length must equal `product(shape) * dtype size` (an empty shape means no payload; an unspecified kind, or an
+//! unspecified dtype with a shape, is a violation).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -70,7 +71,10 @@ pub struct Frame {
 
 /// Checks a header against the limits; returns the payload length it declares.
 pub fn validate_header(header: &FrameHeader, limits: &FrameLimits) -> Result<u64, FrameError> {
-    FrameKind::try_from(header.kind).map_err(|_| FrameError::UnknownKind(header.kind))?;
+    match FrameKind::try_from(header.kind) {
+        Ok(FrameKind::Unspecified) | Err(_) => return Err(FrameError::UnknownKind(header.kind)),
+        Ok(_) => {}
+    }
     let dtype =
         DType::try_from(header.dtype).map_err(|_| FrameError::UnknownDType(header.dtype))?;
     if header.payload_len > limits.max_payload {
@@ -82,10 +86,13 @@ pub fn validate_header(header: &FrameHeader, limits: &FrameLimits) -> Result<u64
     let expected = if header.shape.is_empty() {
         0
     } else {
+        let elem = dtype
+            .size_bytes()
+            .ok_or(FrameError::UnknownDType(header.dtype))?;
         header
             .shape
             .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+            .try_fold(elem, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| FrameError::ShapeOverflow {
                 shape: header.shape.clone(),
             })?
@@ -134,7 +141,10 @@ enum State {
     /// Waiting for the length prefix and the header.
     Header,
     /// Header decoded; waiting for `len` payload bytes.
-    Payload { header: FrameHeader, len: usize },
+    Payload {
+        header: Box<FrameHeader>,
+        len: usize,
+    },
     /// A violation was seen; the stream is dead.
     Failed,
 }
@@ -202,7 +212,10 @@ impl FrameDecoder {
                         }
                     };
                     src.advance(4 + hlen);
-                    self.state = State::Payload { header, len };
+                    self.state = State::Payload {
+                        header: Box::new(header),
+                        len,
+                    };
                 }
                 State::Payload { len, .. } => {
                     let len = *len;
@@ -215,7 +228,10 @@ impl FrameDecoder {
                     else {
                         unreachable!("state checked above");
                     };
-                    return Ok(Some(Frame { header, payload }));
+                    return Ok(Some(Frame {
+                        header: *header,
+                        payload,
+                    }));
                 }
             }
         }
@@ -269,7 +285,7 @@ pub fn f32s_to_bytes(values: &[f32]) -> Bytes {
 
 /// f32 values of a little-endian payload; `None` when its length is not a multiple of 4.
 pub fn f32s_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

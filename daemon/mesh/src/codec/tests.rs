@@ -16,9 +16,9 @@ fn header(shape: Vec<u64>, dtype: DType) -> FrameHeader {
         layer: 12,
         positions: vec![0, 1],
         dtype: dtype as i32,
-        payload_len: elems * dtype.size(),
+        payload_len: elems * dtype.size_bytes().unwrap(),
         shape,
-        error: String::new(),
+        ..Default::default()
     }
 }
 
@@ -66,18 +66,18 @@ fn f32_round_trip_at_every_split() {
 
 #[test]
 fn several_frames_back_to_back_and_empty_payloads() {
-    let a = header(vec![3], DType::U8);
+    let a = header(vec![3], DType::F16);
     let mut release = header(vec![], DType::F32);
     release.kind = FrameKind::Release as i32;
-    let mut wire = encode(&a, &[1, 2, 3]);
+    let mut wire = encode(&a, &[1, 2, 3, 4, 5, 6]);
     wire.extend(encode(&release, &[]));
-    wire.extend(encode(&a, &[4, 5, 6]));
+    wire.extend(encode(&a, &[7, 8, 9, 10, 11, 12]));
     let frames = decode_all(&mut FrameDecoder::default(), &wire).unwrap();
     assert_eq!(frames.len(), 3);
-    assert_eq!(&frames[0].payload[..], &[1, 2, 3]);
+    assert_eq!(&frames[0].payload[..], &[1, 2, 3, 4, 5, 6]);
     assert_eq!(frames[1].header.kind, FrameKind::Release as i32);
     assert!(frames[1].payload.is_empty());
-    assert_eq!(&frames[2].payload[..], &[4, 5, 6]);
+    assert_eq!(&frames[2].payload[..], &[7, 8, 9, 10, 11, 12]);
 }
 
 #[test]
@@ -150,6 +150,21 @@ fn payload_limits_and_shape_checks() {
         validate_header(&h, &limits),
         Err(FrameError::UnknownDType(-1))
     );
+    let mut h = header(vec![1], DType::F32);
+    h.kind = FrameKind::Unspecified as i32;
+    assert_eq!(
+        validate_header(&h, &limits),
+        Err(FrameError::UnknownKind(0))
+    );
+    let mut h = header(vec![1], DType::F32);
+    h.dtype = DType::Unspecified as i32;
+    assert_eq!(
+        validate_header(&h, &limits),
+        Err(FrameError::UnknownDType(0))
+    );
+    let mut h = header(vec![], DType::F32);
+    h.dtype = DType::Unspecified as i32;
+    assert_eq!(validate_header(&h, &limits), Ok(0));
     let h = header(vec![2], DType::F16);
     assert_eq!(validate_header(&h, &limits), Ok(4));
     // The sender checks the actual payload size too.
