@@ -23,6 +23,7 @@ pub mod hparams;
 pub mod kv;
 pub mod observe;
 pub mod sampler;
+pub mod shape;
 pub mod stage;
 pub mod weights;
 
