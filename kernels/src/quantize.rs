@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 use crate::dispatch::{type_kernels, QuantFn};
 use crate::quants::iquants::{
-    quantize_iq2_xxs, quantize_iq4_nl_weighted, quantize_iq4_xs_weighted, with_blocks_mut,
+    quantize_iq3_s, quantize_iq3_xxs, quantize_iq4_nl_weighted, quantize_iq4_xs_weighted,
+    quantize_row_iq1_s, quantize_row_iq2_xs, quantize_row_iq2_xxs, with_blocks_mut,
 };
 use crate::quants::kquants::*;
 use crate::quants::legacy::weighted::{quantize_row_weighted_bytes, WeightedBlock};
@@ -85,10 +86,12 @@ kquant_weighted!(q4_k, BlockQ4_K, quantize_q4_k_weighted);
 kquant_weighted!(q5_k, BlockQ5_K, quantize_q5_k_weighted);
 kquant_weighted!(q6_k, BlockQ6_K, quantize_q6_k_weighted);
 
-fn iq2_xxs(x: &[f32], qw: &[f32], dst: &mut [u8]) {
-    // Shapes were checked by `quantize`; the call cannot fail.
-    let done = quantize_iq2_xxs(x, x.len(), qw, dst);
-    debug_assert!(done.is_ok(), "{done:?}");
+fn iq3_xxs(x: &[f32], qw: &[f32], dst: &mut [u8]) {
+    quantize_iq3_xxs(x, Some(qw), dst)
+}
+
+fn iq3_s(x: &[f32], qw: &[f32], dst: &mut [u8]) {
+    quantize_iq3_s(x, Some(qw), dst)
 }
 
 fn iq4_nl(x: &[f32], qw: &[f32], dst: &mut [u8]) {
@@ -115,7 +118,11 @@ fn scheme(ty: GgmlType) -> Option<Scheme> {
         T::Q6_K => (reference(), Some(q6_k)),
         T::IQ4_NL => (reference(), Some(iq4_nl)),
         T::IQ4_XS => (reference(), Some(iq4_xs)),
-        T::IQ2_XXS => (None, Some(iq2_xxs)),
+        T::IQ3_XXS => (reference(), Some(iq3_xxs)),
+        T::IQ3_S => (reference(), Some(iq3_s)),
+        T::IQ2_XXS => (None, Some(quantize_row_iq2_xxs)),
+        T::IQ2_XS => (None, Some(quantize_row_iq2_xs)),
+        T::IQ1_S => (None, Some(quantize_row_iq1_s)),
         _ => return None,
     };
     if plain.is_none() && weighted.is_none() {

@@ -29,6 +29,10 @@ const TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q5_K, "q5_K"),
     (GgmlType::Q6_K, "q6_K"),
     (GgmlType::IQ2_XXS, "iq2_xxs"),
+    (GgmlType::IQ2_XS, "iq2_xs"),
+    (GgmlType::IQ3_XXS, "iq3_xxs"),
+    (GgmlType::IQ3_S, "iq3_s"),
+    (GgmlType::IQ1_S, "iq1_s"),
     (GgmlType::IQ4_NL, "iq4_nl"),
     (GgmlType::IQ4_XS, "iq4_xs"),
 ];
@@ -183,6 +187,8 @@ impl Zoo {
     }
 }
 
+/// On the shared quant-zoo source (with the zoo's imatrix where ggml used
+/// one) our bytes are ggml's, and so is the error of their dequantization.
 #[test]
 fn zoo_error_is_no_worse_than_ggml() {
     let zoo = Zoo::load();
@@ -197,7 +203,10 @@ fn zoo_error_is_no_worse_than_ggml() {
             .as_f64()
             .expect("quant_error_rmse");
         let q = ours(ty, &x, cols, used.then_some(imatrix.as_slice()));
+        let off = entry["offset"].as_u64().expect("offset") as usize;
+        let same = q == zoo.file[off..off + q.len()];
         let e = rmse(&x, &dequant(ty, &q, x.len()));
+        assert!(same, "{name}: bytes differ from ggml's in the quant zoo");
         eprintln!("{name}: rmse {e:.6e} (ggml {ggml:.6e})");
         assert!(
             e <= ggml * (1.0 + 1e-6),
@@ -295,4 +304,28 @@ fn bad_shapes_and_missing_imatrix_are_errors() {
     );
     // No rows is zero bytes, not an error.
     assert_eq!(quantize(ty, &[], COLS, None, &mut []), Ok(0));
+}
+
+/// ggml misplaces the bytes of the IQ3_S groups that follow an all-zero
+/// group of 32 inside a non-zero super-block; ours stay in place, so every
+/// group decodes close to its input (the zero group to the format's
+/// smallest magnitude, IQ3_S has no exact zero).
+#[test]
+fn iq3_s_block_with_a_zero_group_decodes_in_place() {
+    let (x, w) = weighted_inputs();
+    let mut row = x[..256].to_vec();
+    row[64..96].fill(0.0);
+    for qw in [None, Some(&w[..256])] {
+        let q = ours(GgmlType::IQ3_S, &row, 256, qw);
+        let y = dequant(GgmlType::IQ3_S, &q, 256);
+        let scale = rmse(&row, &[0.0; 256]);
+        for g in 0..8 {
+            let r = 32 * g..32 * g + 32;
+            let e = rmse(&row[r.clone()], &y[r.clone()]);
+            let rms = rmse(&row[r], &[0.0; 32]);
+            // Misplaced indices or signs would give errors of order `rms`.
+            let bound = if g == 2 { 0.1 * scale } else { 0.6 * rms };
+            assert!(e < bound, "group {g}: rmse {e:e}, group rms {rms:e}");
+        }
+    }
 }

@@ -9,132 +9,14 @@
 //! refit, and finally code the group scales in 4 bits against the
 //! super-block's f16 scale.
 
-use std::sync::OnceLock;
-
 use half::f16;
 
-use super::grids::IQ2XXS_GRID;
+use super::lattice::{iq2xxs, Lattice};
 use super::{with_blocks_mut, BlockIQ2XXS, QK_K};
 use crate::KernelError;
 
 /// Largest lattice level + 1 (levels 0, 1, 2 are the magnitudes 1, 3, 5).
 const K_MAX_Q: i32 = 3;
-/// Number of 2-bit codes of 8 levels: `Σ l_k << 2k` with `l_k <= 2`.
-const MAP_SIZE: usize = 0xaaaa + 1;
-
-/// The grid as levels and the lookup from a code to its grid point or to
-/// the list of its nearest grid points.
-struct Lattice {
-    /// Grid point `j` as 8 levels (0..=2).
-    levels: [[u8; 8]; 256],
-    /// Code -> grid index, or `-(offset + 1)` into `neighbours`.
-    map: Vec<i32>,
-    /// For each off-grid code: a count `n`, then `n` grid indices.
-    neighbours: Vec<u16>,
-}
-
-fn code_of(levels: &[u8]) -> usize {
-    levels
-        .iter()
-        .enumerate()
-        .fold(0, |u, (k, &l)| u | (l as usize) << (2 * k))
-}
-
-fn lattice() -> &'static Lattice {
-    static LATTICE: OnceLock<Lattice> = OnceLock::new();
-    LATTICE.get_or_init(|| {
-        let mut levels = [[0u8; 8]; 256];
-        for (lv, &g) in levels.iter_mut().zip(IQ2XXS_GRID.iter()) {
-            for (k, l) in lv.iter_mut().enumerate() {
-                *l = match (g >> (8 * k)) & 0xff {
-                    0x08 => 0,
-                    0x19 => 1,
-                    _ => 2,
-                };
-            }
-        }
-        let mut map = vec![-1i32; MAP_SIZE];
-        for (j, lv) in levels.iter().enumerate() {
-            map[code_of(lv)] = j as i32;
-        }
-        // Every code whose levels are all <= 2 and that is not a grid
-        // point gets the grid points at the two smallest distances (ties
-        // in grid order), as ggml's `iq2xs_init_impl` with nwant = 2.
-        let mut neighbours = Vec::new();
-        let mut dist = Vec::with_capacity(256);
-        for u in 0..MAP_SIZE {
-            let lv: [u8; 8] = std::array::from_fn(|k| ((u >> (2 * k)) & 3) as u8);
-            if map[u] >= 0 || lv.iter().any(|&l| l > 2) {
-                continue;
-            }
-            dist.clear();
-            for (j, g) in levels.iter().enumerate() {
-                let d2: i32 = (0..8)
-                    .map(|k| {
-                        let d = 2 * (g[k] as i32 - lv[k] as i32);
-                        d * d
-                    })
-                    .sum();
-                dist.push((d2, j as u16));
-            }
-            dist.sort_unstable();
-            let start = neighbours.len();
-            map[u] = -(start as i32 + 1);
-            neighbours.push(0);
-            let (mut d2, mut distinct) = (dist[0].0, 1);
-            for &(d, j) in &dist {
-                if d > d2 {
-                    if distinct == 2 {
-                        break;
-                    }
-                    d2 = d;
-                    distinct += 1;
-                }
-                neighbours.push(j);
-            }
-            neighbours[start] = (neighbours.len() - start - 1) as u16;
-        }
-        Lattice {
-            levels,
-            map,
-            neighbours,
-        }
-    })
-}
-
-impl Lattice {
-    /// The grid point for 8 levels (each clamped to 0..=2): the point
-    /// itself, or among its neighbours the one nearest to `xval` under
-    /// `weight` at `scale`. Writes the chosen point's levels to `l`.
-    fn snap(&self, l: &mut [i8], xval: &[f32], weight: &[f32], scale: f32) -> usize {
-        for v in l.iter_mut() {
-            *v = (*v).clamp(0, 2);
-        }
-        let levels: [u8; 8] = std::array::from_fn(|k| l[k] as u8);
-        let m = self.map[code_of(&levels)];
-        if m >= 0 {
-            return m as usize;
-        }
-        let start = (-m - 1) as usize;
-        let count = self.neighbours[start] as usize;
-        let mut best = (f32::MAX, self.neighbours[start + 1] as usize);
-        for &j in &self.neighbours[start + 1..start + 1 + count] {
-            let g = &self.levels[j as usize];
-            let mut d2 = 0.0f32;
-            for i in 0..8 {
-                let diff = scale * (2 * g[i] + 1) as f32 - xval[i];
-                d2 += weight[i] * diff * diff;
-            }
-            if d2 < best.0 {
-                best = (d2, j as usize);
-            }
-        }
-        for (v, &g) in l.iter_mut().zip(&self.levels[best.1]) {
-            *v = g as i8;
-        }
-        best.1
-    }
-}
 
 /// ggml's `nearest_int`: round half to even.
 #[inline]
@@ -304,7 +186,9 @@ fn quantize_group(lat: &Lattice, xb: &[f32], weight: &[f32; 32]) -> (f32, [u8; 4
     let mut grid = [0u8; 4];
     for (k, g) in grid.iter_mut().enumerate() {
         let r = 8 * k..8 * k + 8;
-        *g = lat.snap(&mut l[r.clone()], &xval[r.clone()], &waux[r], scale) as u8;
+        *g = lat
+            .snap(&mut l[r.clone()], &xval[r.clone()], &waux[r], scale)
+            .0 as u8;
     }
     (scale, grid, signs)
 }
@@ -379,7 +263,7 @@ pub fn quantize_iq2_xxs(
             got: dst.len(),
         });
     }
-    let lat = lattice();
+    let lat = iq2xxs();
     let per_row = n_per_row / QK_K;
     with_blocks_mut::<BlockIQ2XXS>(dst, |ys| {
         for (i, (x, y)) in src.chunks_exact(QK_K).zip(ys.iter_mut()).enumerate() {
@@ -388,4 +272,15 @@ pub fn quantize_iq2_xxs(
         }
     });
     Ok(())
+}
+
+/// Quantizes one row (`x.len()` a multiple of 256) to IQ2_XXS against its
+/// importance row `qw` (same length) into `dst` (the row's bytes).
+pub fn quantize_row_iq2_xxs(x: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let lat = iq2xxs();
+    with_blocks_mut::<BlockIQ2XXS>(dst, |ys| {
+        for ((xb, qb), y) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)).zip(ys) {
+            quantize_block(lat, xb, qb, y);
+        }
+    });
 }
