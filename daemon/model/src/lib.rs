@@ -15,6 +15,7 @@
 pub mod arch;
 mod batch;
 pub mod deepseek2;
+pub mod deepseek4;
 pub mod dense;
 pub mod error;
 pub mod generate;
@@ -43,6 +44,7 @@ pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
 pub enum Model {
     Dense(DenseModel),
     Deepseek2(deepseek2::Deepseek2Model),
+    Deepseek4(deepseek4::Deepseek4Model),
 }
 
 /// The per-sequence state a model keeps between calls.
@@ -50,6 +52,7 @@ pub enum Model {
 pub enum SeqState {
     Dense(KvCache),
     Mla(deepseek2::MlaCache),
+    Ds4(deepseek4::Ds4Cache),
 }
 
 impl SeqState {
@@ -58,6 +61,7 @@ impl SeqState {
         match self {
             SeqState::Dense(kv) => kv.len(),
             SeqState::Mla(c) => c.len(),
+            SeqState::Ds4(c) => c.len(),
         }
     }
 
@@ -70,6 +74,7 @@ impl SeqState {
         match self {
             SeqState::Dense(kv) => kv.truncate(len),
             SeqState::Mla(c) => c.truncate(len),
+            SeqState::Ds4(c) => c.truncate(len),
         }
     }
 
@@ -78,6 +83,7 @@ impl SeqState {
         match self {
             SeqState::Dense(kv) => kv.bytes(),
             SeqState::Mla(c) => c.bytes(),
+            SeqState::Ds4(c) => c.bytes(),
         }
     }
 }
@@ -105,6 +111,9 @@ impl Model {
         if arch == deepseek2::hparams::ARCH {
             return Ok(Model::Deepseek2(deepseek2::Deepseek2Model::load(file)?));
         }
+        if arch == deepseek4::hparams::ARCH {
+            return Ok(Model::Deepseek4(deepseek4::Deepseek4Model::load(file)?));
+        }
         Err(ModelError::UnsupportedArch(arch))
     }
 
@@ -112,6 +121,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.spec.name,
             Model::Deepseek2(_) => deepseek2::hparams::ARCH,
+            Model::Deepseek4(_) => deepseek4::hparams::ARCH,
         }
     }
 
@@ -121,6 +131,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.llama_exact = on,
             Model::Deepseek2(m) => m.llama_exact = on,
+            Model::Deepseek4(m) => m.set_llama_exact(on),
         }
     }
 
@@ -129,6 +140,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.observer = observer,
             Model::Deepseek2(m) => m.observer = observer,
+            Model::Deepseek4(m) => m.observer = observer,
         }
     }
 
@@ -136,6 +148,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.hp.n_vocab,
             Model::Deepseek2(m) => m.hp.n_vocab,
+            Model::Deepseek4(m) => m.hp.n_vocab,
         }
     }
 
@@ -143,6 +156,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.hp.n_layer,
             Model::Deepseek2(m) => m.hp.n_layer,
+            Model::Deepseek4(m) => m.hp.n_layer,
         }
     }
 
@@ -151,6 +165,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.hp.n_ctx_train,
             Model::Deepseek2(m) => m.hp.n_ctx_train,
+            Model::Deepseek4(m) => m.hp.n_ctx_train,
         }
     }
 
@@ -159,6 +174,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.hp.n_layer * (m.hp.k_dim() + m.hp.v_dim()) * 4,
             Model::Deepseek2(m) => m.kv_bytes_per_token(),
+            Model::Deepseek4(m) => m.kv_bytes_per_token(),
         }
     }
 
@@ -167,6 +183,7 @@ impl Model {
         match self {
             Model::Dense(m) => SeqState::Dense(m.new_cache(capacity)),
             Model::Deepseek2(m) => SeqState::Mla(m.new_cache(capacity)),
+            Model::Deepseek4(m) => SeqState::Ds4(m.new_cache(capacity)),
         }
     }
 
@@ -184,6 +201,7 @@ impl Model {
         match (self, state) {
             (Model::Dense(m), SeqState::Dense(kv)) => m.forward(tokens, kv, all_logits),
             (Model::Deepseek2(m), SeqState::Mla(c)) => m.forward(tokens, c, all_logits),
+            (Model::Deepseek4(m), SeqState::Ds4(c)) => m.forward(tokens, c, all_logits),
             _ => Err(ModelError::Invalid(
                 "sequence state of another architecture".into(),
             )),
@@ -223,6 +241,22 @@ impl Model {
                         ));
                     };
                     batch.push(deepseek2::MlaSeqBatch {
+                        tokens,
+                        cache,
+                        all_logits: *all_logits,
+                    });
+                }
+                m.forward_batch(&mut batch)
+            }
+            Model::Deepseek4(m) => {
+                let mut batch = Vec::with_capacity(items.len());
+                for (tokens, state, all_logits) in items.iter_mut() {
+                    let SeqState::Ds4(cache) = &mut **state else {
+                        return Err(ModelError::Invalid(
+                            "sequence state of another architecture".into(),
+                        ));
+                    };
+                    batch.push(deepseek4::Ds4SeqBatch {
                         tokens,
                         cache,
                         all_logits: *all_logits,

@@ -71,6 +71,8 @@ impl Model {
         match self {
             Model::Dense(m) => m.hp.n_embd,
             Model::Deepseek2(m) => m.hp.n_embd,
+            // The hyper-connection streams travel between layers.
+            Model::Deepseek4(m) => m.hp.n_embd * m.hp.hc_mult,
         }
     }
 
@@ -79,6 +81,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.embed(tokens),
             Model::Deepseek2(m) => m.embed(tokens),
+            Model::Deepseek4(m) => m.embed(tokens),
         }
     }
 
@@ -113,6 +116,9 @@ impl Model {
                 }
                 m.forward_layers(layers, x, &mut segs)
             }
+            Model::Deepseek4(_) => Err(ModelError::Invalid(
+                "deepseek4 runs as a whole model: its hash-routed layers need token ids, which a stage step does not carry".into(),
+            )),
         }
     }
 
@@ -122,6 +128,8 @@ impl Model {
             match s {
                 SeqState::Dense(kv) => kv.advance(*n),
                 SeqState::Mla(c) => c.advance(*n),
+                // Never stepped by stages (see forward_layers).
+                SeqState::Ds4(_) => {}
             }
         }
     }
@@ -131,6 +139,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.logits(x),
             Model::Deepseek2(m) => m.logits(x),
+            Model::Deepseek4(m) => m.logits(x),
         }
     }
 
@@ -139,6 +148,7 @@ impl Model {
         match self {
             Model::Dense(_) => false,
             Model::Deepseek2(m) => m.is_moe_layer(il),
+            Model::Deepseek4(m) => il < m.hp.n_layer,
         }
     }
 
@@ -147,6 +157,7 @@ impl Model {
         match self {
             Model::Dense(_) => 0,
             Model::Deepseek2(m) => m.hp.moe.as_ref().map_or(0, |p| p.n_expert),
+            Model::Deepseek4(m) => m.hp.n_expert,
         }
     }
 
@@ -162,6 +173,10 @@ impl Model {
                 m.remote = d;
                 Ok(())
             }
+            Model::Deepseek4(_) if d.is_some() => Err(ModelError::Invalid(
+                "expert parallelism is not implemented for deepseek4 yet".into(),
+            )),
+            Model::Deepseek4(_) => Ok(()),
         }
     }
 
@@ -175,6 +190,9 @@ impl Model {
                 "this model has no routed experts".into(),
             )),
             Model::Deepseek2(m) => m.run_experts(il, batch),
+            Model::Deepseek4(_) => Err(ModelError::Invalid(
+                "expert parallelism is not implemented for deepseek4 yet".into(),
+            )),
         }
     }
 }
