@@ -27,6 +27,12 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Measure prompt-processing and decode speed.
     Bench(cli::bench::BenchArgs),
+    /// Quantize a GGUF by recipe (dwarf-q2, dwarf-q4, ...), streamed.
+    Quantize(cli::quantize::QuantizeArgs),
+    /// Collect an importance matrix (llama.cpp's format) over a text.
+    Imatrix(cli::imatrix::ImatrixArgs),
+    /// Perplexity, KL divergence and top-1 agreement of two models.
+    Quality(cli::quality::QualityArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
     Serve(serve::ServeArgs),
     /// Write a synthetic MoE GGUF (deepseek2) of realistic shape and size.
@@ -53,6 +59,15 @@ fn main() -> anyhow::Result<()> {
             cli::init_threads(a.model.threads)?;
             rayon::scope(|_| cli::bench::run(a))
         }
+        Command::Imatrix(a) => {
+            cli::init_threads(a.threads)?;
+            rayon::scope(|_| cli::imatrix::run(a))
+        }
+        Command::Quality(a) => {
+            cli::init_threads(a.threads)?;
+            rayon::scope(|_| cli::quality::run(a))
+        }
+        Command::Quantize(a) => cli::quantize::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Serve(a) => serve::run(a),

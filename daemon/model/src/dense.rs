@@ -20,6 +20,7 @@ use crate::deepseek2::repack;
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
 use crate::kv::KvCache;
+use crate::observe::{MatIndex, MatmulObserver};
 use crate::weights::{DenseWeights, Weight};
 
 /// A loaded dense model: the mapped file, its hyper-parameters and weights.
@@ -32,6 +33,8 @@ pub struct DenseModel {
     /// on x86) in its repacked kernels' order, so that logits reproduce
     /// llama.cpp's to the last bits (slower; off by default).
     pub llama_exact: bool,
+    /// Sees the input of every weight product (importance matrices).
+    pub observer: Option<Arc<dyn MatmulObserver>>,
 }
 
 fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>) {
@@ -70,6 +73,9 @@ fn norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
 
 impl DenseModel {
     fn mm(&self, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        if let Some(o) = &self.observer {
+            o.observe(&w.info.name, x, w.cols, MatIndex::Whole);
+        }
         let mut out = vec![0f32; n * w.rows];
         if self.llama_exact && repack::eligible(w.ty, w.rows) {
             // llama.cpp runs its GEMM on groups of four rows, GEMV on the rest.
@@ -98,10 +104,12 @@ impl DenseModel {
         n: usize,
     ) -> Result<[Vec<f32>; N]> {
         let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; n * ws[i].rows]);
-        if self.llama_exact
-            && ws
-                .iter()
-                .any(|w| repack::eligible(w.ty, w.rows) || self.tiled(w, n))
+        // With an observer, each product goes through `mm`, which shows it.
+        if self.observer.is_some()
+            || (self.llama_exact
+                && ws
+                    .iter()
+                    .any(|w| repack::eligible(w.ty, w.rows) || self.tiled(w, n)))
         {
             for (o, w) in outs.iter_mut().zip(ws) {
                 *o = self.mm(w, x, n)?;
@@ -131,6 +139,7 @@ impl DenseModel {
             hp,
             w,
             llama_exact: false,
+            observer: None,
         })
     }
 

@@ -2,7 +2,10 @@
 //! with metadata overrides and setting up the thread pool.
 
 pub mod bench;
+pub mod imatrix;
 pub mod inspect;
+pub mod quality;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;
 

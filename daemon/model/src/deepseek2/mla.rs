@@ -13,6 +13,7 @@ use dwarfstar_kernels::{matmul, ops};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::observe::MatIndex;
 
 use super::ggml_simd::{self, FloatOp};
 use super::hparams::Ds2HParams;
@@ -123,6 +124,13 @@ fn per_head(cx: &Ctx<'_>, stack: &Stack, x: &[f32], n: usize, op: FloatOp) -> Re
         for t in 0..n {
             let src = (t * nh + h) * ci;
             xin[t * ci..(t + 1) * ci].copy_from_slice(&x[src..src + ci]);
+        }
+        if let Some(o) = cx.obs {
+            let mat = MatIndex::Slice {
+                id: h as u32,
+                of: nh as u32,
+            };
+            o.observe(&stack.info.name, &xin, ci, mat);
         }
         let exact = cx
             .exact
