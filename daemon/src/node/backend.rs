@@ -45,6 +45,8 @@ pub struct DistBackend {
     model: Arc<Model>,
     local: Range<usize>,
     next: Option<Arc<dyn Hop>>,
+    /// The output head is here (the pipeline returns final hidden rows).
+    holds_output: bool,
     plan_version: u64,
     ids: AtomicU64,
     released: Arc<Released>,
@@ -57,12 +59,15 @@ impl DistBackend {
         model: Arc<Model>,
         local: Range<usize>,
         next: Option<Arc<dyn Hop>>,
+        holds_output: bool,
         plan_version: u64,
     ) -> DistBackend {
+        let next_is_none = next.is_none();
         DistBackend {
             model,
             local,
             next,
+            holds_output: holds_output || next_is_none,
             plan_version,
             ids: AtomicU64::new(1),
             released: Arc::default(),
@@ -120,7 +125,12 @@ impl DistBackend {
             Some(next) => {
                 let r = next.call(step).map_err(|e| e.to_string());
                 self.flush_released();
-                r?
+                let rows = r?;
+                if self.holds_output {
+                    self.model.logits(&rows).map_err(|e| e.to_string())?
+                } else {
+                    rows
+                }
             }
             None => {
                 let e = self.model.n_embd();

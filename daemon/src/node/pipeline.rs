@@ -77,7 +77,9 @@ impl Step {
 }
 
 /// Where a step goes after this node: the next stage, wherever it runs.
-/// Returns the logits of the step's output rows (`rows × n_vocab`).
+/// Returns the logits of the step's output rows (`rows × n_vocab`), or
+/// their final hidden rows (`rows × n_embd`) when the plan gives the output
+/// head to the coordinator.
 pub trait Hop: Send + Sync {
     fn call(&self, step: Step) -> Result<Vec<f32>>;
     /// Frees the named sequences' state downstream (best effort).
@@ -280,6 +282,17 @@ impl StageWorker {
         host.run(&mut step)?;
         if host.holds_output {
             return host.logits(&step);
+        }
+        if host.layers.end == host.model().n_layer() {
+            // The coordinator holds the output head: hand back the final
+            // hidden rows whose logits it wants.
+            let e = host.model().n_embd();
+            let rows = step.output_rows();
+            let mut h = Vec::with_capacity(rows.len() * e);
+            for r in rows {
+                h.extend_from_slice(&step.x[r as usize * e..(r as usize + 1) * e]);
+            }
+            return Ok(h);
         }
         drop(host);
         match &self.next {

@@ -68,10 +68,17 @@ pub fn from_proto(p: &pb::Plan, n_layer: u32) -> Result<Plan> {
     if next != n_layer || p.stages.is_empty() {
         return bad(format!("stages cover 0..{next} of {n_layer} layers"));
     }
-    if p.stages.iter().filter(|s| s.holds_output).count() != 1
-        || !p.stages.last().is_some_and(|s| s.holds_output)
-    {
-        return bad("the last stage, and only it, holds the output head".into());
+    // The output head is on the last stage, or with the coordinator's
+    // first stage (tied embeddings: the final hidden rows come back).
+    let out: Vec<usize> = (0..p.stages.len())
+        .filter(|&i| p.stages[i].holds_output)
+        .collect();
+    let ok = match out.as_slice() {
+        [i] => *i + 1 == p.stages.len() || (*i == 0 && p.stages[0].node == p.coordinator),
+        _ => false,
+    };
+    if !ok {
+        return bad("one stage, the last or the coordinator's first, holds the output head".into());
     }
     let activation_dtype = match pb::DType::try_from(p.activation_dtype) {
         Ok(pb::DType::F16) => ActDType::F16,
@@ -108,7 +115,12 @@ pub fn from_proto(p: &pb::Plan, n_layer: u32) -> Result<Plan> {
             .iter()
             .map(|n| (n.node.clone(), n.bytes))
             .collect(),
-        output_node: p.stages.last().map(|s| s.node.clone()).unwrap_or_default(),
+        output_node: p
+            .stages
+            .iter()
+            .find(|s| s.holds_output)
+            .map(|s| s.node.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -217,8 +217,51 @@ impl NodeRuntime {
         }
         let (model, _) = Model::open(&path, &[])?;
         let plan = plan_wire::from_proto(wire, model.n_layer() as u32)?;
+        self.rt.block_on(self.meet(&plan, &p.members))?;
         let applied = self.apply(&plan, model)?;
         Ok((plan, applied))
+    }
+
+    /// Dials the plan's members this node sends to (its next stage, the
+    /// expert holders) that it has not met, and waits until they are admitted.
+    async fn meet(&self, plan: &Plan, members: &[dwarfstar_mesh::Capabilities]) -> Result<()> {
+        let t = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+        let mut need: BTreeSet<&str> = plan.experts.iter().map(|s| s.node.as_str()).collect();
+        if let Some(i) = plan.stages.iter().position(|s| s.node == self.me) {
+            if let Some(s) = plan.stages.get(i + 1) {
+                need.insert(s.node.as_str());
+            }
+        }
+        need.remove(self.me.as_str());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let met: BTreeSet<String> = self
+                .mesh
+                .peers()
+                .await
+                .map_err(|e| t(&e))?
+                .into_iter()
+                .map(|p| p.peer.to_string())
+                .collect();
+            let missing: Vec<&str> = need.iter().copied().filter(|n| !met.contains(*n)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NotReady(format!(
+                    "could not reach plan members {}",
+                    missing.join(", ")
+                )));
+            }
+            for c in members.iter().filter(|c| missing.contains(&c.id.as_str())) {
+                for a in c.addresses.iter().flat_map(|a| &a.libp2p) {
+                    if let Ok(addr) = a.parse() {
+                        let _ = self.mesh.add_peer(addr).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Builds this node's roles for `plan` around `model`.
@@ -303,7 +346,9 @@ impl NodeRuntime {
             } else {
                 next
             };
-            DistBackend::new(model.clone(), local, next, plan.version)
+            let first = plan.stages.first();
+            let output_here = first.is_some_and(|s| s.node == self.me && s.holds_output);
+            DistBackend::new(model.clone(), local, next, output_here, plan.version)
         });
         Ok(Applied { model, backend })
     }
@@ -319,12 +364,16 @@ impl NodeRuntime {
         let t = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
         let deadline = Instant::now() + opts.wait;
         let mut caps: Vec<NodeCaps> = Vec::new();
+        let mut members: Vec<dwarfstar_mesh::Capabilities> = Vec::new();
         loop {
             caps.clear();
+            members.clear();
             caps.push(self.settings.caps.clone());
             for p in self.mesh.peers().await.map_err(|e| t(&e))? {
-                if let Some(c) = p.caps {
+                if let Some(mut c) = p.caps {
                     caps.push(node_caps(&p.peer.to_string(), &c));
+                    c.id = p.peer.to_string();
+                    members.push(c);
                 }
             }
             if caps.len() >= opts.min_nodes.max(1) {
@@ -375,6 +424,7 @@ impl NodeRuntime {
                 plan: Some(plan_wire::to_proto(&plan, n_layer)),
                 model: Some(info),
                 proposer: self.me.clone(),
+                members,
             })),
         }
         .encode_to_vec();

@@ -49,7 +49,7 @@ fn chain(m: &Arc<Model>, a: usize, b: usize) -> DistBackend {
         host: Mutex::new(StageHost::new(m.clone(), a..b, false, 7, LIMITS).unwrap()),
         next: Some(Arc::new(last)),
     };
-    DistBackend::new(m.clone(), 0..a, Some(Arc::new(mid)), 7)
+    DistBackend::new(m.clone(), 0..a, Some(Arc::new(mid)), false, 7)
 }
 
 /// Two sequences batched, prompt then two decode steps, a rewind and a
@@ -172,7 +172,13 @@ fn released_sequences_free_their_stage_caches() {
         host: Mutex::new(StageHost::new(m.clone(), 1..n, true, 7, LIMITS).unwrap()),
         next: None,
     });
-    let d = DistBackend::new(m.clone(), 0..1, Some(last.clone() as Arc<dyn Hop>), 7);
+    let d = DistBackend::new(
+        m.clone(),
+        0..1,
+        Some(last.clone() as Arc<dyn Hop>),
+        false,
+        7,
+    );
     let mut a = d.new_state(64);
     let mut b = d.new_state(64);
     d.forward_batch(&mut [(&[1, 2, 3], &mut a, false), (&[4], &mut b, false)])

@@ -188,20 +188,22 @@ fn answer(h: &FrameHeader, payload: &[u8], roles: &Roles) -> Result<(FrameHeader
                 .stage
                 .as_ref()
                 .ok_or_else(|| NodeError::NotReady("this node runs no stage".into()))?;
-            let (width, n_vocab, n_layer) = {
+            let (width, n_layer) = {
                 let host = stage.host.lock().unwrap_or_else(|e| e.into_inner());
                 let m = host.model();
-                (m.n_embd(), m.n_vocab(), m.n_layer() as u32)
+                (m.n_embd(), m.n_layer() as u32)
             };
             let step = frames::frame_step(h, payload, width)?;
-            let version = step.plan_version;
-            let logits = stage.handle(step)?;
+            let (version, rows) = (step.plan_version, step.output_rows().len());
+            let answer = stage.handle(step)?;
+            // Logits, or final hidden rows for a coordinator holding the head.
+            let per_row = if rows == 0 { 1 } else { answer.len() / rows };
             Ok(frames::logits_frame(
                 h.request_id,
                 version,
                 n_layer,
-                &logits,
-                n_vocab,
+                &answer,
+                per_row,
             ))
         }
         FrameKind::ExpertRequest => {

@@ -1,0 +1,287 @@
+//! `dwarfstar serve` in a mesh: the flags, joining the mesh, the
+//! self-benchmark a node announces, and coordinating a model load.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dwarfstar_mesh::{sysinfo, JoinSecret, Mesh, MeshConfig, Multiaddr};
+use dwarfstar_planner::NodeCaps;
+use tokio::runtime::Handle;
+
+use super::pipeline::StageLimits;
+use super::runtime::{node_caps, NodeRuntime, NodeSettings};
+
+/// Environment variable holding the join secret (when no file is given).
+pub const SECRET_ENV: &str = "DWARFSTAR_SECRET";
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MeshArgs {
+    /// Join a mesh: a file holding the cluster's join secret (or set
+    /// DWARFSTAR_SECRET). Without either, the daemon serves alone.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Where the node keeps its identity key and benchmark cache
+    /// [default: ~/.local/state/dwarfstar].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// libp2p (discovery, control) TCP address [default: 0.0.0.0:7000].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub mesh_addr: Option<SocketAddr>,
+    /// QUIC data-plane UDP address [default: 0.0.0.0:7001].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub quic_addr: Option<SocketAddr>,
+    /// A peer to dial, HOST:PORT of its mesh address or a multiaddr. Repeatable.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<String>,
+    /// Do not discover peers with mDNS (static peers only).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Nodes (this one included) to wait for before planning [default: 1].
+    #[arg(long, value_name = "N")]
+    pub mesh_nodes: Option<usize>,
+    /// Seconds to wait for them [default: 60].
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub mesh_wait: u64,
+    /// Split the model into exactly N pipeline stages.
+    #[arg(long, value_name = "N")]
+    pub stages: Option<u32>,
+    /// Spread routed experts over the nodes (MoE models).
+    #[arg(long)]
+    pub expert_parallel: bool,
+    /// Where this node finds model files named in a plan [default: the
+    /// model's folder, else DWARFSTAR_MODELS_DIR, else ./models].
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Memory this node lets the model use, e.g. 6GiB [default: free RAM].
+    #[arg(long, value_name = "SIZE")]
+    pub node_budget: Option<String>,
+}
+
+impl MeshArgs {
+    /// The join secret, when this daemon is to join a mesh.
+    pub fn secret(&self) -> Result<Option<JoinSecret>> {
+        if let Some(f) = &self.secret_file {
+            return Ok(Some(
+                JoinSecret::from_file(f).with_context(|| format!("secret file {}", f.display()))?,
+            ));
+        }
+        Ok(JoinSecret::from_env(SECRET_ENV)?)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".local/state/dwarfstar")
+        })
+    }
+}
+
+fn multiaddr(s: &str) -> Result<Multiaddr> {
+    if s.starts_with('/') {
+        return s.parse().with_context(|| format!("peer address {s}"));
+    }
+    let a: SocketAddr = s
+        .parse()
+        .with_context(|| format!("peer address {s} (HOST:PORT or a multiaddr)"))?;
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v) => format!("/ip4/{v}"),
+        std::net::IpAddr::V6(v) => format!("/ip6/{v}"),
+    };
+    Ok(format!("{ip}/tcp/{}", a.port()).parse()?)
+}
+
+/// Parses sizes such as `6GiB`, `512MiB`, `2G` or a byte count.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("size '{s}'"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => bail!("size '{s}': unknown unit '{u}'"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// A short measure of this machine's f32 multiply-add rate (GFLOP/s).
+fn measure_gflops() -> f64 {
+    let a: Vec<f32> = (0..1 << 16).map(|i| (i % 97) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..1 << 16).map(|i| (i % 89) as f32 * 0.01).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut s = 0f32;
+        for _ in 0..64 {
+            s += dwarfstar_kernels::ops::dot_f32(std::hint::black_box(&a), &b);
+        }
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (64.0 * 2.0 * a.len() as f64) / best.max(1e-9) / 1e9
+}
+
+/// Joins the mesh and starts the node's event loop.
+pub async fn join(
+    args: &MeshArgs,
+    secret: JoinSecret,
+    models_dir: PathBuf,
+    limits: StageLimits,
+) -> Result<Arc<NodeRuntime>> {
+    let state = args.state_dir();
+    std::fs::create_dir_all(&state).with_context(|| format!("state dir {}", state.display()))?;
+    let probe = sysinfo::probe(&state);
+    let bench = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || {
+            let key = format!(
+                "{}-{}",
+                env!("CARGO_PKG_VERSION"),
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            );
+            sysinfo::cached_bench(&state, &key, || sysinfo::BenchResults {
+                key: String::new(),
+                matmul_gflops: measure_gflops(),
+                mem_bw_gbs: sysinfo::measure_mem_bw(),
+                disk_read_gbs: 1.0,
+            })
+        }
+    })
+    .await?;
+    let budget = match &args.node_budget {
+        Some(s) => parse_size(s)?,
+        None => probe.free_ram * 3 / 4,
+    };
+    let mut cfg = MeshConfig::new(&state, secret);
+    if let Some(a) = args.mesh_addr {
+        cfg.listen = vec![multiaddr(&a.to_string())?];
+    }
+    if let Some(q) = args.quic_addr {
+        cfg.quic_listen = q;
+    }
+    cfg.static_peers = args
+        .peers
+        .iter()
+        .map(|p| multiaddr(p))
+        .collect::<Result<_>>()?;
+    cfg.mdns = !args.no_mdns;
+    cfg.caps = sysinfo::capabilities(&probe, &bench, budget);
+    let caps: NodeCaps = node_caps("", &cfg.caps);
+    let (mesh, events) = Mesh::start(cfg).await.context("starting the mesh")?;
+    let info = mesh.local_info().await?;
+    println!(
+        "dwarfstar mesh: node {} on {} (QUIC {})",
+        info.peer,
+        info.listen_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.quic_addr
+    );
+    let node = NodeRuntime::new(
+        mesh,
+        Handle::current(),
+        NodeSettings {
+            models_dir,
+            limits,
+            caps,
+        },
+    );
+    node.run_events(events);
+    Ok(node)
+}
+
+/// How long the coordinator waits for the nodes it was told to expect.
+pub fn wait(args: &MeshArgs) -> Duration {
+    Duration::from_secs(args.mesh_wait)
+}
+
+/// Where a node looks for model files a plan names.
+fn models_dir(args: &MeshArgs, model: Option<&std::path::Path>) -> PathBuf {
+    if let Some(d) = &args.models_dir {
+        return d.clone();
+    }
+    if let Some(p) = model.and_then(|m| m.parent()) {
+        return p.to_path_buf();
+    }
+    std::env::var_os("DWARFSTAR_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"))
+}
+
+/// A mesh node without a model of its own: it takes the shares plans give
+/// it until Ctrl-C.
+pub fn run_worker(args: &MeshArgs, secret: JoinSecret, threads: Option<usize>) -> Result<()> {
+    crate::cli::init_threads(threads)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let limits = StageLimits {
+            ctx_size: 8192,
+            max_seqs: 64,
+        };
+        let node = join(args, secret, models_dir(args, None), limits).await?;
+        println!("dwarfstar serve: mesh worker ready, waiting for a plan");
+        crate::serve::shutdown().await;
+        node.mesh.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Joins the mesh, waits for the nodes asked for, plans `model` over them
+/// and has each load its share; returns this node's scheduler backend.
+pub async fn coordinate(
+    args: &MeshArgs,
+    secret: JoinSecret,
+    model: &std::path::Path,
+    limits: StageLimits,
+) -> Result<super::backend::DistBackend> {
+    let node = join(args, secret, models_dir(args, Some(model)), limits).await?;
+    let opts = super::runtime::CoordOptions {
+        min_nodes: args.mesh_nodes.unwrap_or(1),
+        wait: wait(args),
+        force_stages: args.stages,
+        expert_parallel: args.expert_parallel,
+    };
+    let version = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    let (plan, applied) = node.coordinate(model, &opts, version).await?;
+    let stages: Vec<String> = plan
+        .stages
+        .iter()
+        .map(|s| format!("{}..{} on {}", s.layers.start, s.layers.end, short(&s.node)))
+        .collect();
+    let experts: std::collections::BTreeSet<&str> =
+        plan.experts.iter().map(|e| e.node.as_str()).collect();
+    println!(
+        "dwarfstar mesh: plan {}: layers {}; experts on {} node(s); predicted {:.1} tokens/s",
+        plan.version,
+        stages.join(", "),
+        experts.len(),
+        plan.predicted_tokens_per_s
+    );
+    applied
+        .backend
+        .ok_or_else(|| anyhow::anyhow!("the plan does not make this node its coordinator"))
+}
+
+/// The last characters of a peer id, enough to tell nodes apart.
+pub fn short(id: &str) -> &str {
+    &id[id.len().saturating_sub(8)..]
+}

@@ -1,0 +1,280 @@
+//! Several `dwarfstar serve` daemons on loopback forming one mesh: they
+//! admit each other by the join secret, plan, load their shares, and the
+//! split model answers exactly as one machine does. A daemon with another
+//! secret is never admitted.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// A running daemon, killed on drop.
+struct Daemon {
+    child: Child,
+    /// Its mesh (libp2p) address, HOST:PORT.
+    mesh: String,
+    /// The HTTP base URL, for coordinators.
+    http: Option<String>,
+    /// The plan line a coordinator printed.
+    plan: Option<String>,
+    _state: TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "dwarfstar-mesh-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn secret_file(dir: &Path, secret: &str) -> PathBuf {
+    let p = dir.join("secret");
+    std::fs::write(&p, secret).unwrap();
+    p
+}
+
+/// Reads stdout lines until one contains `what`; panics with stderr when
+/// the daemon exits first.
+fn wait_line(child: &mut Child, out: &mut BufReader<ChildStdout>, what: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            let _ = child.kill();
+            panic!("daemon ended before printing '{what}':\n{err}");
+        }
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+/// Starts a daemon; `model` makes it the coordinator of that model.
+fn start(
+    tag: &str,
+    secret: &str,
+    models_dir: &Path,
+    model: Option<&Path>,
+    extra: &[&str],
+) -> Daemon {
+    let state = TempDir::new(tag);
+    let sf = secret_file(&state.0, secret);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dwarfstar"));
+    cmd.args([
+        "serve",
+        "--threads",
+        "1",
+        "--no-mdns",
+        "--grpc-listen",
+        "off",
+    ])
+    .args(["--mesh-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+    .arg("--state-dir")
+    .arg(&state.0)
+    .arg("--secret-file")
+    .arg(&sf)
+    .arg("--models-dir")
+    .arg(models_dir)
+    .args(extra)
+    .env("DWARFSTAR_LOG", "warn")
+    .env_remove("DWARFSTAR_SECRET")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(m) = model {
+        cmd.arg("--model")
+            .arg(m)
+            .args(["--http-addr", "127.0.0.1:0"]);
+    }
+    let mut child = cmd.spawn().expect("dwarfstar serve starts");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let line = wait_line(&mut child, &mut out, "dwarfstar mesh: node");
+    let mesh = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("/ip4/127.0.0.1/tcp/"))
+        .map(|port| format!("127.0.0.1:{}", port.trim_end_matches(',')))
+        .unwrap_or_else(|| panic!("no mesh address in: {line}"));
+    let plan = model.map(|_| wait_line(&mut child, &mut out, "dwarfstar mesh: plan"));
+    let http = model.map(|_| {
+        let line = wait_line(&mut child, &mut out, "listening on http://");
+        let at = line.find("http://").unwrap();
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(';')
+            .to_string()
+    });
+    // Keep draining stdout so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    Daemon {
+        child,
+        mesh,
+        http,
+        plan,
+        _state: state,
+    }
+}
+
+fn complete(base: &str, model: &str, prompt: &str, n: usize) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into();
+    let body = json!({"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0});
+    let mut r = agent
+        .post(format!("{base}/v1/completions"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn run_greedy(model: &Path, prompt: &str, n: usize) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args([
+            "run",
+            "--temp",
+            "0",
+            "--json",
+            "--threads",
+            "1",
+            "--ignore-eos",
+        ])
+        .arg("--model")
+        .arg(model)
+        .args(["-n", &n.to_string(), "--prompt", prompt])
+        .env("DWARFSTAR_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["text"].as_str().unwrap().to_string()
+}
+
+/// Pipeline stages in a printed plan line ("layers 0..10 on X, 10..30 on Y; ...").
+fn stages(plan: &str) -> usize {
+    plan.split(';').next().unwrap().matches(" on ").count()
+}
+
+const PROMPT: &str = "The three primary colors are";
+
+/// `n_nodes` daemons, the coordinator dialing the others, `extra` flags on
+/// the coordinator; the split model's greedy text equals one machine's.
+fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> String {
+    let dir = model.parent().unwrap();
+    let workers: Vec<Daemon> = (1..n_nodes)
+        .map(|i| start(&format!("w{i}"), "team-secret", dir, None, &[]))
+        .collect();
+    let mut args: Vec<String> = vec!["--mesh-nodes".into(), n_nodes.to_string()];
+    for w in &workers {
+        args.push("--peer".into());
+        args.push(w.mesh.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let coord = start("c", "team-secret", dir, Some(model), &args);
+    let n = 12;
+    let want = run_greedy(model, PROMPT, n);
+    let name = model.file_stem().unwrap().to_str().unwrap();
+    let got = complete(coord.http.as_ref().unwrap(), name, PROMPT, n);
+    let text = got["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        want.starts_with(text) || text == want,
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    assert!(!text.is_empty());
+    coord.plan.clone().unwrap()
+}
+
+#[test]
+fn smollm2_in_two_pipeline_stages_matches_one_machine() {
+    let plan = mesh_matches_one_machine(&model_path(SMOLLM2), 2, &["--stages", "2"]);
+    assert_eq!(stages(&plan), 2, "{plan}");
+}
+
+#[test]
+fn smollm2_in_three_pipeline_stages_matches_one_machine() {
+    let plan = mesh_matches_one_machine(&model_path(SMOLLM2), 3, &["--stages", "3"]);
+    assert_eq!(stages(&plan), 3, "{plan}");
+}
+
+#[test]
+fn deepseek_v3_with_experts_on_two_daemons_matches_one_machine() {
+    let m = fixtures().join("tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");
+    let plan = mesh_matches_one_machine(&m, 2, &["--stages", "1", "--expert-parallel"]);
+    assert!(plan.contains("experts on 2 node(s)"), "{plan}");
+}
+
+#[test]
+fn a_daemon_with_the_wrong_secret_is_not_admitted() {
+    let model = model_path(SMOLLM2);
+    let dir = model.parent().unwrap();
+    let stranger = start("x", "some-other-secret", dir, None, &[]);
+    let state = TempDir::new("c-wrong");
+    let sf = secret_file(&state.0, "team-secret");
+    let out = Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args([
+            "serve",
+            "--threads",
+            "1",
+            "--no-mdns",
+            "--grpc-listen",
+            "off",
+        ])
+        .args(["--mesh-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mesh-nodes",
+            "2",
+            "--mesh-wait",
+            "4",
+        ])
+        .arg("--state-dir")
+        .arg(&state.0)
+        .arg("--secret-file")
+        .arg(&sf)
+        .arg("--model")
+        .arg(&model)
+        .args(["--peer", &stranger.mesh])
+        .env("DWARFSTAR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "planned with a stranger");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of 2 nodes joined"), "{err}");
+}
