@@ -61,6 +61,22 @@ fn frame_header_round_trip() {
         route_rows: vec![0, 0, 1, 3],
         route_experts: vec![2, 9, 2, 63],
         route_weights: vec![0.5, 0.25, 1.0, -0.125],
+        spans: vec![
+            SeqSpan {
+                seq: 11,
+                rows: 3,
+                pos0: 0,
+                want: 1,
+                fork: 0,
+            },
+            SeqSpan {
+                seq: 12,
+                rows: 1,
+                pos0: 4095,
+                want: 2,
+                fork: 11,
+            },
+        ],
     };
     round_trip(&h);
     assert_eq!(h.expected_payload_len(), Some(h.payload_len));
@@ -232,6 +248,7 @@ fn control_messages_round_trip() {
             stop_reason: "length".into(),
             prefill_s: 0.1,
             decode_s: 0.2,
+            tail: "held".into(),
         })),
     });
     round_trip(&LoadRequest {

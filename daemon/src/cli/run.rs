@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dwarfstar_model::generate::{generate, GenerateParams};
+use dwarfstar_model::generate::{generate, GenerateParams, Generation};
 use dwarfstar_model::SamplerConfig;
-use dwarfstar_tokenizer::ChatMessage;
+use dwarfstar_tokenizer::{ChatMessage, Tokenizer};
 use serde_json::json;
 
 use super::{parse_ids, ModelArgs};
@@ -73,19 +73,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let m = a.model.load()?;
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
-        (Some(text), None) => {
-            let text = if a.chat {
-                let mut msgs = Vec::new();
-                if let Some(s) = &a.system {
-                    msgs.push(ChatMessage::new("system", s));
-                }
-                msgs.push(ChatMessage::new("user", text));
-                m.tokenizer.apply_chat_template(&msgs, true)?
-            } else {
-                text.clone()
-            };
-            m.tokenizer.encode(&text, true, true)?
-        }
+        (Some(text), None) => encode_prompt(&m.tokenizer, text, a.chat, a.system.as_deref())?,
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     if prompt.is_empty() {
@@ -142,19 +130,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
     )?;
     if a.json {
-        let mut obj = json!({
-            "prompt_tokens": prompt,
-            "tokens": g.tokens,
-            "text": g.text,
-        });
-        if a.logits > 0 {
-            obj["top_logits"] = json!(g
-                .top_logits
-                .iter()
-                .map(|s| s.iter().map(|&(id, l)| json!([id, l])).collect::<Vec<_>>())
-                .collect::<Vec<_>>());
-        }
-        println!("{obj}");
+        println!("{}", json_output(&prompt, &g, a.logits));
     } else {
         println!();
         let n = g.tokens.len().max(1) as f64;
@@ -169,4 +145,44 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The prompt's token ids for `text` (special tokens parsed, BOS as the model
+/// says), wrapped first in the chat template as a user message with `chat`.
+pub fn encode_prompt(
+    tok: &Tokenizer,
+    text: &str,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<Vec<u32>> {
+    let text = if chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", text));
+        tok.apply_chat_template(&msgs, true)?
+    } else {
+        text.to_string()
+    };
+    Ok(tok.encode(&text, true, true)?)
+}
+
+/// The object `--json` prints: prompt and generated token ids, the text, and
+/// with `logits > 0` the top-K `[id, logit]` pairs of every step. The gRPC
+/// Generate call ends with the same object.
+pub fn json_output(prompt: &[u32], g: &Generation, logits: usize) -> serde_json::Value {
+    let mut obj = json!({
+        "prompt_tokens": prompt,
+        "tokens": g.tokens,
+        "text": g.text,
+    });
+    if logits > 0 {
+        obj["top_logits"] = json!(g
+            .top_logits
+            .iter()
+            .map(|s| s.iter().map(|&(id, l)| json!([id, l])).collect::<Vec<_>>())
+            .collect::<Vec<_>>());
+    }
+    obj
 }

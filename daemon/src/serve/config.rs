@@ -1,5 +1,5 @@
 //! `dwarfstar serve` settings: the TOML file (one table per concern:
-//! `[http]`, `[model]`, `[limits]`; later concerns such as the mesh get
+//! `[http]`, `[grpc]`, `[model]`, `[limits]`; later concerns such as the mesh get
 //! their own table), command-line flags over it, API keys from
 //! `DWARFSTAR_API_KEYS` too, and the checks that turn them into [`Settings`].
 
@@ -14,6 +14,7 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub http: HttpConfig,
+    pub grpc: GrpcConfig,
     pub model: ModelConfig,
     pub limits: LimitsConfig,
 }
@@ -39,6 +40,17 @@ impl Default for HttpConfig {
         }
     }
 }
+
+/// `[grpc]`: the Control service `meshctl` talks to (same API keys as HTTP).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// `host:port`, or `off` (default: 127.0.0.1:7070).
+    pub listen: Option<String>,
+}
+
+/// The gRPC address when neither the file nor a flag gives one.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7070";
 
 /// `[model]`: what is served.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -96,6 +108,7 @@ pub struct Overrides {
     pub model: Option<PathBuf>,
     pub model_name: Option<String>,
     pub http_addr: Option<String>,
+    pub grpc_listen: Option<String>,
     pub api_keys: Vec<String>,
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
@@ -109,6 +122,11 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub addr: SocketAddr,
+    /// The gRPC Control address; None: off.
+    pub grpc_addr: Option<SocketAddr>,
+    /// The gRPC address was given (file or flag): failing to bind it is an
+    /// error; the default address being taken only turns gRPC off.
+    pub grpc_explicit: bool,
     pub api_keys: Vec<String>,
     pub max_body_bytes: usize,
     pub model_path: PathBuf,
@@ -144,6 +162,7 @@ pub fn split_keys(s: &str) -> Vec<String> {
 pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result<Settings> {
     let FileConfig {
         http,
+        grpc,
         model,
         mut limits,
     } = file;
@@ -166,6 +185,26 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
             addr.port()
         );
     }
+    let grpc_given = o.grpc_listen.or(grpc.listen);
+    let grpc_explicit = grpc_given.is_some();
+    let grpc_text = grpc_given.unwrap_or_else(|| DEFAULT_GRPC_LISTEN.to_string());
+    let grpc_addr = if grpc_text.trim() == "off" {
+        None
+    } else {
+        let a = grpc_text
+            .to_socket_addrs()
+            .with_context(|| format!("gRPC listen address {grpc_text:?}"))?
+            .next()
+            .with_context(|| format!("gRPC listen address {grpc_text:?} resolves to nothing"))?;
+        if api_keys.is_empty() && !a.ip().is_loopback() {
+            bail!(
+                "refusing to serve gRPC on {a} without API keys: anyone who can reach it could use \
+                 and reload the model. Give --api-key, or a loopback --grpc-listen such as 127.0.0.1:{}",
+                a.port()
+            );
+        }
+        Some(a)
+    };
     let model_path = o
         .model
         .or(model.path)
@@ -206,6 +245,8 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     override_kv.extend(o.override_kv);
     Ok(Settings {
         addr,
+        grpc_addr,
+        grpc_explicit,
         api_keys,
         max_body_bytes: http.max_body_bytes.max(1024),
         model_path,
@@ -279,6 +320,33 @@ mod tests {
             ..flags("m.gguf")
         };
         assert!(resolve(FileConfig::default(), v6, None).is_ok());
+    }
+
+    #[test]
+    fn grpc_defaults_to_7070_and_can_be_moved_or_off() {
+        let s = resolve(FileConfig::default(), flags("m.gguf"), None).unwrap();
+        assert_eq!(s.grpc_addr, Some("127.0.0.1:7070".parse().unwrap()));
+        assert!(!s.grpc_explicit);
+        let c = FileConfig::parse("[grpc]\nlisten = \"127.0.0.1:7171\"\n").unwrap();
+        let s = resolve(c, flags("m.gguf"), None).unwrap();
+        assert_eq!(s.grpc_addr, Some("127.0.0.1:7171".parse().unwrap()));
+        assert!(s.grpc_explicit);
+        let off = Overrides {
+            grpc_listen: Some("off".into()),
+            ..flags("m.gguf")
+        };
+        assert_eq!(
+            resolve(FileConfig::default(), off, None).unwrap().grpc_addr,
+            None
+        );
+        let open = Overrides {
+            grpc_listen: Some("0.0.0.0:7070".into()),
+            ..flags("m.gguf")
+        };
+        let e = resolve(FileConfig::default(), open.clone(), None).unwrap_err();
+        assert!(e.to_string().contains("without API keys"), "{e}");
+        assert!(resolve(FileConfig::default(), open, Some("k")).is_ok());
+        assert!(FileConfig::parse("[grpc]\naddr = \"x\"\n").is_err());
     }
 
     #[test]

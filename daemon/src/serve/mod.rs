@@ -10,7 +10,9 @@
 //! - [`metrics`]: counters, gauges and the Prometheus rendering.
 //!
 //! The model lives on one `std::thread` (its kernels use the rayon pool);
-//! the tokio runtime only moves bytes.
+//! the tokio runtime only moves bytes. Next to HTTP, the gRPC Control
+//! service (`meshctl`) is served by [`crate::node::grpc`] over
+//! [`crate::node::local::LocalNode`].
 
 pub mod api;
 pub mod config;
@@ -31,6 +33,8 @@ use self::config::{FileConfig, Overrides};
 use self::metrics::Metrics;
 use self::scheduler::{SchedConfig, Scheduler};
 use crate::cli::{init_threads, load_tokenizer};
+use crate::node::grpc::serve_grpc_on;
+use crate::node::local::{LocalConfig, LocalNode};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -44,6 +48,10 @@ pub struct ServeArgs {
     /// than loopback need API keys.
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// gRPC Control address for meshctl, host:port, or `off`
+    /// [default: 127.0.0.1:7070; when that port is taken, gRPC stays off].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
     /// An API key clients must send as `Authorization: Bearer KEY`.
     /// Repeatable; DWARFSTAR_API_KEYS adds comma-separated keys.
     #[arg(long = "api-key", value_name = "KEY")]
@@ -80,6 +88,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model: a.model,
         model_name: a.model_name,
         http_addr: a.http_addr,
+        grpc_listen: a.grpc_listen,
         api_keys: a.api_keys,
         threads: a.threads,
         ctx_size: a.ctx_size,
@@ -107,11 +116,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let n_vocab = model.n_vocab();
     let arch = model.arch().to_string();
     let eog: Vec<bool> = (0..n_vocab).map(|id| tok.is_eog(id as u32)).collect();
+    // Shared with the gRPC Control service's generations.
+    let model = Arc::new(model);
 
     let metrics = Arc::new(Metrics::new());
     let (submit, rx) = scheduler::queue(s.limits.queue, metrics.clone());
     let sched = Scheduler::new(
-        model,
+        model.clone(),
         SchedConfig {
             max_batch: s.limits.max_batch,
             prefill_chunk: s.limits.prefill_chunk,
@@ -130,9 +141,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .context("starting the engine thread")?;
 
     let state = Arc::new(api::AppState {
-        tok,
+        tok: tok.clone(),
         submit,
-        metrics,
+        metrics: metrics.clone(),
         model_name: s.model_name.clone(),
         arch,
         n_vocab,
@@ -154,18 +165,72 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", s.addr))?;
         let local = listener.local_addr()?;
+        let grpc_listener = match s.grpc_addr {
+            None => None,
+            Some(a) => match tokio::net::TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) if !s.grpc_explicit => {
+                    eprintln!(
+                        "dwarfstar serve: gRPC control off: {a}: {e} (give --grpc-listen ADDR)"
+                    );
+                    None
+                }
+                Err(e) => return Err(e).with_context(|| format!("gRPC listen address {a}")),
+            },
+        };
+        let grpc_local = match &grpc_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let stop = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&v| v).await;
+        };
+        let grpc_task = grpc_listener.map(|l| {
+            let node = LocalNode::new(LocalConfig {
+                id: "local".into(),
+                model: model.clone(),
+                tokenizer: tok.clone(),
+                model_path: s.model_path.clone(),
+                served_name: s.model_name.clone(),
+                ctx_size,
+                max_concurrent: s.limits.max_batch,
+                metrics: metrics.clone(),
+                grpc_addr: grpc_local.map(|a| a.to_string()).unwrap_or_default(),
+                http_addr: local.to_string(),
+            });
+            tokio::spawn(serve_grpc_on(
+                l,
+                Arc::new(node),
+                s.api_keys.clone(),
+                stopped(stop.1.clone()),
+            ))
+        });
+        // One line, one write: tests read it and may close the pipe.
         println!(
-            "dwarfstar serve: listening on http://{local} (model {}, context {ctx_size}, batch {}, queue {}{})",
+            "dwarfstar serve: listening on http://{local} (model {}, context {ctx_size}, batch {}, queue {}{}); gRPC control {}",
             s.model_name,
             s.limits.max_batch,
             s.limits.queue,
-            if s.api_keys.is_empty() { ", no API keys" } else { "" }
+            if s.api_keys.is_empty() { ", no API keys" } else { "" },
+            grpc_local.map_or("off".to_string(), |a| format!("on {a}")),
         );
         let _ = std::io::stdout().flush();
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown())
+        let stop_tx = stop.0;
+        let served = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                shutdown().await;
+                let _ = stop_tx.send(true);
+            })
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        if let Some(t) = grpc_task {
+            match t.await {
+                Ok(r) => r.context("serving gRPC")?,
+                Err(e) => anyhow::bail!("the gRPC server failed: {e}"),
+            }
+        }
+        served
     })?;
     drop(rt);
     // Every submitter is gone: the engine ends its sequences and returns.
