@@ -9,6 +9,7 @@ mod api;
 mod cli;
 mod common;
 mod deepseek;
+mod inspect;
 mod quantize;
 mod reference;
 mod stage;

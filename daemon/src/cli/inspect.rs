@@ -1,6 +1,11 @@
 //! `dwarfstar inspect`: what a GGUF file holds — architecture, metadata,
-//! tensors with types and sizes, bytes by tensor class, and the bytes one
-//! decoded token reads.
+//! tensors with types and sizes, bytes and bits per weight by tensor class,
+//! the model's shape as the planner sees it (per layer: dense, shared-expert
+//! and routed-expert bytes, expert counts, KV bytes), the KV bytes a
+//! position costs and the weight bytes one decoded token reads.
+//!
+//! Classes and the per-layer split come from `dwarfstar_model::shape`
+//! (see its doc for which tensor goes where).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use dwarfstar_gguf::{GgufFile, TensorInfo};
+use dwarfstar_model::shape::{model_shape, tensor_class, LayerShape, ModelShape, TensorClass};
 use dwarfstar_model::Model;
 use serde_json::json;
 
@@ -27,29 +33,42 @@ pub struct InspectArgs {
     pub tensors: bool,
 }
 
-/// The class a tensor's bytes are counted under.
-pub fn tensor_class(name: &str) -> &'static str {
-    if name.contains("_exps") {
-        "routed_experts"
-    } else if name.contains("_shexp") {
-        "shared_experts"
-    } else if name.starts_with("token_embd") || name.starts_with("output.") {
-        "embeddings"
-    } else if name.contains("attn") {
-        "attention"
-    } else {
-        "other"
-    }
-}
-
 #[derive(Default, Clone, Copy)]
 struct ClassTotals {
     bytes: u64,
     params: u64,
 }
 
-fn n_params(t: &TensorInfo) -> u64 {
-    t.dims.iter().product()
+impl ClassTotals {
+    fn add(&mut self, t: &TensorInfo) {
+        self.bytes += t.n_bytes;
+        self.params += t.n_elements();
+    }
+
+    fn bpw(&self) -> f64 {
+        if self.params == 0 {
+            0.0
+        } else {
+            self.bytes as f64 * 8.0 / self.params as f64
+        }
+    }
+}
+
+/// One row of the per-layer table.
+fn layer_json(il: usize, l: &LayerShape) -> serde_json::Value {
+    json!({
+        "layer": il,
+        "dense_bytes": l.dense_bytes,
+        "shared_expert_bytes": l.shared_expert_bytes,
+        "routed_expert_bytes": l.n_experts as u64 * l.expert_bytes,
+        "n_experts": l.n_experts,
+        "n_experts_used": l.n_experts_used,
+        "expert_bytes": l.expert_bytes,
+        "bytes": l.total_bytes(),
+        "active_bytes": l.dense_bytes + l.shared_expert_bytes + l.n_experts_used as u64 * l.expert_bytes,
+        "kv_bytes_per_token": l.kv_bytes_per_token,
+        "kv_fixed_bytes": l.kv_fixed_bytes,
+    })
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
@@ -62,63 +81,51 @@ pub fn run(a: InspectArgs) -> Result<()> {
         .get_str("general.architecture")
         .unwrap_or("?")
         .to_string();
-    let mut classes: BTreeMap<&'static str, ClassTotals> = BTreeMap::new();
-    for c in [
-        "routed_experts",
-        "shared_experts",
-        "attention",
-        "embeddings",
-        "other",
-    ] {
-        classes.insert(c, ClassTotals::default());
-    }
+    let mut classes: BTreeMap<TensorClass, ClassTotals> = TensorClass::ALL
+        .iter()
+        .map(|&c| (c, ClassTotals::default()))
+        .collect();
     let mut total = ClassTotals::default();
     for t in file.tensors() {
-        let c = classes.entry(tensor_class(&t.name)).or_default();
-        c.bytes += t.n_bytes;
-        c.params += n_params(t);
-        total.bytes += t.n_bytes;
-        total.params += n_params(t);
+        classes.entry(tensor_class(&t.name)).or_default().add(t);
+        total.add(t);
     }
-    // Bytes read per decoded token: every weight once, except the
-    // embedding table, of which one row is read (unless it doubles as the
-    // output head).
-    let tied = file.tensor("output.weight").is_none();
-    let mut per_token = 0u64;
-    for t in file.tensors() {
-        if t.name == "token_embd.weight" && !tied {
-            per_token += t.n_bytes / t.dims.get(1).copied().unwrap_or(1).max(1);
-        } else {
-            per_token += t.n_bytes;
-        }
-    }
-    let file = std::sync::Arc::new(file);
-    let (kv_per_token, model_err) = match Model::load(file.clone()) {
-        Ok(m) => (Some(m.kv_bytes_per_token()), None),
+    let (shape, shape_err) = match model_shape(&file) {
+        Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let bpw = |c: &ClassTotals| {
-        if c.params == 0 {
-            0.0
-        } else {
-            c.bytes as f64 * 8.0 / c.params as f64
-        }
+    let file = std::sync::Arc::new(file);
+    let (model_kv, model_err) = match Model::load(file.clone()) {
+        Ok(m) => (Some(m.kv_bytes_per_token() as u64), None),
+        Err(e) => (None, Some(e.to_string())),
     };
+    let kv_per_token = shape.as_ref().map(|s| s.kv_bytes_per_token).or(model_kv);
+    let active = shape.as_ref().map(|s| s.active_bytes_per_token);
     if a.json {
         let tensors: Vec<_> = file
             .tensors()
             .iter()
-            .map(|t| json!({"name": t.name, "type": t.ty.name(), "dims": t.dims, "bytes": t.n_bytes}))
+            .map(|t| {
+                json!({"name": t.name, "type": t.ty.name(), "dims": t.dims, "bytes": t.n_bytes,
+                       "class": tensor_class(&t.name).as_str()})
+            })
             .collect();
         let cls: serde_json::Map<String, serde_json::Value> = classes
             .iter()
             .map(|(k, c)| {
                 (
-                    k.to_string(),
-                    json!({"bytes": c.bytes, "params": c.params, "bits_per_weight": bpw(c)}),
+                    k.as_str().to_string(),
+                    json!({"bytes": c.bytes, "params": c.params, "bits_per_weight": c.bpw()}),
                 )
             })
             .collect();
+        let layers: Option<Vec<_>> = shape.as_ref().map(|s| {
+            s.layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| layer_json(i, l))
+                .collect()
+        });
         let obj = json!({
             "architecture": arch,
             "name": file.opt_str("general.name").ok().flatten(),
@@ -126,10 +133,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "tensor_count": file.tensors().len(),
             "params": total.params,
             "weight_bytes": total.bytes,
-            "bits_per_weight": bpw(&total),
+            "bits_per_weight": total.bpw(),
             "classes": cls,
-            "weight_bytes_per_token": per_token,
+            // Kept under its first name: the weight bytes a decoded token reads.
+            "weight_bytes_per_token": active,
+            "active_bytes_per_token": active,
             "kv_bytes_per_token": kv_per_token,
+            "layers": layers,
+            "shape": shape,
+            "shape_error": shape_err,
             "model_error": model_err,
             "tensors": tensors,
         });
@@ -148,24 +160,37 @@ pub fn run(a: InspectArgs) -> Result<()> {
         total.params as f64 / 1e6,
         file.tensors().len(),
         total.bytes as f64 / 1048576.0,
-        bpw(&total)
+        total.bpw()
     );
-    println!("bytes/token:   {per_token} weight bytes read per decoded token");
-    match (kv_per_token, &model_err) {
-        (Some(kv), _) => println!("KV/token:      {kv} bytes (f32 cache)"),
-        (None, Some(e)) => println!("model:         cannot run: {e}"),
-        _ => {}
+    if let Some(b) = active {
+        println!(
+            "bytes/token:   {b} weight bytes read per decoded token ({:.1} MiB)",
+            b as f64 / 1048576.0
+        );
+    }
+    if let Some(kv) = kv_per_token {
+        println!("KV/token:      {kv} bytes");
+    }
+    if let Some(e) = &model_err {
+        println!("model:         cannot run: {e}");
+    }
+    if let Some(e) = &shape_err {
+        println!("shape:         unavailable: {e}");
     }
     println!("classes:");
     for (k, c) in &classes {
         if c.params > 0 {
             println!(
-                "  {k:<15} {:>12} bytes {:>12} params {:>6.2} bits/weight",
+                "  {:<15} {:>14} bytes {:>14} params {:>6.2} bits/weight",
+                k.as_str(),
                 c.bytes,
                 c.params,
-                bpw(c)
+                c.bpw()
             );
         }
+    }
+    if let Some(s) = &shape {
+        print_layers(s);
     }
     let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for t in file.tensors() {
@@ -193,4 +218,55 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The per-layer table; runs of identical layers print as one row.
+fn print_layers(s: &ModelShape) {
+    println!(
+        "layers:        {} (embedding {} bytes, output {} bytes{}{})",
+        s.n_layer,
+        s.embed_bytes,
+        s.output_bytes,
+        if s.tied_embeddings {
+            ", tied: the output is the embedding table"
+        } else {
+            ""
+        },
+        if s.unused_bytes > 0 {
+            format!(", {} bytes in blocks not run", s.unused_bytes)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  {:<10} {:>13} {:>13} {:>15} {:>9} {:>12} {:>10}",
+        "layers", "dense", "shared exp", "routed exp", "experts", "expert", "KV/token"
+    );
+    let mut i = 0;
+    while i < s.layers.len() {
+        let l = &s.layers[i];
+        let mut j = i + 1;
+        while j < s.layers.len() && s.layers[j] == *l {
+            j += 1;
+        }
+        let range = if j - i == 1 {
+            format!("{i}")
+        } else {
+            format!("{i}..{j}")
+        };
+        let experts = if l.n_experts > 0 {
+            format!("{}/{}", l.n_experts_used, l.n_experts)
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "  {range:<10} {:>13} {:>13} {:>15} {experts:>9} {:>12} {:>10}",
+            l.dense_bytes,
+            l.shared_expert_bytes,
+            l.n_experts as u64 * l.expert_bytes,
+            l.expert_bytes,
+            l.kv_bytes_per_token
+        );
+        i = j;
+    }
 }
