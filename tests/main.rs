@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod deepseek;
 mod inspect;
+mod mesh;
 mod quantize;
 mod reference;
 mod stage;

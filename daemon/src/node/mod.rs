@@ -2,16 +2,26 @@
 //! machines.
 //!
 //! - [`pipeline`]: steps, stage hosts and hops, sans I/O;
+//! - [`frames`]: steps and expert batches as data-plane frames, checked;
 //! - [`backend`]: the coordinator's scheduler backend over the pipeline;
+//! - [`transport`]: steps and expert batches over the QUIC data plane;
+//! - [`plan_wire`]: plans as nodes exchange them, checked;
+//! - [`mesh_serve`]: `dwarfstar serve` in a mesh: flags, joining, coordinating;
+//! - [`runtime`]: the event loop, the plan handshake, roles;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
 //! - [`local`]: the single-machine `NodeApi` over the local engine.
 
 pub mod backend;
 pub mod error;
+pub mod frames;
 pub mod grpc;
 pub mod local;
+pub mod mesh_serve;
 pub mod pipeline;
+pub mod plan_wire;
+pub mod runtime;
+pub mod transport;
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,7 @@ use self::config::{FileConfig, Overrides};
 use self::metrics::Metrics;
 use self::scheduler::{SchedConfig, Scheduler};
 use crate::cli::{init_threads, load_tokenizer};
+use crate::node::mesh_serve::MeshArgs;
 use crate::node::grpc::serve_grpc_on;
 use crate::node::local::{LocalConfig, LocalNode};
 
@@ -77,9 +78,15 @@ pub struct ServeArgs {
     /// Override a metadata value: KEY=TYPE:VALUE. Repeatable.
     #[arg(long = "override-kv", value_name = "KEY=TYPE:VALUE")]
     pub override_kv: Vec<String>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let secret = a.mesh.secret()?;
+    if let (Some(secret), None, None) = (&secret, &a.model, &a.config) {
+        return crate::node::mesh_serve::run_worker(&a.mesh, secret.clone(), a.threads);
+    }
     let file = match &a.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -101,6 +108,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let s = config::resolve(file, flags, env_keys.as_deref())?;
 
     init_threads(s.threads)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let overrides = s
         .override_kv
         .iter()
@@ -121,24 +133,33 @@ pub fn run(a: ServeArgs) -> Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let (submit, rx) = scheduler::queue(s.limits.queue, metrics.clone());
-    let sched = Scheduler::new(
-        model.clone(),
-        SchedConfig {
-            max_batch: s.limits.max_batch,
-            prefill_chunk: s.limits.prefill_chunk,
-            ctx_size,
-            cache_entries: s.limits.prefix_cache_entries,
-            cache_bytes: s.limits.prefix_cache_mib.saturating_mul(1 << 20),
-            min_prefix: 16,
-        },
-        eog,
-        rx,
-        metrics.clone(),
-    );
-    let engine = std::thread::Builder::new()
-        .name("dwarfstar-engine".into())
-        .spawn(move || sched.run())
-        .context("starting the engine thread")?;
+    let mut cfg = SchedConfig {
+        max_batch: s.limits.max_batch,
+        prefill_chunk: s.limits.prefill_chunk,
+        ctx_size,
+        cache_entries: s.limits.prefix_cache_entries,
+        cache_bytes: s.limits.prefix_cache_mib.saturating_mul(1 << 20),
+        min_prefix: 16,
+    };
+    let engine = match secret {
+        // In a mesh, this node coordinates the model over the plan's nodes.
+        Some(secret) => {
+            let limits = crate::node::pipeline::StageLimits {
+                ctx_size,
+                max_seqs: s.limits.max_batch * 4,
+            };
+            let backend = rt.block_on(crate::node::mesh_serve::coordinate(
+                &a.mesh,
+                secret,
+                &s.model_path,
+                limits,
+            ))?;
+            // Stages would need a cached prefix's source state kept alive.
+            cfg.cache_entries = 0;
+            spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
+        }
+        None => spawn_engine(Scheduler::new(model.clone(), cfg, eog, rx, metrics.clone()))?,
+    };
 
     let state = Arc::new(api::AppState {
         tok: tok.clone(),
@@ -155,11 +176,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(s.addr)
             .await
@@ -238,8 +254,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs a scheduler on its own thread (its kernels use the rayon pool).
+fn spawn_engine<B>(sched: Scheduler<B>) -> Result<std::thread::JoinHandle<()>>
+where
+    B: scheduler::Backend + Send + 'static,
+    B::State: Send,
+{
+    std::thread::Builder::new()
+        .name("dwarfstar-engine".into())
+        .spawn(move || sched.run())
+        .context("starting the engine thread")
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown() {
+pub async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
