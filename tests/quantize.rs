@@ -482,3 +482,111 @@ fn quality_of_a_model_against_itself_and_a_quantization() {
     assert!(r.top1_agreement > 0.8, "{r:?}");
     assert!((r.ppl_b / r.ppl_a - 1.0).abs() < 0.05, "{r:?}");
 }
+
+fn dwarfstar(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args(args)
+        .env("DWARFSTAR_LOG", "error")
+        .output()
+        .expect("dwarfstar runs")
+}
+
+fn ok(args: &[&str]) -> std::process::Output {
+    let out = dwarfstar(args);
+    assert!(
+        out.status.success(),
+        "dwarfstar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn cli_imatrix_quantize_and_quality_end_to_end() {
+    let model = tiny_f16();
+    let model = model.to_str().unwrap();
+    let calib = qdir().join("calib.txt");
+    let calib = calib.to_str().unwrap();
+    let im = tmp("cli.imatrix.dat");
+    ok(&[
+        "imatrix",
+        model,
+        "--text",
+        calib,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "-o",
+        im.to_str().unwrap(),
+        "--output-format",
+        "dat",
+        "-t",
+        "2",
+    ]);
+    let m = Imatrix::read(&im).unwrap();
+    assert!(m.legacy && m.chunk_count == 2 && m.entries.contains_key("blk.1.ffn_up_exps.weight"));
+
+    let out = tmp("cli-dwarf-q4.gguf");
+    let o = ok(&[
+        "quantize",
+        model,
+        out.to_str().unwrap(),
+        "--recipe",
+        "dwarf-q4",
+        "--imatrix",
+        im.to_str().unwrap(),
+        "--override",
+        "blk.0.ffn_*=q4_0",
+        "-t",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fall back to Q5_0") && err.contains("wrote"),
+        "{err}"
+    );
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensor("blk.0.ffn_up.weight").unwrap().ty, GgmlType::Q4_0);
+    assert_eq!(
+        f.tensor("blk.1.ffn_up_exps.weight").unwrap().ty,
+        GgmlType::Q4_K
+    );
+    assert_eq!(f.get("general.file_type"), Some(&Value::U32(15)));
+    assert!(f.get("quantize.imatrix.entries_count").is_some());
+
+    let o = ok(&[
+        "quality",
+        model,
+        out.to_str().unwrap(),
+        "--text",
+        calib,
+        "--ctx",
+        "64",
+        "--chunks",
+        "2",
+        "--json",
+        "-t",
+        "2",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["positions"], 2 * 31);
+    let kl = j["kl_mean"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 0.5, "{j}");
+
+    // A bad override fails with the tensor named, and leaves no file.
+    let bad = tmp("cli-bad.gguf");
+    let o = dwarfstar(&[
+        "quantize",
+        model,
+        bad.to_str().unwrap(),
+        "--recipe",
+        "q8_0",
+        "--override",
+        "*ffn_down_exps*=q6_k",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("blk.1.ffn_down_exps.weight"), "{err}");
+    assert!(!bad.exists());
+}

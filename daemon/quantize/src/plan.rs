@@ -2,6 +2,8 @@
 //! written (recipe, then `--override`s, then the shape fallback, then the
 //! `--target-size` budget), with the notes the user should see.
 
+use std::collections::BTreeMap;
+
 use dwarfstar_gguf::{GgmlType, GgufFile};
 
 use crate::budget::{self, BudgetRow};
@@ -131,6 +133,8 @@ pub fn plan(file: &GgufFile, opts: &Options<'_>) -> Result<Plan> {
         .iter()
         .any(|t| matches!(classify(&t.name, t.dims.len()), Class::Routed(_)));
     let mut notes = Vec::new();
+    // (wanted, got, row length) -> tensors that fell back.
+    let mut fallbacks: BTreeMap<(u32, u32, u64), Vec<&str>> = BTreeMap::new();
     let mut tensors = Vec::with_capacity(file.tensors().len());
     for t in file.tensors() {
         let class = classify(&t.name, t.dims.len());
@@ -158,11 +162,10 @@ pub fn plan(file: &GgufFile, opts: &Options<'_>) -> Result<Plan> {
                     if got == want {
                         (got, Why::Recipe)
                     } else {
-                        notes.push(format!(
-                            "{}: rows of {cols} are not whole {want} blocks of {}; falling back to {got}",
-                            t.name,
-                            want.block_size()
-                        ));
+                        fallbacks
+                            .entry((want.id(), got.id(), cols))
+                            .or_default()
+                            .push(&t.name);
                         (got, Why::Fallback(want))
                     }
                 }
@@ -191,6 +194,25 @@ pub fn plan(file: &GgufFile, opts: &Options<'_>) -> Result<Plan> {
             why,
             weighted: false,
         });
+    }
+
+    for ((want, got, cols), names) in &fallbacks {
+        let ty = |id: &u32| GgmlType::from_id(*id).map_or("?", |t| t.name());
+        let shown: Vec<&str> = names.iter().take(3).copied().collect();
+        let more = names.len().saturating_sub(shown.len());
+        notes.push(format!(
+            "{} tensor(s) with rows of {cols} (not whole {} blocks of {}) fall back to {}: {}{}",
+            names.len(),
+            ty(want),
+            GgmlType::from_id(*want).map_or(0, |t| t.block_size()),
+            ty(got),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
     }
 
     let budget = match opts.target_size {

@@ -21,8 +21,9 @@ pub struct ImatrixArgs {
     /// Output file.
     #[arg(long, short = 'o', default_value = "imatrix.gguf")]
     pub output: PathBuf,
-    /// Tokens per chunk (each chunk runs from an empty cache).
-    #[arg(long, default_value_t = 512)]
+    /// Tokens per chunk (llama-imatrix's -c; each chunk runs from an empty
+    /// cache).
+    #[arg(long, short = 'c', default_value_t = 512)]
     pub chunk: usize,
     /// Use at most this many chunks.
     #[arg(long)]
