@@ -17,7 +17,9 @@
 //!    pipeline: an order of nodes (the coordinator first when it runs
 //!    layers) and contiguous layer ranges, minimising (bytes over budget,
 //!    predicted seconds per token); the output (norm + lm head) goes on the
-//!    last stage or on the coordinator, whichever is cheaper.
+//!    last stage, or on the coordinator when it runs the first stage,
+//!    whichever is cheaper. The coordinator may also run no stage at all
+//!    (it then only embeds and samples).
 //! 2. On each of those, expert-parallel variants for MoE layers: moving a
 //!    share of an over-budget node's experts to nodes with room (so they
 //!    are fetched over the network instead of paged from disk), and

@@ -277,11 +277,13 @@ pub(crate) fn pipelines(ctx: &Ctx, ks: &BTreeSet<usize>, act: ActDType) -> Vec<C
         orders = heuristic_orders(ctx, &pool, ks, act);
     }
     let pre = Prefix::new(ctx);
-    let coord_usable = ctx.nodes[ctx.coord].usable();
     let mut best: BTreeMap<(usize, bool), (Key, Candidate)> = BTreeMap::new();
     for order in orders {
         let last = order[order.len() - 1];
-        let outs: &[bool] = if coord_usable && last != ctx.coord {
+        // The output goes on the last stage, or on the coordinator when it
+        // runs the first stage (then the last stage sends its hidden rows
+        // back instead of logits).
+        let outs: &[bool] = if order[0] == ctx.coord && last != ctx.coord {
             &[false, true]
         } else {
             &[false]

@@ -223,8 +223,9 @@ pub struct Plan {
     /// Every node of the request, by id: bytes of routed experts it cannot
     /// keep in its budget and pages from disk (0 when it fits).
     pub predicted_paging: Vec<(String, u64)>,
-    /// The node holding the output norm + lm head: the last stage's node
-    /// or the coordinator.
+    /// The node holding the output norm + lm head: the last stage's node,
+    /// or the coordinator when it runs the first stage. Exactly one stage
+    /// has `holds_output`.
     #[serde(default)]
     pub output_node: String,
 }

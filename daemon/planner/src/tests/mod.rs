@@ -128,7 +128,8 @@ pub fn check_plan(req: &PlanRequest, p: &Plan) {
     }
     assert_eq!(next, m.n_layer, "stages do not cover every layer");
     let last = &p.stages[p.stages.len() - 1].node;
-    assert!(p.output_node == *last || p.output_node == p.coordinator);
+    assert!(p.output_node == *last || p.output_node == p.stages[0].node && p.stages[0].holds_embed);
+    assert_eq!(p.stages.iter().filter(|s| s.holds_output).count(), 1);
     assert_eq!(p.coordinator, req.coordinator);
     if let Some(k) = req.force_stages {
         assert_eq!(p.stages.len(), k as usize);
