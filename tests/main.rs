@@ -9,6 +9,7 @@ mod api;
 mod cli;
 mod common;
 mod deepseek;
+mod deepseek4;
 mod inspect;
 mod mesh;
 mod quantize;

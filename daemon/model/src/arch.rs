@@ -183,6 +183,18 @@ pub fn dense_arch(name: &str) -> Option<&'static ArchSpec> {
     DENSE_ARCHS.iter().find(|a| a.name == name)
 }
 
+/// The architectures with a module of their own (their forward code is not
+/// the dense block's): MLA + MoE, and DeepSeek V4.
+pub const MODULE_ARCHS: &[&str] = &[
+    crate::deepseek2::hparams::ARCH,
+    crate::deepseek4::hparams::ARCH,
+];
+
+/// Whether DwarfStar runs `general.architecture = name`.
+pub fn is_supported(name: &str) -> bool {
+    dense_arch(name).is_some() || MODULE_ARCHS.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +206,7 @@ mod tests {
         assert_eq!(Role::FfnPostNorm.name(0), "blk.0.post_ffw_norm.weight");
         assert!(dense_arch("gemma3").is_some());
         assert!(dense_arch("gpt-j").is_none());
+        assert!(is_supported("deepseek4") && is_supported("deepseek2") && is_supported("qwen3"));
+        assert!(!is_supported("gpt-j"));
     }
 }

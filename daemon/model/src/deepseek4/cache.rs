@@ -278,6 +278,17 @@ impl Ds4Cache {
         }
     }
 
+    /// Bytes of the parts that grow with the sequence: compressed entries,
+    /// indexer keys and token ids.
+    pub fn compressed_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.entries.bytes() + l.keys.bytes())
+            .sum();
+        layers + self.tokens.len() * 4
+    }
+
     /// Bytes held now: windows, compressor states, compressed entries,
     /// indexer keys and token ids.
     pub fn bytes(&self) -> usize {

@@ -249,7 +249,10 @@ fn bind_compressor(
 ) -> Result<CompressorWeights> {
     let coff = if ratio == 4 { 2 } else { 1 };
     let e = (hp.n_embd, EMBD);
-    let wide = (coff * dim.0, dim.1);
+    // The norm checks `dim`; what is left of the widths is the ratio's
+    // (overlapping blocks double them).
+    let norm = b.vector(&blk(il, &format!("{prefix}_norm.weight")), dim)?;
+    let wide = (coff * dim.0, RATIOS);
     Ok(CompressorWeights {
         kv: b.matrix(&blk(il, &format!("{prefix}_kv.weight")), e, wide)?,
         gate: b.matrix(&blk(il, &format!("{prefix}_gate.weight")), e, wide)?,
@@ -257,7 +260,7 @@ fn bind_compressor(
             &blk(il, &format!("{prefix}_ape.weight")),
             &[wide, (ratio, RATIOS)],
         )?,
-        norm: b.vector(&blk(il, &format!("{prefix}_norm.weight")), dim)?,
+        norm,
     })
 }
 
@@ -284,6 +287,29 @@ pub(crate) fn bind_attn(b: &Bind<'_>, hp: &Ds4HParams, il: usize) -> Result<Attn
             ),
         ));
     }
+    // Bound in an order where each tensor's first unchecked dim is the one
+    // its key names: heads, head size, ranks, then the compressors.
+    let sinks = b.vector(&blk(il, "attn_sinks.weight"), heads)?;
+    let kv = b.matrix(&blk(il, "attn_kv.weight"), e, hd)?;
+    let kv_norm = b.vector(&blk(il, "attn_kv_a_norm.weight"), hd)?;
+    let q_a = b.matrix(&blk(il, "attn_q_a.weight"), e, q_lora)?;
+    let q_a_norm = b.vector(&blk(il, "attn_q_a_norm.weight"), q_lora)?;
+    let q_b = b.matrix(
+        &blk(il, "attn_q_b.weight"),
+        q_lora,
+        (hp.n_head * hp.head_dim, HEADS),
+    )?;
+    let group_in = (hp.n_head * hp.head_dim / hp.o_groups, O_GROUPS);
+    let out_a = b.matrix(
+        &blk(il, "attn_output_a.weight"),
+        group_in,
+        (hp.o_groups * hp.o_lora_rank, O_LORA),
+    )?;
+    let out_b = b.matrix(
+        &blk(il, "attn_output_b.weight"),
+        (hp.o_groups * hp.o_lora_rank, O_LORA),
+        e,
+    )?;
     let comp = match kind {
         LayerKind::Sliding => None,
         _ => Some(bind_compressor(
@@ -297,44 +323,33 @@ pub(crate) fn bind_attn(b: &Bind<'_>, hp: &Ds4HParams, il: usize) -> Result<Attn
     };
     let indexer = if kind == LayerKind::Csa {
         let idim = (hp.idx_dim, IDX_DIM);
+        let proj = b.matrix(
+            &blk(il, "indexer.proj.weight"),
+            e,
+            (hp.idx_heads, IDX_HEADS),
+        )?;
+        let comp = bind_compressor(b, il, "indexer_compressor", hp, 4, idim)?;
         Some(IndexerWeights {
             q_b: b.matrix(
                 &blk(il, "indexer.attn_q_b.weight"),
                 q_lora,
                 (hp.idx_heads * hp.idx_dim, IDX_DIM),
             )?,
-            proj: b.matrix(
-                &blk(il, "indexer.proj.weight"),
-                e,
-                (hp.idx_heads, IDX_HEADS),
-            )?,
-            comp: bind_compressor(b, il, "indexer_compressor", hp, 4, idim)?,
+            proj,
+            comp,
         })
     } else {
         None
     };
-    let group_in = (hp.n_head * hp.head_dim / hp.o_groups, O_GROUPS);
     Ok(AttnWeights {
-        sinks: b.vector(&blk(il, "attn_sinks.weight"), heads)?,
-        q_a: b.matrix(&blk(il, "attn_q_a.weight"), e, q_lora)?,
-        q_a_norm: b.vector(&blk(il, "attn_q_a_norm.weight"), q_lora)?,
-        q_b: b.matrix(
-            &blk(il, "attn_q_b.weight"),
-            q_lora,
-            (hp.n_head * hp.head_dim, HEADS),
-        )?,
-        kv: b.matrix(&blk(il, "attn_kv.weight"), e, hd)?,
-        kv_norm: b.vector(&blk(il, "attn_kv_a_norm.weight"), hd)?,
-        out_a: b.matrix(
-            &blk(il, "attn_output_a.weight"),
-            group_in,
-            (hp.o_groups * hp.o_lora_rank, O_LORA),
-        )?,
-        out_b: b.matrix(
-            &blk(il, "attn_output_b.weight"),
-            (hp.o_groups * hp.o_lora_rank, O_LORA),
-            e,
-        )?,
+        sinks,
+        q_a,
+        q_a_norm,
+        q_b,
+        kv,
+        kv_norm,
+        out_a,
+        out_b,
         comp,
         indexer,
     })
@@ -367,6 +382,10 @@ pub(crate) fn bind_moe(b: &Bind<'_>, hp: &Ds4HParams, il: usize, hash: bool) -> 
     let e = (hp.n_embd, EMBD);
     let ne = (hp.n_expert, N_EXPERT);
     let ff = (hp.n_ff_exp, N_FF_EXP);
+    // The stacks first: their dims single out the expert count and size.
+    let gate = b.stack(&blk(il, "ffn_gate_exps.weight"), e, ff, ne)?;
+    let up = b.stack(&blk(il, "ffn_up_exps.weight"), e, ff, ne)?;
+    let down = b.stack(&blk(il, "ffn_down_exps.weight"), ff, e, ne)?;
     let tid = blk(il, "ffn_gate_tid2eid.weight");
     if hash != b.has(&tid) {
         return Err(meta_err(
@@ -401,9 +420,9 @@ pub(crate) fn bind_moe(b: &Bind<'_>, hp: &Ds4HParams, il: usize, hash: bool) -> 
     Ok(MoeWeights {
         gate_inp: b.matrix(&blk(il, "ffn_gate_inp.weight"), e, ne)?,
         router,
-        gate: b.stack(&blk(il, "ffn_gate_exps.weight"), e, ff, ne)?,
-        up: b.stack(&blk(il, "ffn_up_exps.weight"), e, ff, ne)?,
-        down: b.stack(&blk(il, "ffn_down_exps.weight"), ff, e, ne)?,
+        gate,
+        up,
+        down,
         shared,
     })
 }
@@ -411,7 +430,7 @@ pub(crate) fn bind_moe(b: &Bind<'_>, hp: &Ds4HParams, il: usize, hash: bool) -> 
 /// Binds the trunk block `il` (also used for the MTP block).
 pub(crate) fn bind_layer(b: &Bind<'_>, hp: &Ds4HParams, il: usize, hash: bool) -> Result<Ds4Layer> {
     let e = (hp.n_embd, EMBD);
-    // The expert stacks first: their dims single out the MoE keys.
+    // The MoE first: its stacks single out the expert keys.
     let moe = bind_moe(b, hp, il, hash)?;
     let attn = bind_attn(b, hp, il)?;
     Ok(Ds4Layer {
