@@ -5,15 +5,14 @@
 
 use std::ops::Range;
 
-use dwarfstar_gguf::GgufFile;
-
 use crate::error::{ModelError, Result};
+use crate::store::WeightBytes;
 use crate::weights::Weight;
 
 /// Looks `tokens` up in the embedding table: `n × e` hidden rows.
 pub(crate) fn embed_rows(
     table: &Weight,
-    file: &GgufFile,
+    src: &dyn WeightBytes,
     tokens: &[u32],
     n_vocab: usize,
     e: usize,
@@ -23,7 +22,7 @@ pub(crate) fn embed_rows(
         if *t as usize >= n_vocab {
             return Err(ModelError::BadToken { id: *t, n_vocab });
         }
-        table.dequantize_row(file, *t as usize, row)?;
+        table.dequantize_row(src, *t as usize, row)?;
     }
     Ok(x)
 }

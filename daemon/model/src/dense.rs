@@ -20,6 +20,7 @@ use crate::deepseek2::repack;
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
 use crate::kv::KvCache;
+use crate::store::{WeightBytes, WeightStore};
 use crate::observe::{MatIndex, MatmulObserver};
 use crate::weights::{DenseWeights, Weight};
 
@@ -33,6 +34,9 @@ pub struct DenseModel {
     /// on x86) in its repacked kernels' order, so that logits reproduce
     /// llama.cpp's to the last bits (slower; off by default).
     pub llama_exact: bool,
+    /// Where weight bytes come from: the mapped file, or paged within a
+    /// memory budget ([`crate::Model::set_memory_budget`]).
+    pub store: WeightStore,
     /// Sees the input of every weight product (importance matrices).
     pub observer: Option<Arc<dyn MatmulObserver>>,
 }
@@ -72,18 +76,18 @@ fn norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 impl DenseModel {
-    fn mm(&self, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    fn mm(&self, src: &dyn WeightBytes, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
         if let Some(o) = &self.observer {
             o.observe(&w.info.name, x, w.cols, MatIndex::Whole);
         }
         let mut out = vec![0f32; n * w.rows];
         if self.llama_exact && repack::eligible(w.ty, w.rows) {
             // llama.cpp runs its GEMM on groups of four rows, GEMV on the rest.
-            repack::matmul(w.mat(&self.file), x, n, &mut out, n - n % 4)?;
+            repack::matmul(w.mat(src), x, n, &mut out, n - n % 4)?;
         } else if self.tiled(w, n) {
-            matmul_tiled_order(w.mat(&self.file), x, n, &mut out)?;
+            matmul_tiled_order(w.mat(src), x, n, &mut out)?;
         } else {
-            matmul(w.mat(&self.file), x, n, &mut out)?;
+            matmul(w.mat(src), x, n, &mut out)?;
         }
         Ok(out)
     }
@@ -99,6 +103,7 @@ impl DenseModel {
     /// region, the input rounded once per activation type.
     fn mm_many<const N: usize>(
         &self,
+        src: &dyn WeightBytes,
         ws: [&Weight; N],
         x: &[f32],
         n: usize,
@@ -112,7 +117,7 @@ impl DenseModel {
                     .any(|w| repack::eligible(w.ty, w.rows) || self.tiled(w, n)))
         {
             for (o, w) in outs.iter_mut().zip(ws) {
-                *o = self.mm(w, x, n)?;
+                *o = self.mm(src, w, x, n)?;
             }
             return Ok(outs);
         }
@@ -120,7 +125,7 @@ impl DenseModel {
             let mut mats: Vec<(dwarfstar_kernels::MatRef<'_>, &mut [f32])> = ws
                 .iter()
                 .zip(outs.iter_mut())
-                .map(|(w, o)| (w.mat(&self.file), o.as_mut_slice()))
+                .map(|(w, o)| (w.mat(src), o.as_mut_slice()))
                 .collect();
             matmul_many(&mut mats, x, n)?;
         }
@@ -134,6 +139,7 @@ impl DenseModel {
         let hp = HParams::from_gguf(&file, spec)?;
         let w = DenseWeights::bind(&file, spec, &hp)?;
         Ok(DenseModel {
+            store: WeightStore::mapped(file.clone()),
             file,
             spec,
             hp,
@@ -152,7 +158,7 @@ impl DenseModel {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let e = self.hp.n_embd;
         let mut x =
-            crate::batch::embed_rows(&self.w.tok_embd, &self.file, tokens, self.hp.n_vocab, e)?;
+            crate::batch::embed_rows(&self.w.tok_embd, self.store.resident(), tokens, self.hp.n_vocab, e)?;
         if self.spec.scale_embeddings {
             let s = (e as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);
@@ -173,6 +179,7 @@ impl DenseModel {
         let e = self.hp.n_embd;
         let n: usize = seqs.iter().map(|s| s.0).sum();
         crate::batch::check_layer_call(x.len(), e, n, &layers, self.hp.n_layer)?;
+        self.store.begin_pass(n);
         for (k, kv) in seqs.iter() {
             kv.reserve(*k)?;
         }
@@ -191,11 +198,13 @@ impl DenseModel {
     ) -> Result<()> {
         let hp = &self.hp;
         let l = &self.w.layers[il];
+        // This layer's bytes stay held until it returns.
+        let src = &self.store.layer(il)?;
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
         trace_tensor("attn_norm", il, &cur);
-        let [mut q, mut k, mut v] = self.mm_many([&l.wq, &l.wk, &l.wv], &cur, n)?;
+        let [mut q, mut k, mut v] = self.mm_many(src, [&l.wq, &l.wk, &l.wv], &cur, n)?;
         trace_tensor("Qcur", il, &q);
         add_bias(&mut v, &l.bv);
         add_bias(&mut q, &l.bq);
@@ -236,7 +245,7 @@ impl DenseModel {
         trace_tensor("Vcur", il, &v);
         let attn = self.attention(&q, &caches, &spans, il, n, window);
         trace_tensor("kqv_out", il, &attn);
-        let mut o = self.mm(&l.wo, &attn, n)?;
+        let mut o = self.mm(src, &l.wo, &attn, n)?;
         trace_tensor("attn_out", il, &o);
         if let Some(w) = &l.attn_post_norm {
             norm_rows(&mut o, w, hp.rms_eps);
@@ -245,13 +254,13 @@ impl DenseModel {
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
-        let [mut g, u] = self.mm_many([&l.gate, &l.up], &cur, n)?;
+        let [mut g, u] = self.mm_many(src, [&l.gate, &l.up], &cur, n)?;
         match self.spec.activation {
             Activation::SwiGlu => ops::swiglu(&mut g, &u),
             Activation::GeGlu => ops::geglu(&mut g, &u),
         }
         trace_tensor("ffn_act", il, &g);
-        let mut d = self.mm(&l.down, &g, n)?;
+        let mut d = self.mm(src, &l.down, &g, n)?;
         trace_tensor("ffn_out", il, &d);
         if let Some(w) = &l.ffn_post_norm {
             norm_rows(&mut d, w, hp.rms_eps);
@@ -319,7 +328,7 @@ impl DenseModel {
         let e = self.hp.n_embd;
         let mut h = x.to_vec();
         norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
-        let mut out = self.mm(&self.w.output, &h, x.len() / e)?;
+        let mut out = self.mm(self.store.resident(), &self.w.output, &h, x.len() / e)?;
         if let Some(c) = self.hp.final_softcap {
             out.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
         }

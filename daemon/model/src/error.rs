@@ -30,6 +30,8 @@ pub enum ModelError {
     ContextFull { needed: usize, capacity: usize },
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     BadToken { id: u32, n_vocab: usize },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Invalid(String),
 }

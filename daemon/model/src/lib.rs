@@ -7,7 +7,8 @@
 //! - [`kv`]: KV caches;
 //! - [`sampler`]: logits to tokens;
 //! - [`generate`]: the prompt → tokens loop with stop conditions;
-//! - [`stage`]: a node's share of a split model (layer ranges, remote experts).
+//! - [`stage`]: a node's share of a split model (layer ranges, remote experts);
+//! - [`store`]: where weight bytes come from, within a memory budget.
 //!
 //! The model code never assumes it holds every layer: a caller may run any
 //! contiguous range, which is how a pipeline stage runs its share.
@@ -26,6 +27,7 @@ pub mod observe;
 pub mod sampler;
 pub mod shape;
 pub mod stage;
+pub mod store;
 pub mod weights;
 
 use std::path::Path;
@@ -132,6 +134,54 @@ impl Model {
             Model::Dense(m) => m.llama_exact = on,
             Model::Deepseek2(m) => m.llama_exact = on,
             Model::Deepseek4(m) => m.set_llama_exact(on),
+        }
+    }
+
+    /// Holds the weights within `cfg.budget` bytes: the mapped file when
+    /// they fit, else paged (see [`store`]): pinned non-expert weights,
+    /// streamed layers, cached routed experts. Outputs are bit-identical
+    /// either way.
+    pub fn set_memory_budget(&mut self, cfg: &store::StoreConfig) -> Result<()> {
+        match self {
+            Model::Dense(m) => {
+                let plan = store::dense_plan(&m.w);
+                m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
+            }
+            Model::Deepseek2(m) => {
+                let k = m.hp.moe.as_ref().map_or(0, |p| p.n_expert_used);
+                let plan = store::deepseek2_plan(&m.w, k);
+                m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
+            }
+            Model::Deepseek4(m) => {
+                // Not paged yet: the mapped file must fit.
+                if m.weight_bytes() > cfg.budget {
+                    return Err(ModelError::Invalid(format!(
+                        "deepseek4 weights ({} bytes) cannot be paged yet; the budget is {} bytes",
+                        m.weight_bytes(),
+                        cfg.budget
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the weights the model reads (what a budget is held to).
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            Model::Dense(m) => store::dense_plan(&m.w).total_bytes(),
+            Model::Deepseek2(m) => store::deepseek2_plan(&m.w, 0).total_bytes(),
+            Model::Deepseek4(m) => m.weight_bytes(),
+        }
+    }
+
+    /// What the weight store did and holds (expert hit rate, bytes read,
+    /// I/O stalls, resident bytes).
+    pub fn store_stats(&self) -> store::StoreStats {
+        match self {
+            Model::Dense(m) => m.store.stats(),
+            Model::Deepseek2(m) => m.store.stats(),
+            Model::Deepseek4(m) => store::WeightStore::mapped(m.file.clone()).stats(),
         }
     }
 

@@ -9,6 +9,7 @@ use dwarfstar_kernels::{dequantize_row, GgmlType, MatRef};
 use crate::arch::{ArchSpec, Role};
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
+use crate::store::{tensor_bytes, WeightBytes};
 
 /// A 2-D weight matrix in the file: `rows` outputs of `cols` inputs.
 #[derive(Clone, Debug)]
@@ -20,11 +21,12 @@ pub struct Weight {
 }
 
 impl Weight {
-    /// The matrix view of this weight's bytes in `file`.
-    pub fn mat<'a>(&self, file: &'a GgufFile) -> MatRef<'a> {
+    /// The matrix view of this weight's bytes in `src` (the mapped file,
+    /// or a [`crate::store`] source; empty when `src` does not hold them).
+    pub fn mat<'a, S: WeightBytes + ?Sized>(&self, src: &'a S) -> MatRef<'a> {
         MatRef {
             ty: self.ty,
-            data: file.tensor_data(&self.info),
+            data: tensor_bytes(src, &self.info),
             rows: self.rows,
             cols: self.cols,
         }
@@ -36,7 +38,12 @@ impl Weight {
     }
 
     /// Dequantizes row `r` into `out` (`cols` floats).
-    pub fn dequantize_row(&self, file: &GgufFile, r: usize, out: &mut [f32]) -> Result<()> {
+    pub fn dequantize_row<S: WeightBytes + ?Sized>(
+        &self,
+        src: &S,
+        r: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         if r >= self.rows {
             return Err(ModelError::Tensor {
                 name: self.info.name.clone(),
@@ -44,8 +51,13 @@ impl Weight {
             });
         }
         let rb = self.row_bytes();
-        let data = file.tensor_data(&self.info);
-        dequantize_row(self.ty, &data[r * rb..(r + 1) * rb], out)?;
+        let row = src
+            .range(self.info.offset + (r * rb) as u64, rb as u64)
+            .ok_or_else(|| ModelError::Tensor {
+                name: self.info.name.clone(),
+                msg: "bytes not held by the weight store".into(),
+            })?;
+        dequantize_row(self.ty, row, out)?;
         Ok(())
     }
 }

@@ -1,12 +1,16 @@
 //! `dwarfstar bench`: prompt-processing and decode tokens/s, measured the
 //! way llama-bench does: a batch of `-p` tokens on an empty cache, then
 //! `-n` single-token decode steps on an empty cache, averaged over runs.
+//! With weights paged under `--mem-budget`, the decode runs' expert hit
+//! rate, bytes read per token and I/O stall time are printed too.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
+
+use dwarfstar_model::store::{format_size, StoreStats};
 
 use super::ModelArgs;
 
@@ -28,6 +32,43 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Weight-store counters summed over decode runs.
+#[derive(Default)]
+struct Decode {
+    tokens: u64,
+    served: u64,
+    uses: u64,
+    bytes: u64,
+    stall_s: f64,
+}
+
+impl Decode {
+    fn add(&mut self, d: &StoreStats) {
+        self.tokens += d.tokens;
+        self.served += d.expert_hits + d.expert_prefetch_hits;
+        self.uses += d.expert_hits + d.expert_prefetch_hits + d.expert_misses;
+        self.bytes += d.bytes_read;
+        self.stall_s += d.io_stall_s;
+    }
+
+    /// Expert uses served without a demand read (1 with no experts paged).
+    fn hit_rate(&self) -> f64 {
+        if self.uses == 0 {
+            1.0
+        } else {
+            self.served as f64 / self.uses as f64
+        }
+    }
+
+    fn bytes_per_token(&self) -> f64 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            self.bytes as f64 / self.tokens as f64
+        }
+    }
+}
+
 fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
     // Deterministic pseudo-random ids, away from the special tokens.
     (0..n)
@@ -36,12 +77,14 @@ fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let m = a.model.load()?;
+    let m = a.model.load_for(Some(a.prompt.max(a.n_gen) + 1))?;
     let model = &m.model;
     let nv = model.n_vocab();
     let ctx = a.prompt.max(a.n_gen) + 1;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    // The weight store's counters over the timed decode runs.
+    let mut io = Decode::default();
     for rep in 0..=a.reps {
         if a.prompt > 0 {
             let mut st = model.new_state(ctx);
@@ -56,6 +99,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.n_gen > 0 {
             let mut st = model.new_state(ctx);
             let toks = tokens(a.n_gen, nv, rep + 17);
+            let before = model.store_stats();
             let t = Instant::now();
             for tk in &toks {
                 model.forward(std::slice::from_ref(tk), &mut st, false)?;
@@ -63,6 +107,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let s = t.elapsed().as_secs_f64();
             if rep > 0 {
                 tg.push(a.n_gen as f64 / s);
+                io.add(&model.store_stats().since(&before));
             }
         }
     }
@@ -74,6 +119,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let threads = rayon::current_num_threads();
+    let store = model.store_stats();
     if a.json {
         println!(
             "{}",
@@ -84,12 +130,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "decode_tokens": a.n_gen,
                 "prompt_tokens_per_s": mean(&pp),
                 "decode_tokens_per_s": mean(&tg),
+                "paged": store.paged,
+                "expert_hit_rate": io.hit_rate(),
+                "bytes_read_per_token": io.bytes_per_token(),
+                "io_stall_s": io.stall_s,
+                "resident_bytes": store.resident_bytes,
+                "budget_bytes": store.budget_bytes,
             })
         );
     } else {
         println!("model: {} ({} threads)", a.model.model.display(), threads);
         println!("pp{}: {:.2} tokens/s", a.prompt, mean(&pp));
         println!("tg{}: {:.2} tokens/s", a.n_gen, mean(&tg));
+        if store.paged {
+            println!(
+                "paged within {}: {} resident; decode: expert hit rate {:.3}, {} read per token, {:.3}s stalled on I/O",
+                format_size(store.budget_bytes),
+                format_size(store.resident_bytes),
+                io.hit_rate(),
+                format_size(io.bytes_per_token() as u64),
+                io.stall_s,
+            );
+        }
     }
     Ok(())
 }

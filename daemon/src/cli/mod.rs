@@ -34,6 +34,13 @@ pub struct ModelArgs {
     /// Q2_K kernels), so logits agree with it to the last bits. Slower.
     #[arg(long)]
     pub llama_exact: bool,
+    /// Memory for weights, e.g. 6GiB or 512MiB (KiB/MiB/GiB binary, KB/MB/GB
+    /// decimal). A larger model is paged from disk: non-expert weights stay
+    /// resident, routed experts are cached by use, layers that do not fit
+    /// stream. Default: 75% of available memory (or of the cgroup limit's
+    /// headroom, if lower) less the KV cache; "none": map the whole file.
+    #[arg(long, value_name = "SIZE")]
+    pub mem_budget: Option<String>,
 }
 
 /// A model with its tokenizer, ready to run.
@@ -46,6 +53,13 @@ impl ModelArgs {
     /// Sets up the thread pool, opens the file, applies overrides, binds
     /// the model and builds its tokenizer.
     pub fn load(&self) -> Result<Loaded> {
+        self.load_for(None)
+    }
+
+    /// [`ModelArgs::load`] for a context of `kv_positions` positions (the
+    /// default memory budget leaves room for their KV cache; None: the
+    /// model's training context, at most 8192).
+    pub fn load_for(&self, kv_positions: Option<usize>) -> Result<Loaded> {
         init_threads(self.threads)?;
         let overrides = self
             .override_kv
@@ -57,6 +71,8 @@ impl ModelArgs {
         let (mut model, file) = Model::open(&self.model, &overrides)
             .with_context(|| format!("loading {}", self.model.display()))?;
         model.set_llama_exact(self.llama_exact);
+        let positions = kv_positions.unwrap_or_else(|| model.n_ctx_train().min(8192));
+        apply_mem_budget(&mut model, self.mem_budget.as_deref(), positions)?;
         let tokenizer = load_tokenizer(&file, &self.model)?;
         Ok(Loaded { model, tokenizer })
     }
@@ -66,6 +82,51 @@ pub fn load_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
     let spec = TokenizerSpec::from_gguf(file)
         .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     Ok(Tokenizer::new(spec)?)
+}
+
+/// Holds `model`'s weights within `--mem-budget` (`flag`), or by default
+/// within a share of available memory less the KV cache of `kv_positions`
+/// positions. `DWARFSTAR_IO=buffered` reads through the page cache (with
+/// `posix_fadvise(DONTNEED)`) instead of `O_DIRECT`;
+/// `DWARFSTAR_IO_THREADS` sets the reader threads (default 2).
+pub fn apply_mem_budget(model: &mut Model, flag: Option<&str>, kv_positions: usize) -> Result<()> {
+    use dwarfstar_model::store::{self, format_size, IoMode, StoreConfig};
+    let budget = match flag.map(str::trim) {
+        Some("none") => return Ok(()),
+        Some(s) => store::parse_size(s).map_err(|e| anyhow::anyhow!("--mem-budget {e}"))?,
+        None => {
+            let kv = (model.kv_bytes_per_token() * kv_positions) as u64;
+            match store::default_budget(kv) {
+                Some(b) => b,
+                None => return Ok(()),
+            }
+        }
+    };
+    let mut cfg = StoreConfig::new(budget);
+    if std::env::var("DWARFSTAR_IO").is_ok_and(|v| v == "buffered") {
+        cfg.io_mode = IoMode::Buffered;
+    }
+    if let Some(n) = std::env::var("DWARFSTAR_IO_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.io_threads = n;
+    }
+    let weights = model.weight_bytes();
+    model.set_memory_budget(&cfg)?;
+    let s = model.store_stats();
+    if s.paged {
+        eprintln!(
+            "weights ({}) paged within a budget of {}: {} resident, {} expert cache, {} streamed layers, {} reads",
+            format_size(weights),
+            format_size(budget),
+            format_size(s.pinned_bytes),
+            format_size(s.expert_cache_bytes),
+            s.streamed_layers,
+            s.io_mode,
+        );
+    }
+    Ok(())
 }
 
 /// Installs the global rayon pool with `threads` workers (once).

@@ -70,7 +70,7 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    let m = a.model.load()?;
+    let m = a.model.load_for(a.ctx_size)?;
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => encode_prompt(&m.tokenizer, text, a.chat, a.system.as_deref())?,

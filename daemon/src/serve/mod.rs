@@ -33,9 +33,9 @@ use self::config::{FileConfig, Overrides};
 use self::metrics::Metrics;
 use self::scheduler::{SchedConfig, Scheduler};
 use crate::cli::{init_threads, load_tokenizer};
-use crate::node::mesh_serve::MeshArgs;
 use crate::node::grpc::serve_grpc_on;
 use crate::node::local::{LocalConfig, LocalNode};
+use crate::node::mesh_serve::MeshArgs;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// Override a metadata value: KEY=TYPE:VALUE. Repeatable.
     #[arg(long = "override-kv", value_name = "KEY=TYPE:VALUE")]
     pub override_kv: Vec<String>,
+    /// Memory for weights, e.g. 6GiB; a larger model is paged from disk
+    /// (default: 75% of available memory less the KV caches; "none": map
+    /// the whole file). See `dwarfstar run --help`.
+    #[arg(long, value_name = "SIZE")]
+    pub mem_budget: Option<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -118,13 +123,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .iter()
         .map(|o| dwarfstar_gguf::parse_override(o).with_context(|| format!("override {o}")))
         .collect::<Result<Vec<_>>>()?;
-    let (model, gguf) = Model::open(&s.model_path, &overrides)
+    let (mut model, gguf) = Model::open(&s.model_path, &overrides)
         .with_context(|| format!("loading {}", s.model_path.display()))?;
     let tok = Arc::new(load_tokenizer(&gguf, &s.model_path)?);
     let ctx_size = s
         .ctx_size
         .unwrap_or_else(|| model.n_ctx_train().min(8192))
         .max(2);
+    crate::cli::apply_mem_budget(
+        &mut model,
+        a.mem_budget.as_deref(),
+        ctx_size.saturating_mul(s.limits.max_batch),
+    )?;
     let n_vocab = model.n_vocab();
     let arch = model.arch().to_string();
     let eog: Vec<bool> = (0..n_vocab).map(|id| tok.is_eog(id as u32)).collect();

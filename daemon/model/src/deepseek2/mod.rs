@@ -27,6 +27,7 @@ use dwarfstar_gguf::GgufFile;
 use dwarfstar_kernels::{matmul, ops};
 
 use crate::error::{ModelError, Result};
+use crate::store::{WeightBytes, WeightStore};
 use crate::observe::{MatIndex, MatmulObserver};
 use crate::stage::{ExpertBatch, ExpertDispatch};
 use crate::weights::Weight;
@@ -43,7 +44,11 @@ use weights::{Ffn, Stack};
 /// reproduce llama.cpp's x86 arithmetic bit for bit ([`repack`],
 /// [`ggml_simd`]).
 pub(crate) struct Ctx<'a> {
-    pub file: &'a GgufFile,
+    /// Where non-expert weight bytes come from: the mapped file, the
+    /// store's resident set, or the current layer's unit.
+    pub file: &'a dyn WeightBytes,
+    /// Holds routed experts (paged under a memory budget).
+    pub store: &'a WeightStore,
     pub exact: bool,
     /// Sees the input of every weight product (importance matrices).
     pub obs: Option<&'a dyn MatmulObserver>,
@@ -74,6 +79,7 @@ impl Ctx<'_> {
 
     /// Matrix `e` of an expert stack over `n` rows, as `MUL_MAT_ID`.
     pub fn expert_mm(&self, s: &Stack, e: usize, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let g = self.store.expert(&s.info, e)?;
         if let Some(o) = self.obs {
             let mat = MatIndex::Expert {
                 id: e as u32,
@@ -83,15 +89,15 @@ impl Ctx<'_> {
         }
         let mut out = vec![0f32; n * s.rows];
         if self.exact && repack::eligible(s.info.ty, s.rows) {
-            repack::matmul(s.mat(self.file, e), x, n, &mut out, 0)?;
+            repack::matmul(s.mat(&g, e), x, n, &mut out, 0)?;
         } else if let Some(o) = self
             .exact
-            .then(|| ggml_simd::float_matmul(s.mat(self.file, e), x, n, FloatOp::MulMatId))
+            .then(|| ggml_simd::float_matmul(s.mat(&g, e), x, n, FloatOp::MulMatId))
             .flatten()
         {
             out = o;
         } else {
-            matmul(s.mat(self.file, e), x, n, &mut out)?;
+            matmul(s.mat(&g, e), x, n, &mut out)?;
         }
         Ok(out)
     }
@@ -118,6 +124,9 @@ pub struct Deepseek2Model {
     /// (DwarfStar's SIMD kernels and libm: equal up to those last bits, and
     /// 5–10× faster on repacked types); the reference tests turn it on.
     pub llama_exact: bool,
+    /// Where weight bytes come from: the mapped file, or paged within a
+    /// memory budget ([`crate::Model::set_memory_budget`]).
+    pub store: WeightStore,
     /// Sees the input of every weight product (importance matrices).
     pub observer: Option<Arc<dyn MatmulObserver>>,
     /// Routed experts held by other nodes run there (see [`crate::stage`]).
@@ -142,6 +151,7 @@ impl Deepseek2Model {
         let hp = Ds2HParams::from_gguf(&file)?;
         let w = Ds2Weights::bind(&file, &hp)?;
         Ok(Deepseek2Model {
+            store: WeightStore::mapped(file.clone()),
             file,
             hp,
             w,
@@ -165,7 +175,7 @@ impl Deepseek2Model {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         crate::batch::embed_rows(
             &self.w.tok_embd,
-            &self.file,
+            self.store.resident(),
             tokens,
             self.hp.n_vocab,
             self.hp.n_embd,
@@ -185,6 +195,7 @@ impl Deepseek2Model {
         let e = self.hp.n_embd;
         let n: usize = seqs.iter().map(|s| s.0).sum();
         crate::batch::check_layer_call(x.len(), e, n, &layers, self.hp.n_layer)?;
+        self.store.begin_pass(n);
         let mut spans = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for (cnt, c) in seqs.iter() {
@@ -212,7 +223,8 @@ impl Deepseek2Model {
 
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
-            file: &self.file,
+            file: self.store.resident(),
+            store: &self.store,
             exact: self.llama_exact,
             obs: self.observer.as_deref(),
             remote: self.remote.as_deref(),
@@ -229,7 +241,14 @@ impl Deepseek2Model {
     ) -> Result<()> {
         let hp = &self.hp;
         let l = &self.w.layers[il];
-        let f = &self.ctx();
+        // Start reading the experts the next layer is likely to pick.
+        crate::store::pregate::deepseek2(self, il + 1, x, n);
+        // This layer's bytes stay held until it returns.
+        let lay = self.store.layer(il)?;
+        let f = &Ctx {
+            file: &lay,
+            ..self.ctx()
+        };
 
         let mut cur = x.to_vec();
         norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);

@@ -192,11 +192,17 @@ pub(crate) fn moe_ffn(
             }
         }
     };
+    // Experts in memory first, then as their reads come in (the order
+    // does not change the sums: each output has its own slot).
+    let local: Vec<(usize, usize)> = by_expert
+        .iter()
+        .enumerate()
+        .filter(|(e, list)| !list.is_empty() && !is_remote(*e))
+        .map(|(e, list)| (e, list.len()))
+        .collect();
     let mut xe = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        if list.is_empty() || is_remote(e) {
-            continue;
-        }
+    for e in cx.store.want_experts(il, &local) {
+        let list = &by_expert[e];
         xe.clear();
         gather(list, &mut xe);
         let y = expert(cx, w, e, &xe, list.len())?;

@@ -11,6 +11,7 @@ use dwarfstar_gguf::{GgufFile, TensorInfo};
 use dwarfstar_kernels::{dequantize_row, MatRef};
 
 use crate::error::{meta_err, ModelError, Result};
+use crate::store::WeightBytes;
 use crate::weights::Weight;
 
 use super::hparams::{key, Ds2HParams};
@@ -34,11 +35,15 @@ impl Stack {
     /// The matrix `i` of the stack: a view of its bytes only. `i < n` is
     /// the caller's invariant (expert ids come from the router, heads from
     /// the shape).
-    pub fn mat<'a>(&self, file: &'a GgufFile, i: usize) -> MatRef<'a> {
-        let sb = self.slice_bytes();
+    /// `src` is the mapped file or a [`crate::store`] source; the view is
+    /// empty when `src` does not hold the slice.
+    pub fn mat<'a, S: WeightBytes + ?Sized>(&self, src: &'a S, i: usize) -> MatRef<'a> {
+        let sb = self.slice_bytes() as u64;
         MatRef {
             ty: self.info.ty,
-            data: &file.tensor_data(&self.info)[i * sb..(i + 1) * sb],
+            data: src
+                .range(self.info.offset + i as u64 * sb, sb)
+                .unwrap_or(&[]),
             rows: self.rows,
             cols: self.cols,
         }
