@@ -172,12 +172,13 @@ impl EventLoop {
     pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut done = None;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 cmd = self.commands.recv() => match cmd {
-                    Some(Command::Shutdown(done)) => {
-                        let _ = done.send(());
+                    Some(Command::Shutdown(reply)) => {
+                        done = Some(reply);
                         break;
                     }
                     Some(cmd) => self.on_command(cmd),
@@ -186,8 +187,14 @@ impl EventLoop {
                 _ = tick.tick() => self.redial_due(),
             }
         }
-        self.data.close();
+        // Tell QUIC peers we leave (so their streams fail now, not at the idle timeout), then
+        // drop the swarm (closing the libp2p connections) before confirming the shutdown.
+        self.data.close_gracefully().await;
+        drop(self.swarm);
         tracing::debug!("mesh event loop stopped");
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
     }
 
     fn emit(&self, ev: MeshEvent) {
@@ -456,10 +463,18 @@ impl EventLoop {
         if let Some(a) = &caps.addresses {
             self.book.set_quic(&peer, &a.quic);
         }
-        if let Some(st) = self.peers.get_mut(&peer) {
-            st.caps = Some(caps.clone());
+        // Both sides ask on connect, so the same caps usually arrive twice: emit changes only.
+        let changed = match self.peers.get_mut(&peer) {
+            Some(st) if st.caps.as_ref() == Some(&caps) => false,
+            Some(st) => {
+                st.caps = Some(caps.clone());
+                true
+            }
+            None => true,
+        };
+        if changed {
+            self.emit(MeshEvent::Caps(peer, caps.clone()));
         }
-        self.emit(MeshEvent::Caps(peer, caps.clone()));
         Some(caps)
     }
 

@@ -286,6 +286,12 @@ impl DataPlane {
         self.endpoint
             .close(CLOSE_LEFT.into(), b"node shutting down");
     }
+
+    /// Closes every connection and waits (up to a second) until the peers were told.
+    pub(crate) async fn close_gracefully(&self) {
+        self.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
 }
 
 /// Accepts incoming connections until the endpoint closes.

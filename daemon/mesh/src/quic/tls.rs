@@ -236,7 +236,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20)
         .keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(15)) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)
