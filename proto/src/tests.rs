@@ -156,6 +156,11 @@ fn plan_messages_round_trip() {
             ..Default::default()
         }),
         proposer: "12D3KooWA".into(),
+        members: vec![Capabilities {
+            id: "12D3KooWB".into(),
+            cores: 2,
+            ..Default::default()
+        }],
     });
     round_trip(&MeshMessage {
         body: Some(mesh_message::Body::PlanAck(PlanAck {
