@@ -46,7 +46,7 @@ pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
 pub enum Model {
     Dense(DenseModel),
     Deepseek2(deepseek2::Deepseek2Model),
-    Deepseek4(deepseek4::Deepseek4Model),
+    Deepseek4(Box<deepseek4::Deepseek4Model>),
 }
 
 /// The per-sequence state a model keeps between calls.
@@ -114,7 +114,8 @@ impl Model {
             return Ok(Model::Deepseek2(deepseek2::Deepseek2Model::load(file)?));
         }
         if arch == deepseek4::hparams::ARCH {
-            return Ok(Model::Deepseek4(deepseek4::Deepseek4Model::load(file)?));
+            let m = deepseek4::Deepseek4Model::load(file)?;
+            return Ok(Model::Deepseek4(Box::new(m)));
         }
         Err(ModelError::UnsupportedArch(arch))
     }
