@@ -17,3 +17,4 @@ mod paging;
 mod reference;
 mod stage;
 mod synthetic;
+mod synth_moe;

@@ -35,6 +35,8 @@ enum Command {
     Quality(cli::quality::QualityArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
     Serve(serve::ServeArgs),
+    /// Write a synthetic MoE GGUF (deepseek2) of realistic shape and size.
+    Synth(cli::synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Synth(a) => cli::synth::run(a),
     }
 }

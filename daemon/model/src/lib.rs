@@ -8,7 +8,8 @@
 //! - [`sampler`]: logits to tokens;
 //! - [`generate`]: the prompt → tokens loop with stop conditions;
 //! - [`stage`]: a node's share of a split model (layer ranges, remote experts);
-//! - [`store`]: where weight bytes come from, within a memory budget.
+//! - [`store`]: where weight bytes come from, within a memory budget;
+//! - [`synth`]: synthetic MoE GGUFs with realistic shapes, for tests.
 //!
 //! The model code never assumes it holds every layer: a caller may run any
 //! contiguous range, which is how a pipeline stage runs its share.
@@ -28,6 +29,7 @@ pub mod sampler;
 pub mod shape;
 pub mod stage;
 pub mod store;
+pub mod synth;
 pub mod weights;
 
 use std::path::Path;

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod quality;
 pub mod quantize;
 pub mod run;
+pub mod synth;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
