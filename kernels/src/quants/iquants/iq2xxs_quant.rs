@@ -13,16 +13,11 @@ use half::f16;
 
 use super::lattice::{iq2xxs, Lattice};
 use super::{with_blocks_mut, BlockIQ2XXS, QK_K};
+use crate::quants::kquants::search::nearest_int;
 use crate::KernelError;
 
 /// Largest lattice level + 1 (levels 0, 1, 2 are the magnitudes 1, 3, 5).
 const K_MAX_Q: i32 = 3;
-
-/// ggml's `nearest_int`: round half to even.
-#[inline]
-fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
-}
 
 /// ggml's `make_qp_quants`: the weighted least-squares scale of
 /// `x ≈ s * l`, `l <= nmax`, after a small search over the inverse scale

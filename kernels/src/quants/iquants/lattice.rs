@@ -23,6 +23,8 @@ pub(crate) struct Lattice {
     bits: u32,
     /// Point `j` as levels (only the first `dim` used).
     points: Vec<[u8; 8]>,
+    /// Point `j`'s magnitudes `2l + 1` as f32, `dim` per point.
+    mags: Vec<f32>,
     /// Code -> grid index, or `-(offset + 1)` into `neighbours`, or
     /// `i32::MIN` for codes with a level above `max_level`.
     map: Vec<i32>,
@@ -32,15 +34,21 @@ pub(crate) struct Lattice {
 
 impl Lattice {
     fn build(points: Vec<[u8; 8]>, dim: usize, bits: u32, max_level: u8, nwant: usize) -> Lattice {
+        let mags = points
+            .iter()
+            .flat_map(|p| p[..dim].iter().map(|&l| (2 * l as i32 + 1) as f32))
+            .collect();
         let mut lat = Lattice {
             dim,
             bits,
             points,
+            mags,
             map: vec![i32::MIN; 1 << (bits as usize * dim)],
             neighbours: Vec::new(),
         };
-        for (j, p) in lat.points.iter().enumerate() {
-            let code = lat.code_of(p.iter().map(|&l| l as i32));
+        for j in 0..lat.points.len() {
+            let l = lat.points[j].map(|v| v as i8);
+            let code = lat.code_of(&l);
             lat.map[code] = j as i32;
         }
         let mut dist: Vec<(i32, u16)> = Vec::with_capacity(lat.points.len());
@@ -81,11 +89,13 @@ impl Lattice {
         lat
     }
 
-    fn code_of(&self, levels: impl Iterator<Item = i32>) -> usize {
-        levels
-            .take(self.dim)
-            .enumerate()
-            .fold(0, |u, (k, l)| u | (l as usize) << (self.bits as usize * k))
+    #[inline]
+    fn code_of(&self, l: &[i8]) -> usize {
+        let mut u = 0usize;
+        for (k, &v) in l[..self.dim].iter().enumerate() {
+            u |= (v as u8 as usize) << (self.bits as usize * k);
+        }
+        u
     }
 
     /// Coordinates per grid point (8 or 4).
@@ -104,7 +114,7 @@ impl Lattice {
     /// or `Err(neighbours)`: the candidate grid points of that code.
     #[inline]
     pub fn lookup(&self, l: &[i8]) -> Result<usize, &[u16]> {
-        let m = self.map[self.code_of(l.iter().map(|&v| v as i32))];
+        let m = self.map.get(self.code_of(l)).copied().unwrap_or(i32::MIN);
         if m >= 0 {
             return Ok(m as usize);
         }
@@ -126,14 +136,20 @@ impl Lattice {
             Ok(j) => return (j, true),
             Err(c) => c,
         };
-        let best = self.nearest(cands, |p| {
+        let dim = self.dim;
+        let mut best = (f32::MAX, cands.first().map_or(0, |&j| j as usize));
+        for &j in cands {
+            let q = &self.mags[dim * j as usize..dim * j as usize + dim];
             let mut d2 = 0.0f32;
-            for i in 0..self.dim {
-                let diff = scale * (2 * p[i] as i32 + 1) as f32 - xval[i];
+            for i in 0..dim {
+                let diff = scale * q[i] - xval[i];
                 d2 += weight[i] * diff * diff;
             }
-            d2
-        });
+            if d2 < best.0 {
+                best = (d2, j as usize);
+            }
+        }
+        let best = best.1;
         for (v, &g) in l.iter_mut().zip(self.point(best)) {
             *v = g as i8;
         }

@@ -12,6 +12,7 @@
 //! of any alignment: blocks are borrowed in place when aligned and copied
 //! otherwise; the SIMD kernels read bytes directly.
 
+mod affine_batch;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -7,6 +7,8 @@
 //! write are the bytes `llama-quantize` writes. Rust never fuses `a*b + c`
 //! into an FMA, which is what makes that possible.
 
+use super::affine_batch::{self, LANES};
+
 /// Groups whose largest magnitude is below this are stored as all zero.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
 
@@ -151,7 +153,6 @@ pub struct AffineSearch {
 /// given).
 pub fn make_qkx_quants(p: AffineSearch, x: &[f32], w: &[f32], l_out: &mut [u8]) -> (f32, f32) {
     let n = x.len();
-    let mut aux = [0u8; 32];
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = w[0];
     let mut sum_x = sum_w * x[0];
@@ -174,7 +175,7 @@ pub fn make_qkx_quants(p: AffineSearch, x: &[f32], w: &[f32], l_out: &mut [u8]) 
     }
     let nmax = p.nmax;
     let err = |d: f32| if p.use_mad { d.abs() } else { d * d };
-    let mut iscale = nmax as f32 / (max - min);
+    let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
@@ -186,36 +187,38 @@ pub fn make_qkx_quants(p: AffineSearch, x: &[f32], w: &[f32], l_out: &mut [u8]) 
     if p.nstep < 1 {
         return (scale, -min);
     }
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = l as u8;
-            let lf = l as f32;
-            sum_l += w[i] * lf;
-            sum_l2 += w[i] * lf * lf;
-            sum_xl += w[i] * lf * x[i];
+    // Each step uses the min of the last accepted step, so steps are
+    // evaluated `LANES` at a time with the current min (each lane doing
+    // one step's operations in ggml's order), compared in step order, and
+    // after an accepted step the batch restarts from the next step with
+    // the new min.
+    let mut accepted = None;
+    let mut step = 0usize;
+    let nsteps = p.nstep as usize + 1;
+    while step < nsteps {
+        let range = max - min;
+        let iscales: [f32; LANES] =
+            std::array::from_fn(|k| (p.rmin + p.rdelta * (step + k) as f32 + nmax as f32) / range);
+        let fits = affine_batch::steps(p, x, w, min, (sum_w, sum_x), &iscales);
+        let mut next = step + LANES;
+        for (k, fit) in fits.iter().enumerate() {
+            if step + k >= nsteps {
+                break;
+            }
+            if fit.regular && fit.error < best_error {
+                best_error = fit.error;
+                scale = fit.scale;
+                accepted = Some((iscales[k], min));
+                min = fit.min;
+                next = step + k + 1;
+                break;
+            }
         }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                cur_error += w[i] * err(diff);
-            }
-            if cur_error < best_error {
-                l_out[..n].copy_from_slice(&aux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
+        step = next;
+    }
+    if let Some((iscale, min_used)) = accepted {
+        for i in 0..n {
+            l_out[i] = nearest_int(iscale * (x[i] - min_used)).clamp(0, nmax) as u8;
         }
     }
     (scale, -min)
