@@ -247,7 +247,7 @@ impl Ds4Cache {
 
     /// Records that every layer has processed `run` (the pending tokens,
     /// then new ones): the new tokens join the sequence.
-    pub(crate) fn advance(&mut self, run: &[u32]) {
+    pub fn advance(&mut self, run: &[u32]) {
         let pending = self.tokens.len() - self.held;
         self.tokens
             .extend_from_slice(&run[pending.min(run.len())..]);
