@@ -368,6 +368,30 @@ fn ordered(owner: usize, counts: &BTreeMap<usize, u32>) -> Vec<(usize, u32)> {
     v
 }
 
+/// `apportion`, but every weighted node gets at least one expert while
+/// there are experts enough: a spread that rounds a slow node down to
+/// nothing would silently not be expert parallel at all.
+fn at_least_one_each(e: u32, w: &[(usize, f64)]) -> BTreeMap<usize, u32> {
+    let mut counts: BTreeMap<usize, u32> = apportion(e, w).into_iter().collect();
+    if e as usize >= w.len() {
+        for &(n, _) in w {
+            if counts.get(&n).copied().unwrap_or(0) == 0 {
+                // Take one from the largest share (first such node on a tie).
+                let Some((&big, _)) = counts
+                    .iter()
+                    .filter(|x| *x.1 > 1)
+                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                else {
+                    break;
+                };
+                *counts.get_mut(&big).unwrap() -= 1;
+                counts.insert(n, 1);
+            }
+        }
+    }
+    counts
+}
+
 /// Every layer's experts split over the compute nodes by `weight`.
 fn spread(ctx: &Ctx, base: &Candidate, weight: impl Fn(usize) -> f64) -> Option<Candidate> {
     let w: Vec<(usize, f64)> = (0..ctx.nodes.len())
@@ -385,7 +409,7 @@ fn spread(ctx: &Ctx, base: &Candidate, weight: impl Fn(usize) -> f64) -> Option<
             if !ly.is_moe() {
                 continue;
             }
-            let counts: BTreeMap<usize, u32> = apportion(ly.n_exp, &w).into_iter().collect();
+            let counts = at_least_one_each(ly.n_exp, &w);
             c.experts[l as usize] = ordered(*owner, &counts);
         }
     }
@@ -515,6 +539,17 @@ mod tests {
         assert_eq!(v.iter().map(|x| x.1).sum::<u32>(), 7);
         assert_eq!(v[0], (3, 4));
         assert!(apportion(8, &[(0, 0.0)]).is_empty());
+    }
+
+    #[test]
+    fn a_spread_leaves_no_weighted_node_empty() {
+        let c = at_least_one_each(4, &[(0, 1.0), (1, 60.0)]);
+        assert_eq!(c.values().sum::<u32>(), 4);
+        assert_eq!(c[&0], 1);
+        assert_eq!(c[&1], 3);
+        // Fewer experts than nodes: plain apportioning.
+        let c = at_least_one_each(1, &[(0, 1.0), (1, 60.0)]);
+        assert_eq!(c.values().sum::<u32>(), 1);
     }
 
     #[test]
