@@ -19,7 +19,7 @@ use crate::arch::{dense_arch, Activation, ArchSpec};
 use crate::deepseek2::repack;
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvType};
 use crate::store::{WeightBytes, WeightStore};
 use crate::observe::{MatIndex, MatmulObserver};
 use crate::weights::{DenseWeights, Weight};
@@ -39,6 +39,9 @@ pub struct DenseModel {
     pub store: WeightStore,
     /// Sees the input of every weight product (importance matrices).
     pub observer: Option<Arc<dyn MatmulObserver>>,
+    /// How new KV caches store their rows (f32 unless set, see
+    /// [`DenseModel::set_kv_type`]).
+    pub kv_type: KvType,
 }
 
 fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>) {
@@ -146,12 +149,42 @@ impl DenseModel {
             w,
             llama_exact: false,
             observer: None,
+            kv_type: KvType::F32,
         })
     }
 
-    /// An empty KV cache for up to `capacity` positions.
+    /// An empty KV cache for up to `capacity` positions, of
+    /// [`DenseModel::kv_type`].
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.hp.n_layer, self.hp.k_dim(), self.hp.v_dim(), capacity)
+        let hp = &self.hp;
+        if self.kv_type != KvType::F32 {
+            match KvCache::with_type(
+                hp.n_layer,
+                (hp.k_dim(), hp.head_dim_k),
+                (hp.v_dim(), hp.head_dim_v),
+                capacity,
+                self.kv_type,
+            ) {
+                Ok(c) => return c,
+                // set_kv_type checked the heads; never reached.
+                Err(e) => tracing::warn!("{e}; using an f32 KV cache"),
+            }
+        }
+        KvCache::new(hp.n_layer, hp.k_dim(), hp.v_dim(), capacity)
+    }
+
+    /// Makes new caches store rows as `ty`; an error when this model's
+    /// heads are not whole blocks of it.
+    pub fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
+        ty.check_heads(self.hp.head_dim_k, self.hp.head_dim_v)?;
+        self.kv_type = ty;
+        Ok(())
+    }
+
+    /// Cache bytes one position costs.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let row = |d: usize| self.kv_type.row_bytes(d).unwrap_or(d * 4);
+        self.hp.n_layer * (row(self.hp.k_dim()) + row(self.hp.v_dim()))
     }
 
     /// Embeds `tokens` into `n × n_embd` hidden states.
@@ -284,6 +317,9 @@ impl DenseModel {
         window: usize,
     ) -> Vec<f32> {
         let hp = &self.hp;
+        if caches.iter().any(|c| c.ty() != KvType::F32) {
+            return crate::kv_attn::attention(hp, q, caches, spans, il, n, window);
+        }
         let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
         let group = hp.n_head / hp.n_head_kv;
         let scale = hp.attn_scale;

@@ -24,6 +24,7 @@ pub mod generate;
 
 pub mod hparams;
 pub mod kv;
+mod kv_attn;
 pub mod observe;
 pub mod sampler;
 pub mod shape;
@@ -39,7 +40,7 @@ use dwarfstar_gguf::GgufFile;
 
 pub use dense::{DenseModel, SeqBatch};
 pub use error::{ModelError, Result};
-pub use kv::KvCache;
+pub use kv::{KvCache, KvType};
 pub use observe::{MatIndex, MatmulObserver};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
@@ -140,6 +141,28 @@ impl Model {
         }
     }
 
+    /// How new dense KV caches store their rows. DeepSeek's compressed
+    /// latent caches stay f32 (they are already a small fraction of a
+    /// dense cache): any other type is an error for them.
+    pub fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
+        match self {
+            Model::Dense(m) => m.set_kv_type(ty),
+            _ if ty == KvType::F32 => Ok(()),
+            _ => Err(ModelError::Invalid(format!(
+                "KV cache type {ty} is for dense models; {}'s compressed latent cache stays f32",
+                self.arch()
+            ))),
+        }
+    }
+
+    /// The type new KV caches store rows as.
+    pub fn kv_type(&self) -> KvType {
+        match self {
+            Model::Dense(m) => m.kv_type,
+            _ => KvType::F32,
+        }
+    }
+
     /// Holds the weights within `cfg.budget` bytes: the mapped file when
     /// they fit, else paged (see [`store`]): pinned non-expert weights,
     /// streamed layers, cached routed experts. Outputs are bit-identical
@@ -225,7 +248,7 @@ impl Model {
     /// KV bytes one position costs.
     pub fn kv_bytes_per_token(&self) -> usize {
         match self {
-            Model::Dense(m) => m.hp.n_layer * (m.hp.k_dim() + m.hp.v_dim()) * 4,
+            Model::Dense(m) => m.kv_bytes_per_token(),
             Model::Deepseek2(m) => m.kv_bytes_per_token(),
             Model::Deepseek4(m) => m.kv_bytes_per_token(),
         }

@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// headroom, if lower) less the KV cache; "none": map the whole file.
     #[arg(long, value_name = "SIZE")]
     pub mem_budget: Option<String>,
+    /// How the KV cache stores keys and values: f32, f16, q8_0 or q4_0
+    /// (dense models; DeepSeek's latent caches stay f32).
+    #[arg(long, value_name = "TYPE", default_value = "f32")]
+    pub kv_type: dwarfstar_model::KvType,
 }
 
 /// A model with its tokenizer, ready to run.
@@ -52,14 +56,11 @@ pub struct Loaded {
 
 impl ModelArgs {
     /// Sets up the thread pool, opens the file, applies overrides, binds
-    /// the model and builds its tokenizer.
-    pub fn load(&self) -> Result<Loaded> {
-        self.load_for(None)
-    }
-
-    /// [`ModelArgs::load`] for a context of `kv_positions` positions (the
-    /// default memory budget leaves room for their KV cache; None: the
-    /// model's training context, at most 8192).
+    /// the model, holds its weights within the memory budget and builds
+    /// its tokenizer.
+    /// `kv_positions` is the context the caller will hold: the default
+    /// memory budget leaves room for its KV cache (None: the model's
+    /// training context, at most 8192).
     pub fn load_for(&self, kv_positions: Option<usize>) -> Result<Loaded> {
         init_threads(self.threads)?;
         let overrides = self
@@ -72,6 +73,9 @@ impl ModelArgs {
         let (mut model, file) = Model::open(&self.model, &overrides)
             .with_context(|| format!("loading {}", self.model.display()))?;
         model.set_llama_exact(self.llama_exact);
+        model
+            .set_kv_type(self.kv_type)
+            .with_context(|| format!("--kv-type {}", self.kv_type))?;
         let positions = kv_positions.unwrap_or_else(|| model.n_ctx_train().min(8192));
         apply_mem_budget(&mut model, self.mem_budget.as_deref(), positions)?;
         let tokenizer = load_tokenizer(&file, &self.model)?;

@@ -65,6 +65,8 @@ pub struct ModelConfig {
     pub ctx_size: Option<usize>,
     /// `KEY=TYPE:VALUE` metadata overrides.
     pub override_kv: Vec<String>,
+    /// How KV caches store rows: f32, f16, q8_0 or q4_0 (dense models).
+    pub kv_type: Option<String>,
 }
 
 /// `[limits]`: budgets of the scheduler.
@@ -116,6 +118,7 @@ pub struct Overrides {
     pub queue: Option<usize>,
     pub prefill_chunk: Option<usize>,
     pub override_kv: Vec<String>,
+    pub kv_type: Option<String>,
 }
 
 /// Everything `serve` runs with, checked.
@@ -134,6 +137,7 @@ pub struct Settings {
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
     pub override_kv: Vec<String>,
+    pub kv_type: dwarfstar_model::KvType,
     pub limits: LimitsConfig,
 }
 
@@ -243,6 +247,12 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     }
     let mut override_kv = model.override_kv;
     override_kv.extend(o.override_kv);
+    let kv_type = match o.kv_type.or(model.kv_type) {
+        Some(t) => t
+            .parse::<dwarfstar_model::KvType>()
+            .map_err(|e| anyhow::anyhow!("kv_type: {e}"))?,
+        None => dwarfstar_model::KvType::default(),
+    };
     Ok(Settings {
         addr,
         grpc_addr,
@@ -254,6 +264,7 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         threads: o.threads.or(model.threads),
         ctx_size,
         override_kv,
+        kv_type,
         limits,
     })
 }

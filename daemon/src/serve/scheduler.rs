@@ -64,10 +64,7 @@ impl Backend for Model {
 
     fn compact(&self, s: &mut SeqState) {
         if let SeqState::Dense(kv) = s {
-            for l in &mut kv.layers {
-                l.k.shrink_to_fit();
-                l.v.shrink_to_fit();
-            }
+            kv.shrink_to_fit();
         }
     }
 

@@ -1,0 +1,161 @@
+//! Causal attention of a dense model over KV caches stored as f16, q8_0 or
+//! q4_0 (see [`crate::kv::KvType`]), the way ggml's CPU flash attention
+//! reads a quantized cache: each query head is rounded to the key type's
+//! `vec_dot_type` (f16 for f16 keys, q8_0 for q8_0/q4_0 keys) and dotted
+//! with the stored key bytes by that type's `vec_dot`; values are
+//! dequantized to f32 and summed in f32 (ggml sums f16 values in f16).
+//!
+//! Scores, softmax and the weighted sum otherwise follow the f32 path of
+//! `dense.rs`, and a sequence whose cache is f32 takes exactly that path's
+//! arithmetic, so a batch may mix cache types.
+
+use dwarfstar_kernels::dispatch::VecDotFn;
+use dwarfstar_kernels::ops::{self, VSumOrder};
+use dwarfstar_kernels::quants::{float, legacy};
+use dwarfstar_kernels::{type_kernels, GgmlType};
+use rayon::prelude::*;
+
+use crate::hparams::HParams;
+use crate::kv::{KvCache, KvType};
+
+/// Rounds a query head to `vdt` into `dst`, as ggml converts it.
+fn round_query(vdt: GgmlType, x: &[f32], dst: &mut Vec<u8>) {
+    dst.resize(vdt.row_bytes(x.len()).unwrap_or(0), 0);
+    match vdt {
+        GgmlType::F16 => float::quantize_f16(x, dst),
+        _ => legacy::act::quantize_q8_0_bytes(x, dst),
+    }
+}
+
+/// How one sequence's keys are scored and its values read.
+enum SeqKv {
+    F32,
+    Quant {
+        dot: VecDotFn,
+        vdt: GgmlType,
+        /// Bytes of one head's key slice.
+        head_bytes: usize,
+        /// First position of `values`.
+        v_lo: usize,
+        /// Values of positions `v_lo..` as f32.
+        values: Vec<f32>,
+    },
+}
+
+fn prepare(kv: &KvCache, il: usize, dk: usize, lo: usize, hi: usize) -> SeqKv {
+    let ty = kv.ty();
+    let kernels = type_kernels(ty.ggml()).ok();
+    let (Some(k), false) = (kernels, ty == KvType::F32) else {
+        return SeqKv::F32;
+    };
+    let Some(dot) = k.vec_dot else {
+        return SeqKv::F32;
+    };
+    let vd = kv.v_dim();
+    let mut values = vec![0f32; (hi - lo) * vd];
+    const CHUNK: usize = 64;
+    values
+        .par_chunks_mut(vd * CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let p0 = lo + i * CHUNK;
+            kv.values_f32(il, p0..p0 + c.len() / vd, c);
+        });
+    SeqKv::Quant {
+        dot,
+        vdt: k.vec_dot_type,
+        head_bytes: ty.row_bytes(dk).unwrap_or(0),
+        v_lo: lo,
+        values,
+    }
+}
+
+/// Attention of every query row over its own sequence's cache of layer
+/// `il`, as `DenseModel::attention` (same arguments), for caches of any
+/// [`KvType`].
+pub(crate) fn attention(
+    hp: &HParams,
+    q: &[f32],
+    caches: &[&KvCache],
+    spans: &[(usize, usize, usize)],
+    il: usize,
+    n: usize,
+    window: usize,
+) -> Vec<f32> {
+    let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
+    let group = hp.n_head / hp.n_head_kv;
+    let scale = hp.attn_scale;
+    let first = |p: usize| {
+        if window > 0 {
+            (p + 1).saturating_sub(window)
+        } else {
+            0
+        }
+    };
+    let seqs: Vec<SeqKv> = spans
+        .iter()
+        .zip(caches)
+        .map(|(&(_, rows, pos0), kv)| prepare(kv, il, dk, first(pos0), pos0 + rows))
+        .collect();
+    let mut out = vec![0f32; n * hp.n_head * dv];
+    out.par_chunks_mut(dv)
+        .enumerate()
+        .with_min_len(2)
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(acc, qbuf), (i, o)| {
+                let (t, h) = (i / hp.n_head, i % hp.n_head);
+                let s = spans.partition_point(|sp| sp.0 + sp.1 <= t);
+                let (row0, rows, pos0) = spans[s];
+                let kv = caches[s];
+                let (kd, vd) = (kv.k_dim(), kv.v_dim());
+                let g = h / group;
+                let p = pos0 + t - row0;
+                let lo = first(p);
+                let qh = &q[t * hp.q_dim() + h * dk..t * hp.q_dim() + (h + 1) * dk];
+                // ggml sums values with sgemm for batches, vec_dot for one token.
+                let order = if rows > 1 {
+                    VSumOrder::Gemm
+                } else {
+                    VSumOrder::VecDot
+                };
+                match &seqs[s] {
+                    SeqKv::F32 => {
+                        let (lk, lv) = (&kv.layers[il].k, &kv.layers[il].v);
+                        let mut sc: Vec<f32> = (lo..=p)
+                            .map(|j| {
+                                ops::dot_kq(qh, &lk[j * kd + g * dk..j * kd + (g + 1) * dk]) * scale
+                            })
+                            .collect();
+                        ops::softmax_aligned(&mut sc, lo);
+                        let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
+                        ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                    }
+                    SeqKv::Quant {
+                        dot,
+                        vdt,
+                        head_bytes,
+                        v_lo,
+                        values,
+                    } => {
+                        round_query(*vdt, qh, qbuf);
+                        let kb = kv.k_bytes(il);
+                        let kr = kv.row_bytes().0;
+                        let mut sc: Vec<f32> = (lo..=p)
+                            .map(|j| {
+                                let at = j * kr + g * head_bytes;
+                                dot(dk, &kb[at..at + head_bytes], qbuf) * scale
+                            })
+                            .collect();
+                        ops::softmax_aligned(&mut sc, lo);
+                        let v = |j: usize| {
+                            let at = (j - v_lo) * vd + g * dv;
+                            &values[at..at + dv]
+                        };
+                        ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                    }
+                }
+            },
+        );
+    out
+}
