@@ -327,6 +327,7 @@ impl WeightStore {
         if file.is_mmapped() {
             io::release_mapping(file.bytes());
         }
+        reader.drop_cache();
         let n_layer = plan.layers.len();
         tracing::info!(
             "weights paged within {}: {} pinned ({} of {n_layer} layers), {} layer window, {} of experts; read {} in {load_s:.2}s ({:?})",
