@@ -12,7 +12,6 @@
 //! of any alignment: blocks are borrowed in place when aligned and copied
 //! otherwise; the SIMD kernels read bytes directly.
 
-mod affine_batch;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +25,7 @@ mod q5k;
 mod q6k;
 mod q8k;
 pub(crate) mod search;
+mod step_batch;
 pub mod tiled;
 
 use std::mem::size_of;

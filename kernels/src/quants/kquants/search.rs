@@ -7,7 +7,7 @@
 //! write are the bytes `llama-quantize` writes. Rust never fuses `a*b + c`
 //! into an FMA, which is what makes that possible.
 
-use super::affine_batch::{self, LANES};
+use super::step_batch::{self, LANES};
 
 /// Groups whose largest magnitude is below this are stored as all zero.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
@@ -36,41 +36,52 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<&[f32]>
         l_out[..n].fill(0);
         return 0.0;
     }
-    let weight = |i: usize| match qw {
-        Some(w) => w[i],
-        None => x[i] * x[i],
-    };
-    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = level(iscale, x[i]) as f32;
-            let w = weight(i);
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
+    let mut wx2 = [0f32; 32];
+    let owned: Vec<f32>;
+    let w: &[f32] = match qw {
+        Some(w) => &w[..n],
+        None if n <= wx2.len() => {
+            for (v, &xi) in wx2.iter_mut().zip(x) {
+                *v = xi * xi;
+            }
+            &wx2[..n]
         }
-        (sumlx, suml2)
+        None => {
+            owned = x.iter().map(|&xi| xi * xi).collect();
+            &owned
+        }
     };
-    let mut iscale = -(nmax as f32) / max;
-    for i in 0..n {
-        l_out[i] = (level(iscale, x[i]) + nmax) as i8;
+    // Step 0 is ggml's first guess `−nmax/max`, steps 1.. are `is` =
+    // −9..−1, 1..9; all sums are independent of the choices, so they are
+    // computed 8 at a time and compared in ggml's order.
+    let step_is = |s: usize| if s <= 9 { s as i32 - 10 } else { s as i32 - 9 };
+    let iscale_of = |s: usize| {
+        if s == 0 {
+            -(nmax as f32) / max
+        } else {
+            -(nmax as f32 + 0.1f32 * step_is(s) as f32) / max
+        }
+    };
+    let mut sums = [(0f32, 0f32); 24];
+    for first in (0..19).step_by(LANES) {
+        let iscales: [f32; LANES] = std::array::from_fn(|k| iscale_of(first + k));
+        let batch = step_batch::qx_sums(nmax, x, w, &iscales);
+        sums[first..first + LANES].copy_from_slice(&batch);
     }
-    let (sumlx, suml2) = sums(iscale);
+    let (sumlx, suml2) = sums[0];
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
+    let mut chosen = 0;
+    for (s, &(sumlx, suml2)) in sums.iter().enumerate().take(19).skip(1) {
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                l_out[i] = (level(iscale, x[i]) + nmax) as i8;
-            }
             scale = sumlx / suml2;
             best = scale * sumlx;
+            chosen = s;
         }
+    }
+    let iscale = iscale_of(chosen);
+    for i in 0..n {
+        l_out[i] = (nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1) + nmax) as i8;
     }
     scale
 }
@@ -199,7 +210,7 @@ pub fn make_qkx_quants(p: AffineSearch, x: &[f32], w: &[f32], l_out: &mut [u8]) 
         let range = max - min;
         let iscales: [f32; LANES] =
             std::array::from_fn(|k| (p.rmin + p.rdelta * (step + k) as f32 + nmax as f32) / range);
-        let fits = affine_batch::steps(p, x, w, min, (sum_w, sum_x), &iscales);
+        let fits = step_batch::steps(p, x, w, min, (sum_w, sum_x), &iscales);
         let mut next = step + LANES;
         for (k, fit) in fits.iter().enumerate() {
             if step + k >= nsteps {

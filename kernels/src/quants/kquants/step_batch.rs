@@ -1,14 +1,16 @@
-//! Eight steps of the affine (scale + min) search at once: the inner loop
-//! of ggml's `make_qkx2_quants` / `make_qkx3_quants`, which dominates the
-//! time of the K-quant, Q4_1 and Q5_1 quantizers.
+//! Eight steps of the scale searches at once: the inner loops of ggml's
+//! `make_qkx2_quants` / `make_qkx3_quants` (affine: scale and min), which
+//! dominate the time of the K-quant, Q4_1 and Q5_1 quantizers, and of
+//! `make_qx_quants` (symmetric), behind Q3_K, Q6_K, Q4_0 and Q5_0.
 //!
 //! Lane `k` evaluates one step with inverse scale `iscales[k]`: it rounds
-//! every value to a level, solves the weighted normal equations for scale
-//! and min, and sums the weighted error of that fit, with exactly the f32
-//! operations, in exactly the order, ggml uses for one step (no FMA), so
-//! every lane's result is bit-identical to the scalar loop. The scalar
-//! reference [`steps_scalar`] and an AVX2 version are checked against each
-//! other.
+//! every value to a level and accumulates the step's weighted sums (for
+//! the affine search also solving for scale and min and summing the
+//! weighted error of that fit) with exactly the f32 operations, in exactly
+//! the order, ggml uses for one step (no FMA), so every lane's result is
+//! bit-identical to the scalar loop. The scalar references
+//! ([`steps_scalar`], [`qx_sums_scalar`]) and the AVX2 versions are checked
+//! against each other.
 
 use super::search::{nearest_int, AffineSearch};
 
@@ -189,6 +191,59 @@ pub fn steps(
     steps_scalar(p, x, w, min, sums, iscales)
 }
 
+/// The symmetric search's sums `(Σ w·x·l, Σ w·l²)` per lane, with levels
+/// `clamp(nearest_int(iscale·x), −nmax, nmax − 1)` (scalar reference).
+pub fn qx_sums_scalar(
+    nmax: i32,
+    x: &[f32],
+    w: &[f32],
+    iscales: &[f32; LANES],
+) -> [(f32, f32); LANES] {
+    std::array::from_fn(|k| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for (&xi, &wi) in x.iter().zip(w) {
+            let l = nearest_int(iscales[k] * xi).clamp(-nmax, nmax - 1) as f32;
+            sumlx += wi * xi * l;
+            suml2 += wi * l * l;
+        }
+        (sumlx, suml2)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn qx_sums_avx2(nmax: i32, x: &[f32], w: &[f32], iscales: &[f32; LANES]) -> [(f32, f32); LANES] {
+    use std::arch::x86_64::*;
+    let isc = load8(iscales);
+    let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (mant, half) = (
+        _mm256_set1_epi32(0x007f_ffff),
+        _mm256_set1_epi32(0x0040_0000),
+    );
+    let (mut slx, mut sl2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (&xi, &wi) in x.iter().zip(w) {
+        let v = _mm256_add_ps(_mm256_mul_ps(isc, _mm256_set1_ps(xi)), magic);
+        let i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), half);
+        let l = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(i, lo), hi));
+        let wv = _mm256_set1_ps(wi);
+        slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_set1_ps(wi * xi), l));
+        sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv, l), l));
+    }
+    let (a, b) = (store8(slx), store8(sl2));
+    std::array::from_fn(|k| (a[k], b[k]))
+}
+
+/// [`qx_sums_scalar`], with AVX2 where the CPU has it (bit-identical).
+pub fn qx_sums(nmax: i32, x: &[f32], w: &[f32], iscales: &[f32; LANES]) -> [(f32, f32); LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { qx_sums_avx2(nmax, x, w, iscales) };
+    }
+    qx_sums_scalar(nmax, x, w, iscales)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -200,7 +255,8 @@ mod tests {
     use super::*;
 
     /// The AVX2 lanes equal the scalar steps bit for bit, for squared and
-    /// absolute errors, on groups of 16 and 32 with mixed signs.
+    /// absolute errors and the symmetric sums, on groups of 16 and 32 with
+    /// mixed signs.
     #[test]
     fn avx2_matches_scalar() {
         if !has_avx2() {
@@ -237,7 +293,22 @@ mod tests {
             let a = steps_scalar(p, &x, &w, min, sums, &iscales);
             // SAFETY: checked above.
             let b = unsafe { steps_avx2(p, &x, &w, min, sums, &iscales) };
+            // The symmetric search uses negative inverse scales.
+            let neg = iscales.map(|v| -v);
+            let qa = qx_sums_scalar(p.nmax, &x, &w, &neg);
+            // SAFETY: checked above.
+            let qb = unsafe { qx_sums_avx2(p.nmax, &x, &w, &neg) };
             for k in 0..LANES {
+                assert_eq!(
+                    qa[k].0.to_bits(),
+                    qb[k].0.to_bits(),
+                    "qx trial {trial} lane {k}"
+                );
+                assert_eq!(
+                    qa[k].1.to_bits(),
+                    qb[k].1.to_bits(),
+                    "qx trial {trial} lane {k}"
+                );
                 assert_eq!(a[k].regular, b[k].regular, "trial {trial} lane {k}");
                 assert_eq!(
                     a[k].scale.to_bits(),
