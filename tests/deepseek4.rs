@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use dwarfstar_gguf::{Array, GgufFile, GgufWriter, Value};
-use dwarfstar_model::deepseek4::{Deepseek4Model, IndexerRule, KvType, LayerKind};
+use dwarfstar_model::deepseek4::{Deepseek4Model, IndexerRule, KvType, LayerKind, Selection};
 use dwarfstar_model::sampler::argmax;
 use dwarfstar_model::{Model, ModelError, SeqState};
 
@@ -151,19 +151,16 @@ fn dsv4_greedy_matches_transformers() {
     assert_eq!(got, want);
 }
 
-fn selections(st: &SeqState) -> Vec<(usize, usize, Vec<u32>)> {
+fn selections(st: &SeqState) -> Vec<Selection> {
     let SeqState::Ds4(c) = st else {
         panic!("not a deepseek4 state")
     };
-    c.selections
-        .iter()
-        .map(|s| (s.layer, s.pos, s.blocks.clone()))
-        .collect()
+    c.selections.clone()
 }
 
 /// Runs the prompt at the configured top-k 4, recording the indexer's
 /// choices; returns the logits and per (layer, position) blocks.
-fn topk4_run(m: &Model) -> (Vec<f32>, Vec<(usize, usize, Vec<u32>)>) {
+fn topk4_run(m: &Model) -> (Vec<f32>, Vec<Selection>) {
     let toks = prompt();
     let mut st = m.new_state(toks.len());
     if let SeqState::Ds4(c) = &mut st {
@@ -175,15 +172,15 @@ fn topk4_run(m: &Model) -> (Vec<f32>, Vec<(usize, usize, Vec<u32>)>) {
 
 /// (layer, position) pairs whose blocks differ from the reference trace
 /// `tiny-dsv4.topk4.selection.<rule>.json`.
-fn selection_misses(got: &[(usize, usize, Vec<u32>)], rule: &str) -> Vec<(usize, usize)> {
+fn selection_misses(got: &[Selection], rule: &str) -> Vec<(usize, usize)> {
     let j = read_json(&dir().join(format!("tiny-dsv4.topk4.selection.{rule}.json")));
     let mut miss = Vec::new();
     let mut seen = 0;
-    for (l, t, blocks) in got {
-        let want = ids(&j["layers"][l.to_string()]["selected"][*t]);
+    for s in got {
+        let want = ids(&j["layers"][s.layer.to_string()]["selected"][s.pos]);
         seen += 1;
-        if &want != blocks {
-            miss.push((*l, *t));
+        if want != s.blocks {
+            miss.push((s.layer, s.pos));
         }
     }
     assert_eq!(seen, 2 * 200, "two CSA layers × 200 queries");
