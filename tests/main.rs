@@ -11,6 +11,7 @@ mod common;
 mod deepseek;
 mod deepseek4;
 mod inspect;
+mod kv_file;
 mod kv_quant;
 mod quantize;
 mod mesh;

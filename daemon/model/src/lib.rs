@@ -4,7 +4,8 @@
 //! - [`hparams`]: hyper-parameters from metadata, checked;
 //! - [`weights`]: tensors bound to roles, shapes checked;
 //! - [`dense`]: the forward pass of dense transformers over a layer range;
-//! - [`kv`]: KV caches;
+//! - [`kv`]: KV caches; [`kv_file`] saves and restores them, [`kv_store`]
+//!   keeps a directory of them keyed by token prefix;
 //! - [`sampler`]: logits to tokens;
 //! - [`generate`]: the prompt → tokens loop with stop conditions;
 //! - [`stage`]: a node's share of a split model (layer ranges, remote experts);
@@ -25,6 +26,8 @@ pub mod generate;
 pub mod hparams;
 pub mod kv;
 mod kv_attn;
+pub mod kv_file;
+pub mod kv_store;
 pub mod observe;
 pub mod sampler;
 pub mod shape;

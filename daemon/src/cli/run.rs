@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dwarfstar_model::generate::{generate, GenerateParams, Generation};
+use dwarfstar_model::kv_store::KvStore;
 use dwarfstar_model::SamplerConfig;
 use dwarfstar_tokenizer::{ChatMessage, Tokenizer};
 use serde_json::json;
@@ -67,6 +68,14 @@ pub struct RunArgs {
     /// [n_prompt][n_vocab]) to FILE.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
+    /// Directory of saved KV caches: the longest saved prefix of the prompt
+    /// is restored instead of prefilled, and the prompt's KV is saved after
+    /// (prompts of at least 32 tokens). Files are checked on load.
+    #[arg(long, value_name = "DIR")]
+    pub kv_cache_dir: Option<PathBuf>,
+    /// Disk space for --kv-cache-dir; least recently used files go first.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB")]
+    pub kv_cache_size: String,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -84,6 +93,33 @@ pub fn run(a: RunArgs) -> Result<()> {
         .unwrap_or_else(|| m.model.n_ctx_train().min(8192))
         .max(prompt.len() + a.n);
     let mut state = m.model.new_state(ctx);
+    let store = match &a.kv_cache_dir {
+        Some(dir) => Some(open_kv_store(dir, &a.kv_cache_size, &m.model)?),
+        None => None,
+    };
+    if let (Some(store), None) = (&store, &a.dump_logits) {
+        let t = std::time::Instant::now();
+        let found = store.lookup(&m.model, &prompt, ctx);
+        for (p, e) in &found.rejected {
+            eprintln!("kv cache: refused {}: {e}", p.display());
+        }
+        match found.restored {
+            Some(r) => {
+                eprintln!(
+                    "kv cache: restored {} of {} prompt tokens from {} in {:.3}s",
+                    r.tokens,
+                    prompt.len(),
+                    r.path.display(),
+                    t.elapsed().as_secs_f64()
+                );
+                state = r.state;
+            }
+            None => eprintln!(
+                "kv cache: restored 0 of {} prompt tokens (no saved prefix)",
+                prompt.len()
+            ),
+        }
+    }
 
     if let Some(path) = &a.dump_logits {
         let logits = m.model.forward(&prompt, &mut state, true)?;
@@ -129,6 +165,19 @@ pub fn run(a: RunArgs) -> Result<()> {
             true
         },
     )?;
+    if let Some(store) = &store {
+        // The state holds the prompt, then what was generated: save the
+        // prompt's positions.
+        match store.save(&prompt, &state) {
+            Ok(Some(bytes)) => eprintln!(
+                "kv cache: saved {} prompt tokens ({})",
+                prompt.len(),
+                dwarfstar_model::store::format_size(bytes)
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("kv cache: not saved: {e}"),
+        }
+    }
     if a.json {
         println!("{}", json_output(&prompt, &g, a.logits));
     } else {
@@ -145,6 +194,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the KV cache directory `dir` for `model` within `size` (e.g. 2GiB).
+pub fn open_kv_store(
+    dir: &std::path::Path,
+    size: &str,
+    model: &dwarfstar_model::Model,
+) -> Result<KvStore> {
+    let budget = dwarfstar_model::store::parse_size(size)
+        .map_err(|e| anyhow::anyhow!("--kv-cache-size {e}"))?;
+    KvStore::open(dir, budget, model).with_context(|| format!("--kv-cache-dir {}", dir.display()))
 }
 
 /// The prompt's token ids for `text` (special tokens parsed, BOS as the model

@@ -54,6 +54,11 @@ impl MlaCache {
         self.capacity
     }
 
+    /// Layers held.
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Floats per position and layer.
     pub fn row(&self) -> usize {
         self.row
