@@ -21,6 +21,8 @@ struct Daemon {
     http: Option<String>,
     /// The plan line a coordinator printed.
     plan: Option<String>,
+    /// Its gRPC Control address, http://HOST:PORT.
+    grpc: String,
     _state: TempDir,
 }
 
@@ -93,7 +95,7 @@ fn start(
         "1",
         "--no-mdns",
         "--grpc-listen",
-        "off",
+        "127.0.0.1:0",
     ])
     .args(["--mesh-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
     .arg("--state-dir")
@@ -121,16 +123,24 @@ fn start(
         .map(|port| format!("127.0.0.1:{}", port.trim_end_matches(',')))
         .unwrap_or_else(|| panic!("no mesh address in: {line}"));
     let plan = model.map(|_| wait_line(&mut child, &mut out, "dwarfstar mesh: plan"));
+    let ready = match model {
+        Some(_) => wait_line(&mut child, &mut out, "listening on http://"),
+        None => wait_line(&mut child, &mut out, "mesh worker ready"),
+    };
     let http = model.map(|_| {
-        let line = wait_line(&mut child, &mut out, "listening on http://");
-        let at = line.find("http://").unwrap();
-        line[at..]
+        let at = ready.find("http://").unwrap();
+        ready[at..]
             .split_whitespace()
             .next()
             .unwrap()
             .trim_end_matches(';')
             .to_string()
     });
+    let grpc = ready
+        .split("gRPC control on ")
+        .nth(1)
+        .map(|a| format!("http://{}", a.trim()))
+        .unwrap_or_else(|| panic!("no gRPC address in: {ready}"));
     // Keep draining stdout so the daemon never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
     Daemon {
@@ -138,6 +148,7 @@ fn start(
         mesh,
         http,
         plan,
+        grpc,
         _state: state,
     }
 }
@@ -217,7 +228,162 @@ fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> Str
         "mesh: {text:?}\none machine: {want:?}"
     );
     assert!(!text.is_empty());
+    check_mesh_status(&coord, &workers, n_nodes, model);
     coord.plan.clone().unwrap()
+}
+
+/// One Control call on a daemon, on a runtime of its own.
+fn control<T>(
+    grpc: &str,
+    call: impl AsyncFnOnce(
+        &mut dwarfstar_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    ) -> Result<tonic::Response<T>, tonic::Status>,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = dwarfstar_proto::v1::control_client::ControlClient::connect(grpc.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("gRPC {grpc}: {e}"));
+        call(&mut c).await.unwrap().into_inner()
+    })
+}
+
+fn status(grpc: &str) -> dwarfstar_proto::v1::StatusReply {
+    control(grpc, async |c| {
+        c.status(dwarfstar_proto::v1::StatusRequest {}).await
+    })
+}
+
+/// Every node's status, from the coordinator, from each worker (it knows
+/// the plan it accepted) and on the chat page's status: all of them, each
+/// ready with its share, the shares covering every layer.
+fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: &Path) {
+    use dwarfstar_proto::v1::{NodeState, Role};
+    let n_layer = {
+        let f = dwarfstar_gguf::GgufFile::open(model).unwrap();
+        let m = f.metadata();
+        let arch = m.get_str("general.architecture").unwrap().to_string();
+        m.get_u32(&format!("{arch}.block_count")).unwrap()
+    };
+    let check = |r: &dwarfstar_proto::v1::StatusReply, who: &str| {
+        assert_eq!(r.nodes.len(), n_nodes, "{who}: {r:#?}");
+        assert!(
+            r.nodes[0].local && r.nodes[0].id == r.node_id,
+            "{who}: {r:#?}"
+        );
+        assert!(r.plan_version > 0 && !r.model.is_empty(), "{who}: {r:#?}");
+        let mut covered = vec![false; n_layer as usize];
+        for n in &r.nodes {
+            assert_eq!(n.state, NodeState::Ready as i32, "{who}: {n:#?}");
+            assert_eq!(n.plan_version, r.plan_version, "{who}: {n:#?}");
+            let a = n.assignment.clone().unwrap_or_default();
+            assert!(
+                !a.stages.is_empty() || !a.experts.is_empty(),
+                "{who}: a node without a share: {n:#?}"
+            );
+            for s in &a.stages {
+                assert_eq!(s.node, n.id);
+                for l in s.layer_start..s.layer_end {
+                    assert!(!covered[l as usize], "{who}: layer {l} twice");
+                    covered[l as usize] = true;
+                }
+            }
+            assert!(n.mem_used > 0 && n.mem_budget > 0, "{who}: {n:#?}");
+            let addr = n.addresses.clone().unwrap_or_default();
+            assert!(
+                !addr.quic.is_empty() && !addr.grpc.is_empty(),
+                "{who}: {n:#?}"
+            );
+            assert!(!n.roles.is_empty(), "{who}: {n:#?}");
+        }
+        assert!(
+            covered.iter().all(|&c| c),
+            "{who}: layers not covered: {r:#?}"
+        );
+        let coordinators: Vec<_> = r
+            .nodes
+            .iter()
+            .filter(|n| n.roles.contains(&(Role::Coordinator as i32)))
+            .collect();
+        assert_eq!(coordinators.len(), 1, "{who}: {r:#?}");
+    };
+
+    let r = status(&coord.grpc);
+    check(&r, "coordinator");
+    assert!(r.nodes[0].roles.contains(&(Role::Coordinator as i32)));
+    // The generation above crossed the data plane.
+    let t = r.nodes[0].traffic.unwrap_or_default();
+    assert!(t.frames_sent > 0 && t.bytes_sent > 0, "{t:?}");
+    assert!(
+        t.answers_received > 0 && t.answer_bytes_received > 0,
+        "{t:?}"
+    );
+
+    for (i, w) in workers.iter().enumerate() {
+        // The coordinator tells its members the plan is in force just after
+        // it prints the plan: give that message a moment.
+        let mut tries = 0;
+        let r = loop {
+            let r = status(&w.grpc);
+            if r.nodes.iter().all(|n| n.state == NodeState::Ready as i32) || tries == 50 {
+                break r;
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        check(&r, &format!("worker {i}"));
+        assert!(!r.nodes[0].roles.contains(&(Role::Coordinator as i32)));
+        let t = r.nodes[0].traffic.unwrap_or_default();
+        assert!(
+            t.frames_served > 0 && t.bytes_served_in > 0,
+            "worker {i}: {t:?}"
+        );
+    }
+
+    // The same mesh through peers and plan.
+    let peers = control(&coord.grpc, async |c| {
+        c.peers(dwarfstar_proto::v1::PeersRequest {}).await
+    });
+    assert_eq!(peers.peers.len(), n_nodes, "{peers:#?}");
+    assert!(peers
+        .peers
+        .iter()
+        .all(|p| p.connected && p.capabilities.as_ref().is_some_and(|c| c.mem_budget > 0)));
+    let plan = control(&coord.grpc, async |c| {
+        c.plan(dwarfstar_proto::v1::PlanRequest::default()).await
+    });
+    let plan = plan.plan.expect("a plan in force");
+    assert_eq!(plan.version, r.plan_version);
+    assert_eq!(plan.n_layer, n_layer);
+
+    // The chat page's status shows the same nodes.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let text = agent
+        .get(format!("{}/v1/status", coord.http.as_ref().unwrap()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let page: Value = serde_json::from_str(&text).unwrap();
+    let nodes = page["mesh"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(nodes.len(), n_nodes, "{page}");
+    assert!(nodes.iter().all(|n| n["state"] == "ready"), "{page}");
+    assert_eq!(page["mesh"]["plan_version"], r.plan_version, "{page}");
+    let layers: u64 = nodes
+        .iter()
+        .flat_map(|n| n["layers"].as_array().unwrap().clone())
+        .map(|l| l["end"].as_u64().unwrap() - l["start"].as_u64().unwrap())
+        .sum();
+    assert_eq!(layers, n_layer as u64, "{page}");
 }
 
 #[test]

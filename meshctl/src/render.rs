@@ -143,7 +143,27 @@ fn node_json(n: &NodeStatus) -> Value {
         "plan_version": n.plan_version,
         "active_requests": n.active_requests,
         "version": n.version,
+        "traffic": n.traffic.as_ref().map(|t| json!({
+            "frames_sent": t.frames_sent,
+            "bytes_sent": t.bytes_sent,
+            "answers_received": t.answers_received,
+            "answer_bytes_received": t.answer_bytes_received,
+            "frames_served": t.frames_served,
+            "bytes_served_in": t.bytes_served_in,
+            "bytes_served_out": t.bytes_served_out,
+        })),
     })
+}
+
+/// Where to reach a node: its gRPC address, else HTTP, else its data plane.
+fn node_address(a: Option<&Addresses>) -> String {
+    let Some(a) = a else {
+        return String::new();
+    };
+    [(&a.grpc, ""), (&a.http, "http "), (&a.quic, "quic ")]
+        .into_iter()
+        .find(|(v, _)| !v.is_empty())
+        .map_or(String::new(), |(v, tag)| format!("{tag}{v}"))
 }
 
 pub fn status_json(r: &StatusReply) -> Value {
@@ -184,9 +204,7 @@ pub fn status_text(r: &StatusReply) -> String {
         let roles = n.roles.iter().map(|&r| role_name(r)).collect::<Vec<_>>();
         t.add_row(vec![
             id,
-            n.addresses
-                .as_ref()
-                .map_or(String::new(), |a| a.grpc.clone()),
+            node_address(n.addresses.as_ref()),
             if roles.is_empty() {
                 "-".into()
             } else {
@@ -207,7 +225,23 @@ pub fn status_text(r: &StatusReply) -> String {
     } else {
         format!("model {}, plan v{}", r.model, r.plan_version)
     };
-    format!("{model} (* = the node answering)\n{t}\n")
+    let mut out = format!("{model} (* = the node answering)\n{t}\n");
+    let local = r.nodes.iter().find(|n| n.local);
+    if let Some(tr) = local.and_then(|n| n.traffic.as_ref()) {
+        if tr.frames_sent + tr.frames_served > 0 {
+            out.push_str(&format!(
+                "data plane here: sent {} frames ({}), answers {} ({}); served {} frames ({} in, {} out)\n",
+                tr.frames_sent,
+                human_bytes(tr.bytes_sent),
+                tr.answers_received,
+                human_bytes(tr.answer_bytes_received),
+                tr.frames_served,
+                human_bytes(tr.bytes_served_in),
+                human_bytes(tr.bytes_served_out),
+            ));
+        }
+    }
+    out
 }
 
 fn peer_json(p: &PeerInfo) -> Value {
@@ -425,5 +459,73 @@ mod tests {
         let text = status_text(&r);
         assert!(text.contains("0-29 +embed +output"), "{text}");
         assert!(text.contains("n1 *"), "{text}");
+    }
+
+    #[test]
+    fn a_mesh_status_lists_every_node_with_its_share() {
+        let stage = |node: &str, a: u32, b: u32| Stage {
+            node: node.into(),
+            layer_start: a,
+            layer_end: b,
+            holds_embed: a == 0,
+            holds_output: b == 30,
+        };
+        let node = |id: &str, local: bool, st: Stage, state: NodeState| NodeStatus {
+            id: id.into(),
+            local,
+            roles: vec![Role::Stage as i32],
+            addresses: Some(Addresses {
+                grpc: if local {
+                    "127.0.0.1:7171".into()
+                } else {
+                    String::new()
+                },
+                quic: "127.0.0.1:7001".into(),
+                ..Default::default()
+            }),
+            assignment: Some(Assignment {
+                stages: vec![st],
+                experts: vec![],
+            }),
+            mem_used: 3 << 20,
+            mem_budget: 1 << 30,
+            state: state as i32,
+            traffic: local.then(|| dwarfstar_proto::v1::Traffic {
+                frames_served: 12,
+                bytes_served_in: 12 * 2400,
+                bytes_served_out: 12 * 196_700,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = StatusReply {
+            node_id: "worker".into(),
+            nodes: vec![
+                node("worker", true, stage("worker", 15, 30), NodeState::Ready),
+                node("coord", false, stage("coord", 0, 15), NodeState::Loading),
+            ],
+            model: "m.gguf".into(),
+            plan_version: 7,
+        };
+        let text = status_text(&r);
+        for want in [
+            "worker *",
+            "127.0.0.1:7171",
+            "quic 127.0.0.1:7001",
+            "15-29 +output",
+            "0-14 +embed",
+            "3.0 MiB / 1.0 GiB",
+            "ready",
+            "loading",
+            "plan v7",
+            "served 12 frames",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        let j = status_json(&r);
+        assert_eq!(j["nodes"].as_array().unwrap().len(), 2);
+        assert_eq!(j["nodes"][1]["state"], "loading");
+        assert_eq!(j["nodes"][1]["traffic"], Value::Null);
+        assert_eq!(j["nodes"][0]["traffic"]["frames_served"], 12);
     }
 }

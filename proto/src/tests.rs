@@ -219,6 +219,7 @@ fn control_messages_round_trip() {
             active_requests: 2,
             local: true,
             version: "0.1.0".into(),
+            traffic: None,
         }],
         model: "m.gguf".into(),
         plan_version: 1,

@@ -363,6 +363,7 @@ impl NodeApi for LocalNode {
             active_requests: busy as u32,
             local: true,
             version: env!("CARGO_PKG_VERSION").into(),
+            traffic: Some(super::traffic::snapshot()),
         };
         Ok(StatusReply {
             node_id: self.cfg.id.clone(),
@@ -486,7 +487,7 @@ impl NodeApi for LocalNode {
 }
 
 /// The last path component, lossy.
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -517,7 +518,7 @@ fn meminfo() -> (u64, u64) {
 }
 
 /// The machine's host name, or "" when unknown.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))

@@ -177,9 +177,15 @@ pub async fn join(
         .collect::<Result<_>>()?;
     cfg.mdns = !args.no_mdns;
     cfg.caps = sysinfo::capabilities(&probe, &bench, budget);
+    cfg.caps.name = super::local::host_name();
     let caps: NodeCaps = node_caps("", &cfg.caps);
+    let mut announced = cfg.caps.clone();
     let (mesh, events) = Mesh::start(cfg).await.context("starting the mesh")?;
     let info = mesh.local_info().await?;
+    announced.id = info.peer.to_string();
+    let a = announced.addresses.get_or_insert_with(Default::default);
+    a.quic = info.quic_addr.to_string();
+    a.libp2p = info.listen_addrs.iter().map(|a| a.to_string()).collect();
     println!(
         "dwarfstar mesh: node {} on {} (QUIC {})",
         info.peer,
@@ -199,6 +205,7 @@ pub async fn join(
             caps,
         },
     );
+    node.roster.set_local_caps(announced);
     node.run_events(events);
     Ok(node)
 }
@@ -221,9 +228,50 @@ fn models_dir(args: &MeshArgs, model: Option<&std::path::Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
+/// Where a worker serves the Control service: `off`, an address, or (None)
+/// the default 127.0.0.1:7070, off when that port is taken. A non-loopback
+/// address needs API keys.
+async fn worker_grpc(
+    listen: Option<&str>,
+    keys: &[String],
+) -> Result<Option<tokio::net::TcpListener>> {
+    let (text, explicit) = match listen {
+        Some(t) => (t.trim(), true),
+        None => ("127.0.0.1:7070", false),
+    };
+    if text == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .with_context(|| format!("gRPC listen address {text:?} (HOST:PORT or off)"))?;
+    if !addr.ip().is_loopback() && keys.is_empty() {
+        bail!(
+            "gRPC on {addr} would let anyone on the network drive this node: give --api-key, \
+             or a loopback --grpc-listen such as 127.0.0.1:{}",
+            addr.port()
+        );
+    }
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !explicit => {
+            eprintln!("dwarfstar serve: gRPC control off: {addr}: {e} (give --grpc-listen ADDR)");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("gRPC listen address {addr}")),
+    }
+}
+
 /// A mesh node without a model of its own: it takes the shares plans give
-/// it until Ctrl-C.
-pub fn run_worker(args: &MeshArgs, secret: JoinSecret, threads: Option<usize>) -> Result<()> {
+/// it until Ctrl-C, and serves the Control service (status, peers, plan of
+/// the mesh) on `grpc_listen`.
+pub fn run_worker(
+    args: &MeshArgs,
+    secret: JoinSecret,
+    threads: Option<usize>,
+    grpc_listen: Option<&str>,
+    api_keys: Vec<String>,
+) -> Result<()> {
     crate::cli::init_threads(threads)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -235,22 +283,56 @@ pub fn run_worker(args: &MeshArgs, secret: JoinSecret, threads: Option<usize>) -
             ctx_size: 8192,
             max_seqs: 64,
         };
+        let grpc = worker_grpc(grpc_listen, &api_keys).await?;
         let node = join(args, secret, models_dir(args, None), limits).await?;
-        println!("dwarfstar serve: mesh worker ready, waiting for a plan");
+        let grpc_local = match &grpc {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let stop = tokio::sync::watch::channel(false);
+        let grpc_task = match grpc {
+            Some(l) => {
+                let at = grpc_local.map(|a| a.to_string()).unwrap_or_default();
+                super::mesh_api::announce_services(&node, &at, "").await;
+                let api = Arc::new(super::mesh_api::MeshNode::worker(node.clone()));
+                let mut rx = stop.1.clone();
+                Some(tokio::spawn(super::grpc::serve_grpc_on(
+                    l,
+                    api,
+                    api_keys,
+                    async move {
+                        let _ = rx.wait_for(|&v| v).await;
+                    },
+                )))
+            }
+            None => None,
+        };
+        // One line, one write: tests read it.
+        println!(
+            "dwarfstar serve: mesh worker ready, waiting for a plan; gRPC control {}",
+            grpc_local.map_or("off".to_string(), |a| format!("on {a}"))
+        );
         crate::serve::shutdown().await;
+        let _ = stop.0.send(true);
+        if let Some(t) = grpc_task {
+            match t.await {
+                Ok(r) => r.context("serving gRPC")?,
+                Err(e) => bail!("the gRPC server failed: {e}"),
+            }
+        }
         node.mesh.shutdown().await;
         Ok(())
     })
 }
 
 /// Joins the mesh, waits for the nodes asked for, plans `model` over them
-/// and has each load its share; returns this node's scheduler backend.
+/// and has each load its share; returns the node and its scheduler backend.
 pub async fn coordinate(
     args: &MeshArgs,
     secret: JoinSecret,
     model: &std::path::Path,
     limits: StageLimits,
-) -> Result<super::backend::DistBackend> {
+) -> Result<(Arc<NodeRuntime>, super::backend::DistBackend)> {
     let node = join(args, secret, models_dir(args, Some(model)), limits).await?;
     let opts = super::runtime::CoordOptions {
         min_nodes: args.mesh_nodes.unwrap_or(1),
@@ -276,9 +358,10 @@ pub async fn coordinate(
         experts.len(),
         plan.predicted_tokens_per_s
     );
-    applied
+    let backend = applied
         .backend
-        .ok_or_else(|| anyhow::anyhow!("the plan does not make this node its coordinator"))
+        .ok_or_else(|| anyhow::anyhow!("the plan does not make this node its coordinator"))?;
+    Ok((node, backend))
 }
 
 /// The last characters of a peer id, enough to tell nodes apart.

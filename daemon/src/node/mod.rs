@@ -10,17 +10,23 @@
 //! - [`runtime`]: the event loop, the plan handshake, roles;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
-//! - [`local`]: the single-machine `NodeApi` over the local engine.
+//! - [`local`]: the single-machine `NodeApi` over the local engine;
+//! - [`mesh_api`]: the mesh `NodeApi`: plan, peers, members' states;
+//! - [`roster`]: what a node knows of its plan's members;
+//! - [`traffic`]: data-plane frame and byte counters.
 
 pub mod backend;
 pub mod error;
 pub mod frames;
 pub mod grpc;
 pub mod local;
+pub mod mesh_api;
 pub mod mesh_serve;
 pub mod pipeline;
 pub mod plan_wire;
+pub mod roster;
 pub mod runtime;
+pub mod traffic;
 pub mod transport;
 
 #[cfg(test)]

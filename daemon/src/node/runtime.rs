@@ -24,6 +24,7 @@ use super::backend::DistBackend;
 use super::error::{NodeError, Result};
 use super::pipeline::{Hop, StageHost, StageLimits, StageWorker};
 use super::plan_wire;
+use super::roster::{held_bytes, MemberState, Roster};
 use super::transport::{serve_stream, MeshExperts, QuicHop, Roles};
 
 /// What a node needs to take a share of a plan.
@@ -64,6 +65,8 @@ pub struct NodeRuntime {
     roles: Arc<RwLock<Arc<Roles>>>,
     settings: NodeSettings,
     status: Mutex<NodeStatus>,
+    /// The plan's members as this node knows them (status answers).
+    pub roster: Roster,
 }
 
 /// What applying a plan gave this node.
@@ -92,7 +95,13 @@ impl NodeRuntime {
                 state: "idle".into(),
                 ..Default::default()
             }),
+            roster: Roster::default(),
         })
+    }
+
+    /// What this node was started with (its capabilities, limits, models folder).
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -131,6 +140,9 @@ impl NodeRuntime {
             Ok(pb::MeshMessage {
                 body: Some(pb::mesh_message::Body::PlanProposal(p)),
             }) => pb::mesh_message::Body::NodeReady(self.clone().on_proposal(from, p).await),
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::NodeReady(r)),
+            }) => pb::mesh_message::Body::PlanAck(self.on_plan_ready(from, r)),
             Ok(_) => {
                 tracing::warn!("peer {from} sent a control message this node does not take");
                 pb::mesh_message::Body::NodeReady(pb::NodeReady {
@@ -150,12 +162,80 @@ impl NodeRuntime {
         }
     }
 
+    /// The coordinator's own `NodeReady` for the plan in force: it applies
+    /// a plan only once every member answered ready, so all of them are.
+    fn on_plan_ready(&self, from: PeerId, r: pb::NodeReady) -> pb::PlanAck {
+        let plan = self.status().plan;
+        let ours = plan
+            .as_ref()
+            .is_some_and(|p| p.version == r.plan_version && p.coordinator == from.to_string());
+        let accepted = ours && r.error.is_empty() && self.roster.all_ready(r.plan_version);
+        if accepted {
+            self.roster.set(
+                &from.to_string(),
+                MemberState::Ready,
+                String::new(),
+                Some((r.bytes_loaded, r.load_ms)),
+            );
+        }
+        pb::PlanAck {
+            plan_version: r.plan_version,
+            node: self.me.clone(),
+            accepted,
+            reason: if accepted {
+                String::new()
+            } else {
+                "not the plan this node serves".into()
+            },
+        }
+    }
+
+    /// Bytes `node` holds under `plan`, when the model's shape is known.
+    pub fn held_by(&self, plan: &Plan, node: &str) -> u64 {
+        self.roster
+            .shape()
+            .map_or(0, |s| held_bytes(&s, plan, node))
+    }
+
+    /// Reads the shape of the model file `name` (in the models folder) for
+    /// status answers; a file it cannot read leaves the shape unknown.
+    fn learn_shape(&self, name: &str) {
+        let Some(file) = Path::new(name).file_name() else {
+            return;
+        };
+        let path = self.settings.models_dir.join(file);
+        match dwarfstar_gguf::GgufFile::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| dwarfstar_model::shape::model_shape(&f).map_err(|e| e.to_string()))
+        {
+            Ok(shape) => self
+                .roster
+                .set_model(file.to_string_lossy().into_owned(), shape),
+            Err(e) => tracing::debug!("shape of {}: {e}", path.display()),
+        }
+    }
+
     async fn on_proposal(self: Arc<Self>, from: PeerId, p: pb::PlanProposal) -> pb::NodeReady {
         let t0 = Instant::now();
         let version = p.plan.as_ref().map_or(0, |p| p.version);
         self.set_status(|s| s.state = "loading".into());
+        if let Some(wire) = &p.plan {
+            let mut nodes: BTreeSet<&str> = wire.stages.iter().map(|s| s.node.as_str()).collect();
+            nodes.extend(wire.experts.iter().map(|s| s.node.as_str()));
+            nodes.insert(wire.coordinator.as_str());
+            self.roster
+                .begin(version, &nodes.into_iter().collect::<Vec<_>>());
+        }
         let me = self.clone();
-        let r = tokio::task::spawn_blocking(move || me.accept(&p)).await;
+        let name = p.model.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = me.accept(&p);
+            if r.is_ok() {
+                me.learn_shape(&name);
+            }
+            r
+        })
+        .await;
         let r = match r {
             Ok(r) => r,
             Err(e) => Err(NodeError::NotReady(format!("loading failed: {e}"))),
@@ -169,7 +249,18 @@ impl NodeRuntime {
         match r {
             Ok((plan, applied)) => {
                 tracing::info!("plan {version} from {from}: ready in {} ms", ready.load_ms);
-                ready.bytes_loaded = applied.model.kv_bytes_per_token() as u64;
+                // Without the model's shape, the whole file's weights.
+                ready.bytes_loaded = match self.held_by(&plan, &self.me) {
+                    0 => applied.model.weight_bytes(),
+                    b => b,
+                };
+                let me = self.me.clone();
+                self.roster.set(
+                    &me,
+                    MemberState::Ready,
+                    String::new(),
+                    Some((ready.bytes_loaded, ready.load_ms)),
+                );
                 self.set_status(|s| {
                     s.state = "ready".into();
                     s.model = Some(plan.model.clone());
@@ -180,6 +271,9 @@ impl NodeRuntime {
             Err(e) => {
                 tracing::warn!("plan {version} from {from}: {e}");
                 ready.error = e.to_string();
+                let me = self.me.clone();
+                self.roster
+                    .set(&me, MemberState::Failed, e.to_string(), None);
                 self.set_status(|s| {
                     s.state = "failed".into();
                     s.error = Some(e.to_string());
@@ -396,6 +490,11 @@ impl NodeRuntime {
             .map_err(|e| NodeError::NotReady(e.to_string()))??;
         let shape = dwarfstar_model::shape::model_shape(&file)?;
         let n_layer = model.n_layer() as u32;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.roster.set_model(file_name, shape.clone());
         let req = PlanRequest {
             model: shape,
             nodes: caps,
@@ -435,6 +534,9 @@ impl NodeRuntime {
             .chain(plan.experts.iter().map(|s| s.node.as_str()))
             .filter(|n| *n != self.me)
             .collect();
+        let mut everyone: Vec<&str> = members.iter().copied().collect();
+        everyone.push(&self.me);
+        self.roster.begin(version, &everyone);
         let mut waits = Vec::new();
         for n in members {
             let (mesh, msg, id) = (self.mesh.clone(), proposal.clone(), peer(n)?);
@@ -443,24 +545,46 @@ impl NodeRuntime {
                 tokio::spawn(async move { mesh.send_control(id, msg).await }),
             ));
         }
+        let failed = |n: &str, e: &dyn std::fmt::Display| {
+            self.roster.set(n, MemberState::Failed, e.to_string(), None)
+        };
         for (n, w) in waits {
-            let reply = w.await.map_err(|e| t(&e))?.map_err(|e| t(&e))?;
+            let reply = match w
+                .await
+                .map_err(|e| t(&e))
+                .and_then(|r| r.map_err(|e| t(&e)))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    failed(&n, &e);
+                    return Err(e);
+                }
+            };
             match pb::MeshMessage::decode(reply.as_slice()) {
                 Ok(pb::MeshMessage {
                     body: Some(pb::mesh_message::Body::NodeReady(r)),
-                }) if r.error.is_empty() && r.plan_version == version => {}
+                }) if r.error.is_empty() && r.plan_version == version => {
+                    self.roster.set(
+                        &n,
+                        MemberState::Ready,
+                        String::new(),
+                        Some((r.bytes_loaded, r.load_ms)),
+                    );
+                }
                 Ok(pb::MeshMessage {
                     body: Some(pb::mesh_message::Body::NodeReady(r)),
                 }) => {
+                    failed(&n, &r.error);
                     return Err(NodeError::Remote {
                         node: n,
                         message: r.error,
-                    })
+                    });
                 }
                 _ => {
+                    failed(&n, &"answered the plan with something else");
                     return Err(NodeError::BadRequest(format!(
                         "{n} answered the plan with something else"
-                    )))
+                    )));
                 }
             }
         }
@@ -474,7 +598,42 @@ impl NodeRuntime {
             s.model = Some(plan.model.clone());
             s.plan = Some(plan.clone());
         });
+        let held = self.held_by(&plan, &self.me);
+        let me = self.me.clone();
+        self.roster
+            .set(&me, MemberState::Ready, String::new(), Some((held, 0)));
+        self.announce_ready(&plan, held);
         Ok((plan, applied))
+    }
+
+    /// Tells every member that the plan is in force (the coordinator's own
+    /// `NodeReady`), so their status shows the whole mesh ready.
+    fn announce_ready(&self, plan: &Plan, held: u64) {
+        let msg = pb::MeshMessage {
+            body: Some(pb::mesh_message::Body::NodeReady(pb::NodeReady {
+                plan_version: plan.version,
+                node: self.me.clone(),
+                bytes_loaded: held,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        let members: BTreeSet<&str> = plan
+            .stages
+            .iter()
+            .map(|s| s.node.as_str())
+            .chain(plan.experts.iter().map(|s| s.node.as_str()))
+            .filter(|n| *n != self.me)
+            .collect();
+        for n in members {
+            let Ok(id) = peer(n) else { continue };
+            let (mesh, msg) = (self.mesh.clone(), msg.clone());
+            self.rt.spawn(async move {
+                if let Err(e) = mesh.send_control(id, msg).await {
+                    tracing::debug!("telling {id} the plan is in force: {e}");
+                }
+            });
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use super::error::{NodeError, Result};
 use super::frames;
 use super::pipeline::{Hop, StageWorker, Step};
+use super::traffic;
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -41,10 +42,14 @@ async fn exchange(
 ) -> Result<(FrameHeader, Bytes)> {
     let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
     let (mut tx, mut rx) = mesh.open_stream(peer).await.map_err(|e| t(&e))?;
+    traffic::sent(&h, payload.len());
     tx.send_frame(&h, payload).await.map_err(|e| t(&e))?;
     tx.finish().map_err(|e| t(&e))?;
     match rx.recv_frame().await.map_err(|e| t(&e))? {
-        Some(f) => Ok((f.header, f.payload)),
+        Some(f) => {
+            traffic::answered(&f.header, f.payload.len());
+            Ok((f.header, f.payload))
+        }
         None => Err(t(&"stream closed without an answer")),
     }
 }
@@ -157,8 +162,10 @@ pub async fn serve_stream(mut s: FrameStream, roles: Arc<RwLock<Arc<Roles>>>) {
             return;
         }
     };
+    traffic::served_in(&frame.header, frame.payload.len());
     let roles = roles.read().unwrap_or_else(|e| e.into_inner()).clone();
     let (h, p) = frame_answer(frame.header, frame.payload, roles).await;
+    traffic::served_out(&h, p.len());
     if let Err(e) = s.send.send_frame(&h, p).await {
         tracing::debug!("answering {peer}: {e}");
         return;

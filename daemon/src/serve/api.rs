@@ -47,6 +47,8 @@ pub struct AppState {
     pub limits: LimitsConfig,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
+    /// In a mesh: the mesh's status, shown under `mesh` in `/v1/status`.
+    pub mesh: Option<Arc<crate::node::mesh_api::MeshNode>>,
 }
 
 impl IntoResponse for ApiError {
@@ -183,9 +185,18 @@ async fn model(
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Json<Value> {
+    use crate::node::grpc::NodeApi;
     use std::sync::atomic::Ordering::Relaxed;
+    let mesh = match &st.mesh {
+        Some(node) => match node.status().await {
+            Ok(r) => crate::node::mesh_api::status_json(&r),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+        None => Value::Null,
+    };
     let m = &st.metrics;
     Json(json!({
+        "mesh": mesh,
         "model": st.model_name,
         "arch": st.arch,
         "ctx_size": st.ctx_size,

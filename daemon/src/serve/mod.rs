@@ -12,7 +12,9 @@
 //! The model lives on one `std::thread` (its kernels use the rayon pool);
 //! the tokio runtime only moves bytes. Next to HTTP, the gRPC Control
 //! service (`meshctl`) is served by [`crate::node::grpc`] over
-//! [`crate::node::local::LocalNode`].
+//! [`crate::node::local::LocalNode`] (alone) or
+//! [`crate::node::mesh_api::MeshNode`] (in a mesh, which the chat page's
+//! status then shows too).
 
 pub mod api;
 pub mod config;
@@ -33,8 +35,9 @@ use self::config::{FileConfig, Overrides};
 use self::metrics::Metrics;
 use self::scheduler::{SchedConfig, Scheduler};
 use crate::cli::{init_threads, load_tokenizer};
-use crate::node::grpc::serve_grpc_on;
+use crate::node::grpc::{serve_grpc_on, NodeApi};
 use crate::node::local::{LocalConfig, LocalNode};
+use crate::node::mesh_api::{announce_services, MeshNode};
 use crate::node::mesh_serve::MeshArgs;
 
 #[derive(Args, Debug)]
@@ -94,7 +97,22 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<()> {
     let secret = a.mesh.secret()?;
     if let (Some(secret), None, None) = (&secret, &a.model, &a.config) {
-        return crate::node::mesh_serve::run_worker(&a.mesh, secret.clone(), a.threads);
+        let mut keys = a.api_keys.clone();
+        if let Ok(env) = std::env::var("DWARFSTAR_API_KEYS") {
+            keys.extend(
+                env.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(String::from),
+            );
+        }
+        return crate::node::mesh_serve::run_worker(
+            &a.mesh,
+            secret.clone(),
+            a.threads,
+            a.grpc_listen.as_deref(),
+            keys,
+        );
     }
     let file = match &a.config {
         Some(p) => FileConfig::load(p)?,
@@ -159,6 +177,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cache_bytes: s.limits.prefix_cache_mib.saturating_mul(1 << 20),
         min_prefix: 16,
     };
+    let mut mesh_node = None;
     let engine = match secret {
         // In a mesh, this node coordinates the model over the plan's nodes.
         Some(secret) => {
@@ -166,12 +185,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 ctx_size,
                 max_seqs: s.limits.max_batch * 4,
             };
-            let backend = rt.block_on(crate::node::mesh_serve::coordinate(
+            let (node, backend) = rt.block_on(crate::node::mesh_serve::coordinate(
                 &a.mesh,
                 secret,
                 &s.model_path,
                 limits,
             ))?;
+            mesh_node = Some(node);
             // Stages would need a cached prefix's source state kept alive.
             cfg.cache_entries = 0;
             spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
@@ -179,7 +199,31 @@ pub fn run(a: ServeArgs) -> Result<()> {
         None => spawn_engine(Scheduler::new(model.clone(), cfg, eog, rx, metrics.clone()))?,
     };
 
+    let local_node = |grpc_addr: String, http_addr: String| {
+        LocalNode::new(LocalConfig {
+            id: "local".into(),
+            model: model.clone(),
+            tokenizer: tok.clone(),
+            model_path: s.model_path.clone(),
+            served_name: s.model_name.clone(),
+            ctx_size,
+            max_concurrent: s.limits.max_batch,
+            metrics: metrics.clone(),
+            grpc_addr,
+            http_addr,
+        })
+    };
+    // In a mesh, gRPC and the page answer for the whole mesh.
+    let mesh_api = mesh_node.map(|node| {
+        Arc::new(MeshNode::coordinator(
+            node,
+            local_node(String::new(), String::new()),
+            s.model_path.clone(),
+            metrics.clone(),
+        ))
+    });
     let state = Arc::new(api::AppState {
+        mesh: mesh_api.clone(),
         tok: tok.clone(),
         submit,
         metrics: metrics.clone(),
@@ -220,22 +264,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|&v| v).await;
         };
+        let grpc_text = grpc_local.map(|a| a.to_string()).unwrap_or_default();
+        if let Some(m) = &mesh_api {
+            announce_services(m.runtime(), &grpc_text, &local.to_string()).await;
+        }
         let grpc_task = grpc_listener.map(|l| {
-            let node = LocalNode::new(LocalConfig {
-                id: "local".into(),
-                model: model.clone(),
-                tokenizer: tok.clone(),
-                model_path: s.model_path.clone(),
-                served_name: s.model_name.clone(),
-                ctx_size,
-                max_concurrent: s.limits.max_batch,
-                metrics: metrics.clone(),
-                grpc_addr: grpc_local.map(|a| a.to_string()).unwrap_or_default(),
-                http_addr: local.to_string(),
-            });
+            let api: Arc<dyn NodeApi> = match &mesh_api {
+                Some(m) => m.clone(),
+                None => Arc::new(local_node(grpc_text.clone(), local.to_string())),
+            };
             tokio::spawn(serve_grpc_on(
                 l,
-                Arc::new(node),
+                api,
                 s.api_keys.clone(),
                 stopped(stop.1.clone()),
             ))

@@ -1,0 +1,623 @@
+//! [`MeshNode`]: the [`NodeApi`] of a daemon in a mesh. It answers for the
+//! whole mesh: the plan in force (from the [`NodeRuntime`]), the peers'
+//! announced capabilities (addresses, RAM, budget, from the mesh's
+//! capabilities protocol), every member's state (from the plan handshake,
+//! kept in the runtime's roster), the bytes each one holds, and this node's
+//! own resident memory and data-plane traffic.
+//!
+//! On the coordinator, generations run on the local engine (as
+//! [`LocalNode`] does); a worker has no engine of its own and says where the
+//! coordinator is.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use dwarfstar_planner::{ActDType, Plan as MeshPlan};
+use dwarfstar_proto::v1::{
+    Addresses, Assignment, Capabilities, GenerateRequest, LoadReply, LoadRequest, NodeState,
+    NodeStatus, PeerInfo, PeersReply, Plan, PlanReply, PlanRequest, Role, StatusReply,
+};
+use serde_json::{json, Value};
+
+use super::grpc::{ApiError, EventStream, NodeApi};
+use super::local::{file_name, host_name, LocalNode};
+use super::plan_wire;
+use super::roster::{held_bytes, MemberState};
+use super::runtime::{node_caps, NodeRuntime};
+use super::traffic;
+use crate::serve::metrics::Metrics;
+
+/// A mesh daemon's Control service. See the module doc.
+pub struct MeshNode {
+    rt: Arc<NodeRuntime>,
+    /// The coordinator's local engine; None on a worker.
+    local: Option<LocalNode>,
+    /// The coordinator's model file.
+    model_path: Option<PathBuf>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("the mesh: {e}"))
+}
+
+/// Resident memory of this process (VmRSS), bytes; 0 where unknown.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The plan's layer count (its stages cover 0..n exactly).
+fn n_layer(plan: &MeshPlan) -> u32 {
+    plan.stages.last().map_or(0, |s| s.layers.end)
+}
+
+/// What `node` does under `plan`: coordinator, stage, experts (held for
+/// layers it does not run), or standby.
+fn roles(plan: &MeshPlan, node: &str) -> Vec<i32> {
+    let mut r = Vec::new();
+    if plan.coordinator == node {
+        r.push(Role::Coordinator as i32);
+    }
+    let runs: Vec<_> = plan.stages.iter().filter(|s| s.node == node).collect();
+    if !runs.is_empty() {
+        r.push(Role::Stage as i32);
+    }
+    let foreign = plan
+        .experts
+        .iter()
+        .filter(|e| e.node == node)
+        .any(|e| !runs.iter().any(|s| s.layers.contains(&e.layer)));
+    if foreign {
+        r.push(Role::Experts as i32);
+    }
+    if r.is_empty() {
+        r.push(Role::Standby as i32);
+    }
+    r
+}
+
+fn member_state(s: MemberState) -> NodeState {
+    match s {
+        MemberState::Loading => NodeState::Loading,
+        MemberState::Ready => NodeState::Ready,
+        MemberState::Failed => NodeState::Failed,
+    }
+}
+
+fn local_state(s: &str) -> NodeState {
+    match s {
+        "loading" => NodeState::Loading,
+        "ready" => NodeState::Ready,
+        "failed" => NodeState::Failed,
+        _ => NodeState::Idle,
+    }
+}
+
+impl MeshNode {
+    /// The coordinator's service: `local` runs generations on the whole
+    /// model it loaded from `model_path`.
+    pub fn coordinator(
+        rt: Arc<NodeRuntime>,
+        local: LocalNode,
+        model_path: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        MeshNode {
+            rt,
+            local: Some(local),
+            model_path: Some(model_path),
+            metrics: Some(metrics),
+        }
+    }
+
+    /// A worker's service: status, peers and plan, no generations.
+    pub fn worker(rt: Arc<NodeRuntime>) -> Self {
+        MeshNode {
+            rt,
+            local: None,
+            model_path: None,
+            metrics: None,
+        }
+    }
+
+    /// The node runtime this service answers for.
+    pub fn runtime(&self) -> &Arc<NodeRuntime> {
+        &self.rt
+    }
+
+    /// This node's announced capabilities, with its id and name.
+    fn local_caps(&self) -> Capabilities {
+        let mut c = self.rt.roster.local_caps().unwrap_or_default();
+        c.id = self.rt.me.clone();
+        if c.name.is_empty() {
+            c.name = host_name();
+        }
+        c
+    }
+
+    /// The coordinator's gRPC address, as it announced it.
+    async fn coordinator_addr(&self) -> Option<String> {
+        let plan = self.rt.status().plan?;
+        let peers = self.rt.mesh.peers().await.ok()?;
+        peers
+            .into_iter()
+            .find(|p| p.peer.to_string() == plan.coordinator)
+            .and_then(|p| p.caps)
+            .and_then(|c| c.addresses)
+            .map(|a| a.grpc)
+            .filter(|a| !a.is_empty())
+    }
+
+    fn worker_error(&self, what: &str, coordinator: Option<String>) -> ApiError {
+        ApiError::FailedPrecondition(match coordinator {
+            Some(a) => format!(
+                "this node is a mesh worker and {what}; ask the coordinator (meshctl --addr {a})"
+            ),
+            None => format!("this node is a mesh worker and {what}; ask the mesh's coordinator"),
+        })
+    }
+
+    /// The model file `name` names: the loaded one when empty, else a path
+    /// or a file in the models folder (with or without `.gguf`).
+    fn resolve_model(&self, name: &str) -> Result<PathBuf, ApiError> {
+        let dir = &self.rt.settings().models_dir;
+        let name = name.trim();
+        if name.is_empty() {
+            if let Some(p) = &self.model_path {
+                return Ok(p.clone());
+            }
+            return match self.rt.roster.model_file() {
+                Some(f) => Ok(dir.join(f)),
+                None => Err(ApiError::FailedPrecondition(
+                    "no model is loaded: name one to plan for".into(),
+                )),
+            };
+        }
+        [
+            PathBuf::from(name),
+            dir.join(name),
+            dir.join(format!("{name}.gguf")),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "model {name:?} not found (looked for the path, and in {})",
+                dir.display()
+            ))
+        })
+    }
+
+    /// A fresh plan over the nodes the mesh has now, not applied.
+    async fn preview(&self, req: &PlanRequest) -> Result<Plan, ApiError> {
+        if req.stages == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "stages must be at least 1".into(),
+            ));
+        }
+        let path = self.resolve_model(&req.model)?;
+        let mut nodes = vec![node_caps(&self.rt.me, &self.local_caps())];
+        for p in self.rt.mesh.peers().await.map_err(unavailable)? {
+            if let Some(c) = p.caps {
+                nodes.push(node_caps(&p.peer.to_string(), &c));
+            }
+        }
+        let shape = tokio::task::spawn_blocking(move || {
+            let f = dwarfstar_gguf::GgufFile::open(&path)
+                .map_err(|e| ApiError::InvalidArgument(format!("{}: {e}", path.display())))?;
+            dwarfstar_model::shape::model_shape(&f)
+                .map_err(|e| ApiError::InvalidArgument(format!("{}: {e}", path.display())))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let n_layer = shape.n_layer;
+        let version = self.rt.status().plan.map_or(0, |p| p.version) + 1;
+        let plan = dwarfstar_planner::plan(&dwarfstar_planner::PlanRequest {
+            model: shape,
+            nodes,
+            links: Vec::new(),
+            coordinator: self.rt.me.clone(),
+            version,
+            force_stages: req.stages,
+            expert_parallel: req.expert_parallel,
+            kv_tokens: self.rt.settings().limits.ctx_size as u64,
+            force_act_dtype: Some(ActDType::F32),
+        })
+        .map_err(|e| ApiError::ResourceExhausted(format!("planning: {e}")))?;
+        Ok(plan_wire::to_proto(&plan, n_layer))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeApi for MeshNode {
+    async fn status(&self) -> Result<StatusReply, ApiError> {
+        let me = self.rt.me.clone();
+        let st = self.rt.status();
+        let peers = self.rt.mesh.peers().await.map_err(unavailable)?;
+        let members = self.rt.roster.members();
+        let shape = self.rt.roster.shape();
+        let plan = st.plan.as_ref();
+        let wire = plan.map(|p| plan_wire::to_proto(p, n_layer(p)));
+        let model = self
+            .rt
+            .roster
+            .model_file()
+            .or_else(|| plan.map(|p| p.model.clone()))
+            .unwrap_or_default();
+
+        // This node, the plan's members in pipeline order, then the rest.
+        let mut ids = vec![me.clone()];
+        if let Some(p) = plan {
+            let nodes = std::iter::once(&p.coordinator)
+                .chain(p.stages.iter().map(|s| &s.node))
+                .chain(p.experts.iter().map(|e| &e.node));
+            for n in nodes {
+                if !ids.contains(n) {
+                    ids.push(n.clone());
+                }
+            }
+        }
+        for p in &peers {
+            let id = p.peer.to_string();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+
+        let mut nodes = Vec::new();
+        for id in ids {
+            let local = id == me;
+            let peer = peers.iter().find(|p| p.peer.to_string() == id);
+            let caps = if local {
+                Some(self.local_caps())
+            } else {
+                peer.and_then(|p| p.caps.clone())
+            };
+            let member = members.get(&id);
+            let in_plan = plan.is_some_and(|p| !roles(p, &id).contains(&(Role::Standby as i32)));
+            let (state, detail) = if local {
+                (local_state(&st.state), st.error.clone().unwrap_or_default())
+            } else if peer.is_none() {
+                (NodeState::Unreachable, "not connected".to_string())
+            } else if let Some(m) = member {
+                (member_state(m.state), m.detail.clone())
+            } else if caps.is_none() {
+                (NodeState::Joining, String::new())
+            } else {
+                (NodeState::Idle, String::new())
+            };
+            let mem_used = if local {
+                resident_bytes()
+            } else {
+                match (member.map(|m| m.bytes_loaded), plan, &shape) {
+                    (Some(b), _, _) if b > 0 => b,
+                    (_, Some(p), Some(s)) => held_bytes(s, p, &id),
+                    _ => 0,
+                }
+            };
+            let assignment = wire.as_ref().map(|w| Assignment {
+                stages: w.stages.iter().filter(|s| s.node == id).cloned().collect(),
+                experts: w.experts.iter().filter(|e| e.node == id).cloned().collect(),
+            });
+            let active = if local {
+                self.metrics.as_ref().map_or(0, |m| m.active.load(Relaxed)) as u32
+            } else {
+                0
+            };
+            nodes.push(NodeStatus {
+                id: id.clone(),
+                name: caps.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+                addresses: caps.as_ref().and_then(|c| c.addresses.clone()),
+                roles: plan.map(|p| roles(p, &id)).unwrap_or_default(),
+                assignment,
+                mem_used,
+                mem_budget: caps.as_ref().map_or(0, |c| c.mem_budget),
+                state: state as i32,
+                state_detail: detail,
+                model: if in_plan {
+                    model.clone()
+                } else {
+                    String::new()
+                },
+                plan_version: if in_plan {
+                    member.map_or(plan.map_or(0, |p| p.version), |m| m.plan_version)
+                } else {
+                    0
+                },
+                active_requests: active,
+                local,
+                version: caps.map(|c| c.version).unwrap_or_default(),
+                traffic: local.then(traffic::snapshot),
+            });
+        }
+        Ok(StatusReply {
+            node_id: me,
+            nodes,
+            model: if plan.is_some() { model } else { String::new() },
+            plan_version: plan.map_or(0, |p| p.version),
+        })
+    }
+
+    async fn peers(&self) -> Result<PeersReply, ApiError> {
+        let mut out = vec![PeerInfo {
+            id: self.rt.me.clone(),
+            local: true,
+            capabilities: Some(self.local_caps()),
+            connected: true,
+            discovered_by: "local".into(),
+            ..Default::default()
+        }];
+        let peers = self.rt.mesh.peers().await.map_err(unavailable)?;
+        let now = now_ms();
+        for p in &peers {
+            let id = p.peer.to_string();
+            out.push(PeerInfo {
+                capabilities: p.caps.clone().map(|mut c| {
+                    c.id = id.clone();
+                    c
+                }),
+                id,
+                local: false,
+                connected: true,
+                latency_s: p.rtt.map_or(0.0, |d| d.as_secs_f64()),
+                bandwidth_bps: 0.0,
+                discovered_by: "mesh".into(),
+                last_seen_unix_ms: now,
+            });
+        }
+        // Plan members the mesh has lost.
+        if let Some(plan) = self.rt.status().plan {
+            for s in &plan.stages {
+                if !out.iter().any(|p| p.id == s.node) {
+                    out.push(PeerInfo {
+                        id: s.node.clone(),
+                        discovered_by: "plan".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(PeersReply { peers: out })
+    }
+
+    async fn plan(&self, req: PlanRequest) -> Result<PlanReply, ApiError> {
+        if req.preview {
+            return Ok(PlanReply {
+                plan: Some(self.preview(&req).await?),
+                applied: false,
+            });
+        }
+        Ok(PlanReply {
+            plan: self
+                .rt
+                .status()
+                .plan
+                .map(|p| plan_wire::to_proto(&p, n_layer(&p))),
+            applied: true,
+        })
+    }
+
+    async fn load_model(&self, req: LoadRequest) -> Result<LoadReply, ApiError> {
+        if self.local.is_none() {
+            let at = self.coordinator_addr().await;
+            return Err(self.worker_error("does not load models", at));
+        }
+        if req.stages == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "stages must be at least 1".into(),
+            ));
+        }
+        let path = self.resolve_model(&req.model)?;
+        let plan = self.rt.status().plan.ok_or_else(|| {
+            ApiError::FailedPrecondition("the mesh has no plan in force yet".into())
+        })?;
+        let same_file = match (&self.model_path, path.canonicalize()) {
+            (Some(m), Ok(p)) => m.canonicalize().is_ok_and(|m| m == p),
+            _ => false,
+        };
+        let same_stages = req.stages.is_none_or(|s| s as usize == plan.stages.len());
+        let same_experts = !req.expert_parallel
+            || plan
+                .experts
+                .iter()
+                .map(|e| &e.node)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 1;
+        if !(same_file && same_stages && same_experts) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "this mesh serves {} under plan v{} ({} stages); it plans when its coordinator \
+                 starts: restart `dwarfstar serve --model {} --stages N` on the coordinator to \
+                 serve another model or split",
+                self.model_path
+                    .as_deref()
+                    .map(file_name)
+                    .unwrap_or_default(),
+                plan.version,
+                plan.stages.len(),
+                path.display()
+            )));
+        }
+        Ok(LoadReply {
+            model: self
+                .model_path
+                .as_deref()
+                .map(file_name)
+                .unwrap_or_default(),
+            plan: Some(plan_wire::to_proto(&plan, n_layer(&plan))),
+            load_ms: 0,
+            unchanged: true,
+        })
+    }
+
+    async fn generate(&self, req: GenerateRequest) -> Result<EventStream, ApiError> {
+        match &self.local {
+            Some(l) => l.generate(req).await,
+            None => {
+                let at = self.coordinator_addr().await;
+                Err(self.worker_error("does not generate", at))
+            }
+        }
+    }
+}
+
+/// Announces where this node's gRPC and HTTP services listen (in its
+/// capabilities, pushed to every peer), once they are bound.
+pub async fn announce_services(rt: &NodeRuntime, grpc: &str, http: &str) {
+    let mut caps = rt.roster.local_caps().unwrap_or_default();
+    let a = caps.addresses.get_or_insert_with(Addresses::default);
+    a.grpc = grpc.to_string();
+    a.http = http.to_string();
+    rt.roster.set_local_caps(caps.clone());
+    if let Err(e) = rt.mesh.set_local_caps(caps).await {
+        tracing::warn!("announcing this node's addresses: {e}");
+    }
+}
+
+/// A status answer as the chat page's `/v1/status` shows it under `mesh`.
+pub fn status_json(r: &StatusReply) -> Value {
+    let state = |s: i32| {
+        NodeState::try_from(s).map_or("unknown".to_string(), |s| {
+            s.as_str_name()
+                .trim_start_matches("NODE_STATE_")
+                .to_lowercase()
+        })
+    };
+    let role = |r: &i32| {
+        Role::try_from(*r).map_or("unknown".to_string(), |r| {
+            r.as_str_name().trim_start_matches("ROLE_").to_lowercase()
+        })
+    };
+    let nodes: Vec<Value> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let a = n.assignment.clone().unwrap_or_default();
+            let addr = n.addresses.clone().unwrap_or_default();
+            json!({
+                "id": n.id,
+                "name": n.name,
+                "local": n.local,
+                "roles": n.roles.iter().map(role).collect::<Vec<_>>(),
+                "layers": a.stages.iter().map(|s| json!({
+                    "start": s.layer_start, "end": s.layer_end,
+                    "embed": s.holds_embed, "output": s.holds_output,
+                })).collect::<Vec<_>>(),
+                "experts": a.experts.iter().map(|e| e.experts.len()).sum::<usize>(),
+                "mem_used": n.mem_used,
+                "mem_budget": n.mem_budget,
+                "state": state(n.state),
+                "state_detail": n.state_detail,
+                "addresses": { "grpc": addr.grpc, "http": addr.http, "quic": addr.quic },
+            })
+        })
+        .collect();
+    json!({
+        "node_id": r.node_id,
+        "model": r.model,
+        "plan_version": r.plan_version,
+        "nodes": nodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dwarfstar_planner::{ExpertShard, Stage};
+
+    fn plan() -> MeshPlan {
+        MeshPlan {
+            version: 2,
+            model: "m".into(),
+            coordinator: "a".into(),
+            stages: vec![
+                Stage {
+                    node: "a".into(),
+                    layers: 0..2,
+                    holds_embed: true,
+                    holds_output: false,
+                },
+                Stage {
+                    node: "b".into(),
+                    layers: 2..4,
+                    holds_embed: false,
+                    holds_output: true,
+                },
+            ],
+            experts: vec![
+                ExpertShard {
+                    node: "a".into(),
+                    layer: 1,
+                    experts: vec![0],
+                },
+                ExpertShard {
+                    node: "c".into(),
+                    layer: 1,
+                    experts: vec![1],
+                },
+            ],
+            activation_dtype: ActDType::F32,
+            predicted_tokens_per_s: 1.0,
+            predicted_paging: vec![],
+            output_node: "b".into(),
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_plan() {
+        let p = plan();
+        assert_eq!(
+            roles(&p, "a"),
+            vec![Role::Coordinator as i32, Role::Stage as i32]
+        );
+        assert_eq!(roles(&p, "b"), vec![Role::Stage as i32]);
+        assert_eq!(roles(&p, "c"), vec![Role::Experts as i32]);
+        assert_eq!(roles(&p, "d"), vec![Role::Standby as i32]);
+        assert_eq!(n_layer(&p), 4);
+    }
+
+    #[test]
+    fn the_page_json_names_states_and_roles() {
+        let r = StatusReply {
+            node_id: "a".into(),
+            nodes: vec![NodeStatus {
+                id: "a".into(),
+                local: true,
+                roles: vec![Role::Coordinator as i32],
+                state: NodeState::Ready as i32,
+                assignment: Some(Assignment {
+                    stages: vec![dwarfstar_proto::v1::Stage {
+                        node: "a".into(),
+                        layer_start: 0,
+                        layer_end: 15,
+                        holds_embed: true,
+                        holds_output: false,
+                    }],
+                    experts: vec![],
+                }),
+                ..Default::default()
+            }],
+            model: "m.gguf".into(),
+            plan_version: 2,
+        };
+        let j = status_json(&r);
+        assert_eq!(j["nodes"][0]["state"], "ready");
+        assert_eq!(j["nodes"][0]["roles"][0], "coordinator");
+        assert_eq!(j["nodes"][0]["layers"][0]["end"], 15);
+        assert!(resident_bytes() > 0);
+    }
+}
