@@ -23,6 +23,7 @@ pub mod v1 {
                 DType::Unspecified => None,
                 DType::F32 => Some(4),
                 DType::F16 | DType::Bf16 => Some(2),
+                DType::U8 => Some(1),
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`event_loop`]: the one task owning the Swarm, fed `Command`s by [`MeshHandle`]s.
 //! - [`quic`]: the quinn data plane (pinned certs, secret binding, connection reuse).
 //! - [`codec`] (sans-IO) and [`stream`]: frames on QUIC streams, with limits.
+//! - [`shard`]: shard transfer (manifests and BLAKE3-checked byte ranges of model files).
 //! - [`sysinfo`]: RAM/cores/disk probes and a cached self-benchmark helper for capabilities.
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ pub mod identity;
 mod protocol;
 pub mod quic;
 pub mod secret;
+pub mod shard;
 pub mod stream;
 pub mod sysinfo;
 pub mod wire;

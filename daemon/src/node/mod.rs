@@ -8,6 +8,7 @@
 //! - [`plan_wire`]: plans as nodes exchange them, checked;
 //! - [`mesh_serve`]: `dwarfstar serve` in a mesh: flags, joining, coordinating;
 //! - [`runtime`]: the event loop, the plan handshake, roles;
+//! - [`shards`]: fetching a plan's share of a model file from a peer holding it;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
 //! - [`local`]: the single-machine `NodeApi` over the local engine;
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod plan_wire;
 pub mod roster;
 pub mod runtime;
+pub mod shards;
 pub mod traffic;
 pub mod transport;
 

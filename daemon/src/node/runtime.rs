@@ -25,7 +25,8 @@ use super::error::{NodeError, Result};
 use super::pipeline::{Hop, StageHost, StageLimits, StageWorker};
 use super::plan_wire;
 use super::roster::{held_bytes, MemberState, Roster};
-use super::transport::{serve_stream, MeshExperts, QuicHop, Roles};
+use super::shards::{self, ShardHost};
+use super::transport::{MeshExperts, QuicHop, Roles};
 
 /// What a node needs to take a share of a plan.
 #[derive(Clone, Debug)]
@@ -65,6 +66,8 @@ pub struct NodeRuntime {
     roles: Arc<RwLock<Arc<Roles>>>,
     settings: NodeSettings,
     status: Mutex<NodeStatus>,
+    /// The model files this node serves to peers that lack them.
+    shards: Arc<ShardHost>,
     /// The plan's members as this node knows them (status answers).
     pub roster: Roster,
 }
@@ -90,6 +93,7 @@ impl NodeRuntime {
             me,
             rt,
             roles: Arc::default(),
+            shards: ShardHost::new(settings.models_dir.clone()),
             settings,
             status: Mutex::new(NodeStatus {
                 state: "idle".into(),
@@ -122,7 +126,7 @@ impl NodeRuntime {
             while let Some(ev) = events.recv().await {
                 match ev {
                     MeshEvent::IncomingStream(_, s) => {
-                        tokio::spawn(serve_stream(s, me.roles.clone()));
+                        tokio::spawn(shards::route(s, me.roles.clone(), me.shards.clone()));
                     }
                     MeshEvent::ControlRequest(p, req, resp) => {
                         tokio::spawn(me.clone().on_control(p, req, resp));
@@ -296,18 +300,27 @@ impl NodeRuntime {
         let name = Path::new(&info.name)
             .file_name()
             .ok_or_else(|| NodeError::BadRequest(format!("model name '{}'", info.name)))?;
-        let path = self.settings.models_dir.join(name);
-        let size = std::fs::metadata(&path)
-            .map_err(|e| {
-                NodeError::NotReady(format!("model {} not found here: {e}", path.display()))
-            })?
-            .len();
-        if size != info.size {
-            return Err(NodeError::NotReady(format!(
-                "model {} here has {size} bytes, the coordinator's has {}",
-                path.display(),
-                info.size
-            )));
+        let mut path = self.settings.models_dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() != info.size => {
+                return Err(NodeError::NotReady(format!(
+                    "model {} here has {} bytes, the coordinator's has {}",
+                    path.display(),
+                    meta.len(),
+                    info.size
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // Not here: fetch this node's share from a peer holding the file.
+                let dir = &self.settings.models_dir;
+                let f = shards::fetch_share(&self.mesh, &self.rt, dir, &self.me, p)?;
+                println!(
+                    "dwarfstar mesh: fetched {} bytes of {} (share {} bytes) in {:.2} s",
+                    f.bytes, info.name, f.share_bytes, f.seconds
+                );
+                path = f.path;
+            }
         }
         let (model, _) = Model::open(&path, &[])?;
         let plan = plan_wire::from_proto(wire, model.n_layer() as u32)?;
@@ -456,6 +469,7 @@ impl NodeRuntime {
         version: u64,
     ) -> Result<(Plan, Applied)> {
         let t = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+        self.shards.offer(path);
         let deadline = Instant::now() + opts.wait;
         let mut caps: Vec<NodeCaps> = Vec::new();
         let mut members: Vec<dwarfstar_mesh::Capabilities> = Vec::new();

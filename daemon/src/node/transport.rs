@@ -3,7 +3,7 @@
 //! - [`QuicHop`]: a [`Hop`] to the next stage's node, one stream per step;
 //! - [`MeshExperts`]: an [`ExpertDispatch`] sending expert batches to their
 //!   holders, one stream per batch, answered while local experts run;
-//! - [`serve_stream`]: the receiving side, which answers one request frame
+//! - [`serve_frame`]: the receiving side, which answers one request frame
 //!   per stream with what this node's [`Roles`] compute, or an ERROR frame.
 //!
 //! Model work runs on blocking threads (`spawn_blocking`); the async side
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use dwarfstar_mesh::{FrameStream, MeshHandle, PeerId};
+use dwarfstar_mesh::{Frame, FrameStream, MeshHandle, PeerId};
 use dwarfstar_model::{ExpertBatch, ExpertDispatch, ExpertTicket, Model, ModelError};
 use dwarfstar_proto::v1::{DType, FrameHeader, FrameKind};
 use tokio::runtime::Handle;
@@ -151,17 +151,10 @@ pub struct Roles {
     pub experts: Option<Arc<Model>>,
 }
 
-/// Answers the request on one incoming stream.
-pub async fn serve_stream(mut s: FrameStream, roles: Arc<RwLock<Arc<Roles>>>) {
+/// Answers the request `frame`, the first frame of an incoming stream
+/// (read by [`super::shards::route`], which sends shard requests elsewhere).
+pub async fn serve_frame(mut s: FrameStream, frame: Frame, roles: Arc<RwLock<Arc<Roles>>>) {
     let peer = s.peer;
-    let frame = match s.recv.recv_frame().await {
-        Ok(Some(f)) => f,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!("peer {peer} sent a bad frame: {e}");
-            return;
-        }
-    };
     traffic::served_in(&frame.header, frame.payload.len());
     let roles = roles.read().unwrap_or_else(|e| e.into_inner()).clone();
     let (h, p) = frame_answer(frame.header, frame.payload, roles).await;
