@@ -128,13 +128,13 @@ fn bad_files_are_refused_with_their_reason() {
     for at in [good.len() / 2, kv_file::HEADER_BYTES as usize + 4, 20] {
         let mut b = good.clone();
         b[at] ^= 0x10;
-        let e = restore(&m, &b, cap).err().expect("refused");
+        let e = restore(&m, &b, cap).expect_err("refused");
         assert!(matches!(e, KvFileError::Checksum), "byte {at}: {e}");
         assert!(e.to_string().contains("checksum"), "{e}");
     }
     // Truncated, padded, empty, wrong magic, another version.
     for b in [&good[..good.len() - 1], &good[..100], &good[..30]] {
-        let e = restore(&m, b, cap).err().expect("refused");
+        let e = restore(&m, b, cap).expect_err("refused");
         assert!(matches!(e, KvFileError::Length { .. }), "{e}");
         assert!(e.to_string().contains("truncated"), "{e}");
     }
@@ -168,7 +168,7 @@ fn bad_files_are_refused_with_their_reason() {
     // Foreign: another architecture, and the same file with one metadata
     // value overridden (same shapes, other numbers).
     let gemma = &load(GEMMA3).model;
-    let e = restore(gemma, &good, cap).err().expect("refused");
+    let e = restore(gemma, &good, cap).expect_err("refused");
     assert!(matches!(e, KvFileError::Foreign { .. }), "{e}");
     assert!(e.to_string().contains("another model"), "{e}");
     let over = [("llama.rope.freq_base".to_string(), Value::F32(20000.0))];
@@ -179,7 +179,7 @@ fn bad_files_are_refused_with_their_reason() {
     ));
     // Same model, another cache type.
     let q8 = model(KvType::Q8_0);
-    let e = restore(&q8, &good, cap).err().expect("refused");
+    let e = restore(&q8, &good, cap).expect_err("refused");
     assert!(matches!(e, KvFileError::Mismatch(_)), "{e}");
 }
 
@@ -292,5 +292,103 @@ fn run_with_a_kv_cache_dir_restores_the_prompt_on_the_second_run() {
     let (_, e3) = run_cli(&dir, &other);
     assert!(e3.contains("kv cache: restored "), "{e3}");
     assert!(!e3.contains("restored 0 of"), "{e3}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `dwarfstar serve --config CFG` on a free port; its base URL.
+fn serve(cfg: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--config",
+        ])
+        .arg(cfg)
+        .env("DWARFSTAR_LOG", "warn")
+        .env_remove("DWARFSTAR_API_KEYS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reads");
+    let at = line
+        .find("http://")
+        .unwrap_or_else(|| panic!("no address: {line}"));
+    let base = line[at..]
+        .split_whitespace()
+        .next()
+        .expect("url")
+        .to_string();
+    (child, base)
+}
+
+/// A greedy completion of `prompt`: (text, cached prompt tokens).
+fn complete(base: &str, prompt: &str) -> (String, u64) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into();
+    let body = serde_json::json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+    let mut r = agent
+        .post(format!("{base}/v1/completions"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .expect("answered");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON");
+    let text = v["choices"][0]["text"].as_str().expect("text").to_string();
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    (text, cached)
+}
+
+#[test]
+fn serve_restores_a_saved_prompt_after_a_restart() {
+    let dir = tmp_dir("serve");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let cfg = dir.join("serve.toml");
+    let kv = dir.join("kv");
+    // No memory prefix cache: a hit can only come from disk.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\npath = {:?}\nkv_cache_dir = {:?}\nkv_cache_size = \"256MiB\"\n[limits]\nprefix_cache_entries = 0\n",
+            model_path(SMOLLM2),
+            kv
+        ),
+    )
+    .expect("writes");
+    let (mut a, base) = serve(&cfg);
+    let (first, cached) = complete(&base, TEXT);
+    assert_eq!(cached, 0);
+    // Saving runs on its own thread: wait for the file.
+    let t = std::time::Instant::now();
+    let saved = || {
+        std::fs::read_dir(&kv).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".dskv"))
+                .count()
+        })
+    };
+    while saved() == 0 {
+        assert!(t.elapsed().as_secs() < 60, "no KV file saved");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = a.kill();
+    let _ = a.wait();
+    let (mut b, base) = serve(&cfg);
+    let (second, cached) = complete(&base, TEXT);
+    let _ = b.kill();
+    let _ = b.wait();
+    assert!(cached >= 48, "{cached} tokens restored");
+    assert_eq!(first, second);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -67,6 +67,12 @@ pub struct ModelConfig {
     pub override_kv: Vec<String>,
     /// How KV caches store rows: f32, f16, q8_0 or q4_0 (dense models).
     pub kv_type: Option<String>,
+    /// Directory of saved KV caches: prompts restore their longest saved
+    /// prefix from it when the memory prefix cache misses, and sequences
+    /// of at least 64 tokens are saved there (dense and DeepSeek2 models).
+    pub kv_cache_dir: Option<PathBuf>,
+    /// Disk space for `kv_cache_dir`, e.g. "2GiB" (the default).
+    pub kv_cache_size: Option<String>,
 }
 
 /// `[limits]`: budgets of the scheduler.
@@ -139,6 +145,8 @@ pub struct Settings {
     pub override_kv: Vec<String>,
     pub kv_type: dwarfstar_model::KvType,
     pub limits: LimitsConfig,
+    /// `[model] kv_cache_dir` and its budget in bytes.
+    pub kv_cache: Option<(PathBuf, u64)>,
 }
 
 impl FileConfig {
@@ -253,7 +261,17 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
             .map_err(|e| anyhow::anyhow!("kv_type: {e}"))?,
         None => dwarfstar_model::KvType::default(),
     };
+    let kv_cache = match model.kv_cache_dir {
+        Some(dir) => {
+            let size = model.kv_cache_size.as_deref().unwrap_or("2GiB");
+            let bytes = dwarfstar_model::store::parse_size(size)
+                .map_err(|e| anyhow::anyhow!("[model] kv_cache_size: {e}"))?;
+            Some((dir, bytes))
+        }
+        None => None,
+    };
     Ok(Settings {
+        kv_cache,
         addr,
         grpc_addr,
         grpc_explicit,
@@ -373,5 +391,19 @@ mod tests {
             ..flags("m.gguf")
         };
         assert!(resolve(FileConfig::default(), zero, None).is_err());
+    }
+
+    #[test]
+    fn kv_cache_dir_and_size_come_from_the_model_section() {
+        let with = |extra: &str| {
+            let f = FileConfig::parse(&format!("[model]\npath = \"m.gguf\"\n{extra}")).unwrap();
+            resolve(f, Overrides::default(), None)
+        };
+        let s = with("kv_cache_dir = \"/var/kv\"\nkv_cache_size = \"1MiB\"\n").unwrap();
+        assert_eq!(s.kv_cache, Some((PathBuf::from("/var/kv"), 1 << 20)));
+        let s = with("kv_cache_dir = \"/var/kv\"\n").unwrap();
+        assert_eq!(s.kv_cache.map(|k| k.1), Some(2 << 30));
+        assert_eq!(with("").unwrap().kv_cache, None);
+        assert!(with("kv_cache_dir = \"d\"\nkv_cache_size = \"lots\"\n").is_err());
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+pub mod kv_disk;
 pub mod metrics;
 pub mod openai;
 pub mod prefix;
@@ -196,7 +197,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
             cfg.cache_entries = 0;
             spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
         }
-        None => spawn_engine(Scheduler::new(model.clone(), cfg, eog, rx, metrics.clone()))?,
+        None => match &s.kv_cache {
+            Some((dir, bytes)) => {
+                let backend = kv_disk::DiskCached::open(model.clone(), dir, *bytes)?;
+                spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
+            }
+            None => spawn_engine(Scheduler::new(model.clone(), cfg, eog, rx, metrics.clone()))?,
+        },
     };
 
     let local_node = |grpc_addr: String, http_addr: String| {

@@ -10,6 +10,8 @@
 //! channel. A request whose receiver is gone (client disconnected, or it saw
 //! a stop string) is dropped at the next step; the state of every sequence
 //! that ends goes into the [`PrefixCache`] for later prompts sharing its start.
+//! A backend with a disk cache ([`Backend::load_prefix`]) is asked on a
+//! miss, and offered every ended sequence's state.
 //!
 //! The logic is generic over [`Backend`] so tests can drive it with a fake
 //! model and no sockets; the real backend is [`dwarfstar_model::Model`].
@@ -41,6 +43,14 @@ pub trait Backend {
         &self,
         items: &mut [(&[u32], &mut Self::State, bool)],
     ) -> Result<Vec<Vec<f32>>, String>;
+    /// A saved state of the longest prefix of `prompt` (holding at most
+    /// `capacity` positions) and its length, from a disk cache; None
+    /// without one.
+    fn load_prefix(&self, _prompt: &[u32], _capacity: usize) -> Option<(Self::State, usize)> {
+        None
+    }
+    /// Offers the state of `tokens` to a disk cache (which may skip it).
+    fn save_prefix(&self, _tokens: &[u32], _s: &Self::State) {}
 }
 
 impl Backend for Model {
@@ -288,8 +298,23 @@ impl<B: Backend> Scheduler<B> {
                 (s, len)
             }
             None => {
-                self.metrics.prefix_misses.fetch_add(1, Relaxed);
-                (self.backend.new_state(self.cfg.ctx_size), 0)
+                let disk = self
+                    .backend
+                    .load_prefix(&r.prompt, self.cfg.ctx_size)
+                    .filter(|&(_, len)| len.min(n - 1) >= self.cfg.min_prefix.max(1));
+                match disk {
+                    Some((mut s, len)) => {
+                        let len = len.min(n - 1);
+                        self.backend.truncate(&mut s, len);
+                        self.metrics.prefix_hits.fetch_add(1, Relaxed);
+                        self.metrics.prefix_tokens.fetch_add(len as u64, Relaxed);
+                        (s, len)
+                    }
+                    None => {
+                        self.metrics.prefix_misses.fetch_add(1, Relaxed);
+                        (self.backend.new_state(self.cfg.ctx_size), 0)
+                    }
+                }
             }
         };
         let _ = r.events.send(Event::Started {
@@ -415,6 +440,9 @@ impl<B: Backend> Scheduler<B> {
             self.active = keep;
             for mut s in ended {
                 let len = self.backend.state_len(&s.state);
+                if len > 0 {
+                    self.backend.save_prefix(&s.history[..len], &s.state);
+                }
                 if len > 0 && self.cfg.cache_entries > 0 {
                     self.backend.compact(&mut s.state);
                     let bytes = self.backend.state_bytes(&s.state);
