@@ -445,39 +445,63 @@ fn a_daemon_with_the_wrong_secret_is_not_admitted() {
     assert!(err.contains("1 of 2 nodes joined"), "{err}");
 }
 
+/// Starts a worker whose models folder is empty and a coordinator of `model`
+/// (with `extra` flags) dialing it; checks the worker's partial file and
+/// that the split model answers as one machine does. Returns the plan line,
+/// the bytes the worker fetched and the file's size.
+fn worker_fetches_its_share(model: &Path, extra: &[&str]) -> (String, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = model.parent().unwrap();
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let empty = TempDir::new("empty-models");
+    let worker = start("wf", "team-secret", &empty.0, None, &[]);
+    let t0 = std::time::Instant::now();
+    let mut args = vec!["--mesh-nodes", "2", "--peer", &worker.mesh];
+    args.extend(extra);
+    let coord = start("cf", "team-secret", dir, Some(model), &args);
+    let loaded_s = t0.elapsed().as_secs_f64();
+    let plan = coord.plan.clone().unwrap();
+
+    let size = std::fs::metadata(model).unwrap().len();
+    let shards = empty.0.join(".shards");
+    let side = std::fs::read(shards.join(format!("{name}.ranges.json"))).unwrap();
+    let side: Value = serde_json::from_slice(&side).unwrap();
+    let fetched = side["bytes"].as_u64().unwrap();
+    let part = std::fs::metadata(shards.join(name)).unwrap();
+    eprintln!(
+        "{name}: fetched {fetched} of {size} bytes ({:.0}%), {} bytes on disk; plan to ready in {loaded_s:.2} s",
+        100.0 * fetched as f64 / size as f64,
+        part.blocks() * 512
+    );
+    assert!(fetched > 0 && fetched < size, "{fetched} of {size}");
+    assert_eq!(part.len(), size, "the partial file keeps the layout");
+    assert!(part.blocks() * 512 < size, "the partial file is sparse");
+    assert!(
+        !empty.0.join(name).exists(),
+        "a partial file is never a model of the folder"
+    );
+
+    let n = 12;
+    let want = run_greedy(model, PROMPT, n);
+    let stem = model.file_stem().unwrap().to_str().unwrap();
+    let got = complete(coord.http.as_ref().unwrap(), stem, PROMPT, n);
+    let text = got["choices"][0]["text"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert!(
+        want.starts_with(text) || text == want,
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    (plan, fetched, size)
+}
+
 /// A worker whose models folder is empty fetches, from the coordinator, only
 /// the pieces of the file its stage reads (BLAKE3-checked, into a sparse file
 /// under `.shards/`), and the split model still answers as one machine does.
 #[test]
 fn a_worker_without_the_model_fetches_only_its_share() {
-    use std::os::unix::fs::MetadataExt;
     let model = model_path(SMOLLM2);
-    let dir = model.parent().unwrap();
-    let empty = TempDir::new("empty-models");
-    let worker = start("wf", "team-secret", &empty.0, None, &[]);
-    let t0 = std::time::Instant::now();
-    let coord = start(
-        "cf",
-        "team-secret",
-        dir,
-        Some(&model),
-        &["--mesh-nodes", "2", "--stages", "2", "--peer", &worker.mesh],
-    );
-    let loaded_s = t0.elapsed().as_secs_f64();
-    let plan = coord.plan.clone().unwrap();
+    let (plan, fetched, size) = worker_fetches_its_share(&model, &["--stages", "2"]);
     assert_eq!(stages(&plan), 2, "{plan}");
-
-    let size = std::fs::metadata(&model).unwrap().len();
-    let shards = empty.0.join(".shards");
-    let side = std::fs::read(shards.join(format!("{SMOLLM2}.ranges.json"))).unwrap();
-    let side: Value = serde_json::from_slice(&side).unwrap();
-    let fetched = side["bytes"].as_u64().unwrap();
-    let part = std::fs::metadata(shards.join(SMOLLM2)).unwrap();
-    eprintln!(
-        "fetched {fetched} of {size} bytes ({:.0}%), {} bytes on disk; plan to ready in {loaded_s:.2} s",
-        100.0 * fetched as f64 / size as f64,
-        part.blocks() * 512
-    );
     // At least the header and the worker's layers (the second stage), less
     // than the file (the first stage's layers are never fetched).
     let layers = plan
@@ -502,24 +526,18 @@ fn a_worker_without_the_model_fetches_only_its_share() {
         .map(|t| t.n_bytes)
         .sum();
     assert!(
-        fetched >= f.data_offset() + of_layers && fetched < size,
+        fetched >= f.data_offset() + of_layers,
         "{fetched} of {size}; layers {layers:?} are {of_layers} bytes"
     );
-    assert_eq!(part.len(), size, "the partial file keeps the layout");
-    assert!(part.blocks() * 512 < size, "the partial file is sparse");
-    assert!(
-        !empty.0.join(SMOLLM2).exists(),
-        "a partial file is never a model of the folder"
-    );
+}
 
-    let n = 12;
-    let want = run_greedy(&model, PROMPT, n);
-    let name = model.file_stem().unwrap().to_str().unwrap();
-    let got = complete(coord.http.as_ref().unwrap(), name, PROMPT, n);
-    let text = got["choices"][0]["text"].as_str().unwrap();
-    assert!(!text.is_empty());
-    assert!(
-        want.starts_with(text) || text == want,
-        "mesh: {text:?}\none machine: {want:?}"
-    );
+/// An expert holder without the model fetches its routed experts' slices of
+/// the stacked expert tensors, not the layers the coordinator runs.
+#[test]
+fn an_expert_holder_without_the_model_fetches_only_its_experts() {
+    let m = fixtures().join("tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");
+    let (plan, fetched, size) =
+        worker_fetches_its_share(&m, &["--stages", "1", "--expert-parallel"]);
+    assert!(plan.contains("experts on 2 node(s)"), "{plan}");
+    assert!(fetched < size / 2, "{fetched} of {size}");
 }
