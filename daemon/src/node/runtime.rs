@@ -201,13 +201,21 @@ impl NodeRuntime {
             .map_or(0, |s| held_bytes(&s, plan, node))
     }
 
-    /// Reads the shape of the model file `name` (in the models folder) for
-    /// status answers; a file it cannot read leaves the shape unknown.
+    /// Reads the shape of the model file `name` (in the models folder, or
+    /// the partial copy of a fetched share under its `.shards/`) for status
+    /// answers; a file it cannot read leaves the shape unknown.
     fn learn_shape(&self, name: &str) {
         let Some(file) = Path::new(name).file_name() else {
             return;
         };
-        let path = self.settings.models_dir.join(file);
+        let dir = &self.settings.models_dir;
+        let path = [
+            dir.join(file),
+            dir.join(super::shards::SHARDS_DIR).join(file),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(file));
         match dwarfstar_gguf::GgufFile::open(&path)
             .map_err(|e| e.to_string())
             .and_then(|f| dwarfstar_model::shape::model_shape(&f).map_err(|e| e.to_string()))
