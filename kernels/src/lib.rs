@@ -19,8 +19,8 @@
 pub mod dispatch;
 pub mod matmul;
 pub mod ops;
-pub mod quants;
 pub mod quantize;
+pub mod quants;
 pub mod simd;
 pub mod types;
 

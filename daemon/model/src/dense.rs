@@ -20,8 +20,8 @@ use crate::deepseek2::repack;
 use crate::error::{ModelError, Result};
 use crate::hparams::HParams;
 use crate::kv::{KvCache, KvType};
-use crate::store::{WeightBytes, WeightStore};
 use crate::observe::{MatIndex, MatmulObserver};
+use crate::store::{WeightBytes, WeightStore};
 use crate::weights::{DenseWeights, Weight};
 
 /// A loaded dense model: the mapped file, its hyper-parameters and weights.
@@ -190,8 +190,13 @@ impl DenseModel {
     /// Embeds `tokens` into `n × n_embd` hidden states.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let e = self.hp.n_embd;
-        let mut x =
-            crate::batch::embed_rows(&self.w.tok_embd, self.store.resident(), tokens, self.hp.n_vocab, e)?;
+        let mut x = crate::batch::embed_rows(
+            &self.w.tok_embd,
+            self.store.resident(),
+            tokens,
+            self.hp.n_vocab,
+            e,
+        )?;
         if self.spec.scale_embeddings {
             let s = (e as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);

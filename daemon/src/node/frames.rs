@@ -33,15 +33,15 @@ pub fn encode_rows(values: &[f32], dtype: DType) -> Bytes {
 /// The f32 values of a payload declared as `dtype`.
 pub fn decode_rows(payload: &[u8], dtype: i32) -> Result<Vec<f32>> {
     match DType::try_from(dtype) {
-        Ok(DType::F32) if payload.len() % 4 == 0 => Ok(payload
+        Ok(DType::F32) if payload.len().is_multiple_of(4) => Ok(payload
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()),
-        Ok(DType::F16) if payload.len() % 2 == 0 => Ok(payload
+        Ok(DType::F16) if payload.len().is_multiple_of(2) => Ok(payload
             .chunks_exact(2)
             .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
             .collect()),
-        Ok(DType::Bf16) if payload.len() % 2 == 0 => Ok(payload
+        Ok(DType::Bf16) if payload.len().is_multiple_of(2) => Ok(payload
             .chunks_exact(2)
             .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
             .collect()),

@@ -134,13 +134,9 @@ impl StageHost {
     }
 
     /// Sequences held now.
+    #[cfg(test)]
     pub fn n_seqs(&self) -> usize {
         self.seqs.len()
-    }
-
-    /// Cache bytes held now.
-    pub fn state_bytes(&self) -> usize {
-        self.seqs.values().map(|s| s.bytes()).sum()
     }
 
     /// Checks a step a peer sent before anything runs.

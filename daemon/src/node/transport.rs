@@ -197,7 +197,7 @@ fn answer(h: &FrameHeader, payload: &[u8], roles: &Roles) -> Result<(FrameHeader
             let (version, rows) = (step.plan_version, step.output_rows().len());
             let answer = stage.handle(step)?;
             // Logits, or final hidden rows for a coordinator holding the head.
-            let per_row = if rows == 0 { 1 } else { answer.len() / rows };
+            let per_row = answer.len().checked_div(rows).unwrap_or(1);
             Ok(frames::logits_frame(
                 h.request_id,
                 version,

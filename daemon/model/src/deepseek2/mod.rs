@@ -27,9 +27,9 @@ use dwarfstar_gguf::GgufFile;
 use dwarfstar_kernels::{matmul, ops};
 
 use crate::error::{ModelError, Result};
-use crate::store::{WeightBytes, WeightStore};
 use crate::observe::{MatIndex, MatmulObserver};
 use crate::stage::{ExpertBatch, ExpertDispatch};
+use crate::store::{WeightBytes, WeightStore};
 use crate::weights::Weight;
 
 pub use hparams::{Ds2HParams, Gating, MoeParams};
