@@ -2,9 +2,10 @@
 //! reference files.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use dwarfstar_gguf::{GgufFile, Value};
 use dwarfstar_model::Model;
 use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
 
@@ -87,4 +88,41 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Loads `file` once per case with that metadata key set to the value (or
+/// removed, for `None`) and asserts the load fails with an error naming the
+/// key; the untouched file must load.
+pub fn assert_each_bad_key_is_named(file: &Path, cases: &[(&str, Option<Value>)]) {
+    for (key, value) in cases {
+        let mut f = GgufFile::open(file).unwrap();
+        match value {
+            Some(v) => {
+                f.set(*key, v.clone());
+            }
+            None => {
+                f.metadata_mut().remove(key);
+            }
+        }
+        let err = match Model::load(Arc::new(f)) {
+            Ok(_) => panic!("{key} = {value:?} was accepted"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key),
+            "{key} = {value:?}: error does not name the key: {msg}"
+        );
+    }
+    // The untouched file loads.
+    assert!(Model::load(Arc::new(GgufFile::open(file).unwrap())).is_ok());
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect()
 }

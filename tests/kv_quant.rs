@@ -44,15 +44,8 @@ fn run_case(model_file: &str, dir: &str, case: &str, ty: KvType) -> Outcome {
     let m = load_exact(model_file);
     let fx = fixtures().join(dir);
     let j = read_json(&fx.join(format!("{case}.json")));
-    let ids = |k: &str| -> Vec<u32> {
-        j[k].as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_u64().expect("id") as u32)
-            .collect()
-    };
-    let prompt = ids("prompt_ids");
-    let expected = ids("generated_ids");
+    let prompt = ids(&j["prompt_ids"]);
+    let expected = ids(&j["generated_ids"]);
     let steps = j["steps"].as_array().expect("steps");
     let cap = prompt.len() + expected.len() + 1;
 

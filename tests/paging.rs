@@ -22,12 +22,7 @@ fn tiny(label: &str) -> PathBuf {
 
 fn prompt() -> Vec<u32> {
     let j = read_json(&fixtures().join("tiny-deepseek-v3/tiny-dsv3.summary.json"));
-    j["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
+    ids(&j["tokens"])
 }
 
 fn open(path: &Path, exact: bool) -> Model {

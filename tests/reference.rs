@@ -18,15 +18,8 @@ fn check_case(model_file: &str, dir: &str, case: &str) {
     let m = load_exact(model_file);
     let fx = fixtures().join(dir);
     let j = read_json(&fx.join(format!("{case}.json")));
-    let ids = |k: &str| -> Vec<u32> {
-        j[k].as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_u64().expect("id") as u32)
-            .collect()
-    };
-    let prompt = ids("prompt_ids");
-    let expected = ids("generated_ids");
+    let prompt = ids(&j["prompt_ids"]);
+    let expected = ids(&j["generated_ids"]);
     // The prompt, tokenized by us, is llama.cpp's.
     let text = j["prompt_text"].as_str().expect("prompt_text");
     assert_eq!(

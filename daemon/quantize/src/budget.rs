@@ -69,30 +69,10 @@ fn padded(n: u64) -> u64 {
     n.div_ceil(32) * 32
 }
 
-/// Parses `80GiB`, `512M`, `1.5TB`, `123456`: K/M/G/T and KiB.. are powers
-/// of 1024, KB/MB/GB/TB powers of 1000, no unit (or B) bytes.
+/// Parses `80GiB`, `512M`, `1.5TB`, `123456` as `--mem-budget` does
+/// ([`dwarfstar_model::store::parse_size`]).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let x: f64 = num
-        .parse()
-        .map_err(|_| QuantizeError::BadSize(s.to_string()))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024f64,
-        "m" | "mib" => 1024f64.powi(2),
-        "g" | "gib" => 1024f64.powi(3),
-        "t" | "tib" => 1024f64.powi(4),
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        _ => return Err(QuantizeError::BadSize(s.to_string())),
-    };
-    Ok((x * mult) as u64)
+    dwarfstar_model::store::parse_size(s).map_err(|_| QuantizeError::BadSize(s.to_string()))
 }
 
 /// Per-expert importance inputs of one candidate.

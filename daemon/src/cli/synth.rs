@@ -58,27 +58,13 @@ pub struct SynthArgs {
     pub threads: Option<usize>,
 }
 
-/// Parses `40MiB`, `4GiB`, `1.5G`, `512M`, `1000000` (K/M/G/T are binary).
+/// Parses `40MiB`, `4GiB`, `1.5G`, `1000000` as `--mem-budget` does; a
+/// file needs at least one byte.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mul = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => return Err(format!("bad size unit {u:?} in {s:?}")),
-    };
-    let bytes = v * mul as f64;
-    if !(1.0..1e15).contains(&bytes) {
-        return Err(format!("size {s:?} out of range"));
+    match dwarfstar_model::store::parse_size(s)? {
+        0 => Err(format!("size {s:?} out of range")),
+        b => Ok(b),
     }
-    Ok(bytes as u64)
 }
 
 fn parse_type(s: &str) -> Result<GgmlType, String> {

@@ -96,23 +96,10 @@ fn multiaddr(s: &str) -> Result<Multiaddr> {
     Ok(format!("{ip}/tcp/{}", a.port()).parse()?)
 }
 
-/// Parses sizes such as `6GiB`, `512MiB`, `2G` or a byte count.
+/// Parses sizes such as `6GiB`, `512MiB`, `2G` or a byte count, as
+/// `--mem-budget` does.
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("size '{s}'"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => bail!("size '{s}': unknown unit '{u}'"),
-    };
-    Ok((n * mult as f64) as u64)
+    dwarfstar_model::store::parse_size(s).map_err(anyhow::Error::msg)
 }
 
 /// A short measure of this machine's f32 multiply-add rate (GFLOP/s).
