@@ -202,6 +202,8 @@ fn stages(plan: &str) -> usize {
 }
 
 const PROMPT: &str = "The three primary colors are";
+const LONG_PROMPT: &str = "You are a helpful assistant for a small team. Answer briefly and \
+                           plainly. Question: what are the three primary colors? Answer:";
 
 /// `n_nodes` daemons, the coordinator dialing the others, `extra` flags on
 /// the coordinator; the split model's greedy text equals one machine's.
@@ -228,6 +230,14 @@ fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> Str
         "mesh: {text:?}\none machine: {want:?}"
     );
     assert!(!text.is_empty());
+    // A long prompt twice: the second time its start comes from the prefix
+    // cache, forked on every stage, and the continuation is the same.
+    let first = complete(coord.http.as_ref().unwrap(), name, LONG_PROMPT, 6);
+    let again = complete(coord.http.as_ref().unwrap(), name, LONG_PROMPT, 6);
+    assert_eq!(first["choices"][0]["text"], again["choices"][0]["text"]);
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(cached(&first), Some(0), "{first}");
+    assert!(cached(&again) >= Some(16), "{again}");
     check_mesh_status(&coord, &workers, n_nodes, model);
     coord.plan.clone().unwrap()
 }

@@ -199,8 +199,12 @@ impl Backend for DistBackend {
         }
     }
 
+    /// What the sequence holds across the whole pipeline: its positions'
+    /// keys and values on every stage (at least the coordinator's own
+    /// layers), so the prefix cache's byte bound covers the mesh.
     fn state_bytes(&self, s: &DistSeq) -> usize {
-        s.local.bytes()
+        let all = self.model.kv_bytes_per_token().saturating_mul(s.len);
+        all.max(s.local.bytes())
     }
 
     fn forward_batch(

@@ -268,7 +268,7 @@ pub fn run_worker(
     rt.block_on(async {
         let limits = StageLimits {
             ctx_size: 8192,
-            max_seqs: 64,
+            max_seqs: super::pipeline::STAGE_MAX_SEQS,
         };
         let grpc = worker_grpc(grpc_listen, &api_keys).await?;
         let node = join(args, secret, models_dir(args, None), limits).await?;

@@ -86,6 +86,11 @@ pub trait Hop: Send + Sync {
     fn release(&self, seqs: &[u64]);
 }
 
+/// Sequences a stage holds at once: the coordinator's running batch, the
+/// prefix cache's entries (kept alive on every stage) and releases not yet
+/// delivered. Coordinator and workers use the same bound.
+pub const STAGE_MAX_SEQS: usize = 256;
+
 /// Limits a stage enforces on what peers ask of it.
 #[derive(Clone, Copy, Debug)]
 pub struct StageLimits {

@@ -188,3 +188,98 @@ fn released_sequences_free_their_stage_caches() {
     d.forward_batch(&mut [(&[5], &mut b, false)]).unwrap();
     assert_eq!(last.host.lock().unwrap().n_seqs(), 1);
 }
+
+/// Runs `prompts` one after another through a scheduler with a prefix
+/// cache over `b`: each request's cached prompt tokens and greedy tokens.
+fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>)> {
+    use crate::serve::metrics::Metrics;
+    use crate::serve::scheduler::{queue, Event, GenRequest, SchedConfig, Scheduler};
+    let metrics = Arc::new(Metrics::new());
+    let (sub, rx) = queue(4, metrics.clone());
+    let cfg = SchedConfig {
+        max_batch: 4,
+        prefill_chunk: 8,
+        ctx_size: 64,
+        cache_entries: 2,
+        cache_bytes: 64 << 20,
+        min_prefix: 4,
+    };
+    let eog = vec![false; 1 << 17];
+    let mut s = Scheduler::new(b, cfg, eog, rx, metrics);
+    let mut out = Vec::new();
+    for p in prompts {
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        sub.submit(GenRequest {
+            prompt: p.clone(),
+            max_tokens: 6,
+            sampler: dwarfstar_model::SamplerConfig::greedy(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            ignore_eos: true,
+            events: tx,
+        })
+        .unwrap();
+        loop {
+            s.admit(false);
+            if s.active() == 0 {
+                break;
+            }
+            s.step();
+        }
+        let (mut cached, mut toks) = (usize::MAX, Vec::new());
+        while let Ok(e) = events.try_recv() {
+            match e {
+                Event::Started { cached_tokens } => cached = cached_tokens,
+                Event::Token(t) => toks.push(t),
+                Event::Failed(f) => panic!("request failed: {f}"),
+                Event::Done(_) => {}
+            }
+        }
+        out.push((cached, toks));
+    }
+    out
+}
+
+/// The prefix cache over a split pipeline: a prompt sharing a cached
+/// sequence's start forks it on every stage and continues from there, with
+/// the tokens one node gives; the cached source stays alive on the stages
+/// until the cache lets it go.
+#[test]
+fn a_cached_prefix_is_reused_across_the_pipeline() {
+    let m = tiny_v3();
+    let n = m.n_layer();
+    let last = Arc::new(StageWorker {
+        host: Mutex::new(StageHost::new(m.clone(), 1..n, true, 7, LIMITS).unwrap()),
+        next: None,
+    });
+    let d = DistBackend::new(
+        m.clone(),
+        0..1,
+        Some(last.clone() as Arc<dyn Hop>),
+        false,
+        7,
+    );
+    let system: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
+    let with = |tail: &[u32]| [system.as_slice(), tail].concat();
+    let prompts = vec![
+        with(&[5, 6]),
+        with(&[7, 8, 9]),
+        with(&[7, 8, 9]),
+        vec![3, 1, 4, 1, 5, 9, 2, 6],
+        vec![2, 7, 1, 8, 2, 8, 1, 8],
+    ];
+    let want = serve_in_turn(m.clone(), &prompts);
+    let got = serve_in_turn(d, &prompts);
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g.1, w.1, "request {i}: tokens differ from one node");
+        assert_eq!(g.0, w.0, "request {i}: cached tokens differ from one node");
+    }
+    // The shared start came from the cache, and the whole prompt the third time.
+    assert_eq!(got[1].0, system.len());
+    assert_eq!(got[2].0, prompts[2].len() - 1);
+    assert_eq!(got[3].0, 0);
+    // Five sequences ran; the stage kept only what the two-entry cache
+    // holds, plus the one it evicted last (released with the next step).
+    let held = last.host.lock().unwrap().n_seqs();
+    assert!((2..=3).contains(&held), "the stage holds {held} sequences");
+}

@@ -184,7 +184,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Some(secret) => {
             let limits = crate::node::pipeline::StageLimits {
                 ctx_size,
-                max_seqs: s.limits.max_batch * 4,
+                max_seqs: crate::node::pipeline::STAGE_MAX_SEQS,
             };
             let (node, backend) = rt.block_on(crate::node::mesh_serve::coordinate(
                 &a.mesh,
@@ -193,8 +193,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 limits,
             ))?;
             mesh_node = Some(node);
-            // Stages would need a cached prefix's source state kept alive.
-            cfg.cache_entries = 0;
+            // A cached prefix stays alive on every stage as a sequence of
+            // its own, so the cache shares the stages' sequence slots with
+            // the running batch (and releases in flight).
+            cfg.cache_entries = cfg
+                .cache_entries
+                .min(crate::node::pipeline::STAGE_MAX_SEQS.saturating_sub(2 * cfg.max_batch));
+            if s.kv_cache.is_some() {
+                tracing::warn!(
+                    "kv_cache_dir is not used in mesh mode: each stage would need its own files; \
+                     prefixes are reused from memory only"
+                );
+            }
             spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
         }
         None => match &s.kv_cache {
