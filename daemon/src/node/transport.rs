@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use dwarfstar_mesh::{Frame, FrameStream, MeshHandle, PeerId};
+use dwarfstar_mesh::{Frame, FrameReceiver, FrameStream, MeshHandle, PeerId};
 use dwarfstar_model::{ExpertBatch, ExpertDispatch, ExpertTicket, Model, ModelError};
 use dwarfstar_proto::v1::{DType, FrameHeader, FrameKind};
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
 use super::error::{NodeError, Result};
 use super::frames;
@@ -33,18 +32,25 @@ fn next_request_id() -> u64 {
     REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Sends one request frame on a fresh stream to `peer` and reads the answer.
-async fn exchange(
+/// Sends one request frame on a fresh stream to `peer`; the answer comes on
+/// the returned receiver.
+async fn send_request(
     mesh: &MeshHandle,
     peer: PeerId,
     h: FrameHeader,
     payload: Bytes,
-) -> Result<(FrameHeader, Bytes)> {
+) -> Result<FrameReceiver> {
     let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
-    let (mut tx, mut rx) = mesh.open_stream(peer).await.map_err(|e| t(&e))?;
+    let (mut tx, rx) = mesh.open_stream(peer).await.map_err(|e| t(&e))?;
     traffic::sent(&h, payload.len());
     tx.send_frame(&h, payload).await.map_err(|e| t(&e))?;
     tx.finish().map_err(|e| t(&e))?;
+    Ok(rx)
+}
+
+/// Reads the answer to a request [`send_request`] sent.
+async fn read_answer(mut rx: FrameReceiver, peer: PeerId) -> Result<(FrameHeader, Bytes)> {
+    let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
     match rx.recv_frame().await.map_err(|e| t(&e))? {
         Some(f) => {
             traffic::answered(&f.header, f.payload.len());
@@ -52,6 +58,17 @@ async fn exchange(
         }
         None => Err(t(&"stream closed without an answer")),
     }
+}
+
+/// Sends one request frame on a fresh stream to `peer` and reads the answer.
+async fn exchange(
+    mesh: &MeshHandle,
+    peer: PeerId,
+    h: FrameHeader,
+    payload: Bytes,
+) -> Result<(FrameHeader, Bytes)> {
+    let rx = send_request(mesh, peer, h, payload).await?;
+    read_answer(rx, peer).await
 }
 
 /// The next pipeline stage, on another node.
@@ -93,18 +110,23 @@ pub struct MeshExperts {
     pub dtype: DType,
 }
 
+/// An expert batch on its way: the request is sent, the answer not read.
+/// The model thread drives both halves itself (`block_on`), so a round
+/// trip costs no hand-over to a runtime worker and back.
 struct Pending {
     rt: Handle,
-    task: JoinHandle<Result<Vec<f32>>>,
+    peer: PeerId,
+    rx: FrameReceiver,
 }
 
 impl ExpertTicket for Pending {
     fn wait(self: Box<Self>) -> dwarfstar_model::Result<Vec<f32>> {
-        match self.rt.block_on(self.task) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ModelError::Invalid(format!("remote experts: {e}"))),
-            Err(e) => Err(ModelError::Invalid(format!("remote experts: {e}"))),
-        }
+        let Pending { rt, peer, rx } = *self;
+        rt.block_on(async move {
+            let (ah, ap) = read_answer(rx, peer).await?;
+            frames::answer_rows(&ah, &ap, FrameKind::ExpertResult, &peer.to_string())
+        })
+        .map_err(|e| ModelError::Invalid(format!("remote experts: {e}")))
     }
 }
 
@@ -130,14 +152,14 @@ impl ExpertDispatch for MeshExperts {
             &batch,
             self.dtype,
         );
-        let mesh = self.mesh.clone();
-        let task = self.rt.spawn(async move {
-            let (ah, ap) = exchange(&mesh, peer, h, p).await?;
-            frames::answer_rows(&ah, &ap, FrameKind::ExpertResult, &peer.to_string())
-        });
+        let rx = self
+            .rt
+            .block_on(send_request(&self.mesh, peer, h, p))
+            .map_err(|e| ModelError::Invalid(format!("remote experts: {e}")))?;
         Ok(Box::new(Pending {
             rt: self.rt.clone(),
-            task,
+            peer,
+            rx,
         }))
     }
 }
@@ -168,7 +190,20 @@ pub async fn serve_frame(mut s: FrameStream, frame: Frame, roles: Arc<RwLock<Arc
 
 async fn frame_answer(h: FrameHeader, payload: Bytes, roles: Arc<Roles>) -> (FrameHeader, Bytes) {
     let (id, version) = (h.request_id, h.plan_version);
-    let r = tokio::task::spawn_blocking(move || answer(&h, &payload, &roles)).await;
+    // On a multi-threaded runtime the work starts at once on this thread
+    // (the runtime moves its other tasks elsewhere): a hand-over to a
+    // blocking thread and back costs tens of microseconds per round trip,
+    // as much as a small expert batch's compute.
+    let multi = Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+    let r = if multi {
+        let run = std::panic::AssertUnwindSafe(|| answer(&h, &payload, &roles));
+        tokio::task::block_in_place(|| std::panic::catch_unwind(run))
+            .map_err(|_| "the model panicked".to_string())
+    } else {
+        tokio::task::spawn_blocking(move || answer(&h, &payload, &roles))
+            .await
+            .map_err(|e| e.to_string())
+    };
     match r {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {

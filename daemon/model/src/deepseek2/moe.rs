@@ -115,7 +115,7 @@ fn expert(cx: &Ctx<'_>, w: &MoeWeights, e: usize, x: &[f32], m: usize) -> Result
 
 /// The MoE FFN (routed plus shared experts) of layer `il` over the
 /// normalised rows `x` (`n × n_embd`). Experts other nodes hold go to them
-/// first ([`Ctx::remote`]) and run while the local ones do.
+/// first ([`Ctx::remote`]) and run while the local and shared ones do.
 pub(crate) fn moe_ffn(
     cx: &Ctx<'_>,
     p: &MoeParams,
@@ -208,6 +208,12 @@ pub(crate) fn moe_ffn(
         let y = expert(cx, w, e, &xe, list.len())?;
         place(&mut slots, list, &y);
     }
+    // The shared experts run while remote answers are on their way; their
+    // output is still added last, so the sums do not depend on the split.
+    let shared = match &w.shared {
+        Some(sh) => Some(mlp(cx, sh, x, n)?),
+        None => None,
+    };
     for (ticket, es) in tickets {
         let y = ticket.wait()?;
         let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
@@ -232,8 +238,7 @@ pub(crate) fn moe_ffn(
             ops::add_assign(o, &slots[(t * k + s) * d..(t * k + s + 1) * d]);
         }
     }
-    if let Some(sh) = &w.shared {
-        let y = mlp(cx, sh, x, n)?;
+    if let Some(y) = shared {
         ops::add_assign(&mut out, &y);
     }
     Ok(out)
