@@ -239,7 +239,56 @@ fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> Str
     assert_eq!(cached(&first), Some(0), "{first}");
     assert!(cached(&again) >= Some(16), "{again}");
     check_mesh_status(&coord, &workers, n_nodes, model);
+    // Control's Generate (`meshctl generate`) on the coordinator runs the
+    // plan too: its frame count grows, and the text is one machine's.
+    let grpc = coord.grpc.as_str();
+    let before = frames_sent(grpc);
+    let done = generate_json(grpc, PROMPT, n as u32);
+    assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
+    assert!(
+        frames_sent(grpc) > before,
+        "Generate did not go through the mesh"
+    );
     coord.plan.clone().unwrap()
+}
+
+/// Request frames the daemon at `grpc` has sent to its peers.
+fn frames_sent(grpc: &str) -> u64 {
+    let r = status(grpc);
+    let me = r
+        .nodes
+        .iter()
+        .find(|n| n.local)
+        .expect("the answering node");
+    me.traffic.as_ref().map_or(0, |t| t.frames_sent)
+}
+
+/// A greedy Control Generate of `n` tokens: its Done JSON.
+fn generate_json(grpc: &str, prompt: &str, n: u32) -> Value {
+    use dwarfstar_proto::v1::{generate_event::Event, GenerateRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = dwarfstar_proto::v1::control_client::ControlClient::connect(grpc.to_string())
+            .await
+            .unwrap();
+        let req = GenerateRequest {
+            prompt: Some(prompt.into()),
+            n: Some(n),
+            temp: Some(0.0),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut events = c.generate(req).await.unwrap().into_inner();
+        while let Some(ev) = events.message().await.unwrap() {
+            if let Some(Event::Done(d)) = ev.event {
+                return serde_json::from_str(&d.json).unwrap();
+            }
+        }
+        panic!("Generate ended without Done");
+    })
 }
 
 /// One Control call on a daemon, on a runtime of its own.

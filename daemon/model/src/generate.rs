@@ -144,21 +144,49 @@ impl<'a> StopScan<'a> {
     }
 }
 
+/// One sequence's forward pass, which [`generate`] drives: a whole
+/// [`Model`] here, or a model split over machines (the daemon's pipeline).
+pub trait Forward {
+    type State;
+    /// Positions `s` holds.
+    fn state_len(&self, s: &Self::State) -> usize;
+    /// Forgets every position from `len` on.
+    fn truncate(&self, s: &mut Self::State, len: usize);
+    /// Runs `tokens` after what `s` holds: the last token's logits.
+    fn forward_last(&self, tokens: &[u32], s: &mut Self::State) -> Result<Vec<f32>>;
+}
+
+impl Forward for Model {
+    type State = SeqState;
+
+    fn state_len(&self, s: &SeqState) -> usize {
+        s.len()
+    }
+
+    fn truncate(&self, s: &mut SeqState, len: usize) {
+        s.truncate(len)
+    }
+
+    fn forward_last(&self, tokens: &[u32], s: &mut SeqState) -> Result<Vec<f32>> {
+        self.forward(tokens, s, false)
+    }
+}
+
 /// Runs `prompt` then generates. `state` may already hold a prefix of the
 /// prompt (its first `state.len()` tokens are skipped). `on_step` returns
 /// false to cancel.
-pub fn generate(
-    model: &Model,
+pub fn generate<F: Forward + ?Sized>(
+    model: &F,
     tok: &Tokenizer,
-    state: &mut SeqState,
+    state: &mut F::State,
     prompt: &[u32],
     params: &GenerateParams,
     mut on_step: impl FnMut(&Step) -> bool,
 ) -> Result<Generation> {
     let t0 = std::time::Instant::now();
-    let done = state.len().min(prompt.len().saturating_sub(1));
-    state.truncate(done);
-    let mut logits = model.forward(&prompt[done..], state, false)?;
+    let done = model.state_len(state).min(prompt.len().saturating_sub(1));
+    model.truncate(state, done);
+    let mut logits = model.forward_last(&prompt[done..], state)?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut sampler = Sampler::new(params.sampler.clone());
@@ -217,7 +245,7 @@ pub fn generate(
             break;
         }
         if i + 1 < params.max_tokens {
-            logits = model.forward(&[token], state, false)?;
+            logits = model.forward_last(&[token], state)?;
         }
     }
     if out.finish != FinishReason::Stop || scan.stops.is_empty() {

@@ -43,6 +43,7 @@ use dwarfstar_gguf::GgufFile;
 
 pub use dense::{DenseModel, SeqBatch};
 pub use error::{ModelError, Result};
+pub use generate::Forward;
 pub use kv::{KvCache, KvType};
 pub use observe::{MatIndex, MatmulObserver};
 pub use sampler::{Sampler, SamplerConfig};

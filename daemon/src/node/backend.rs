@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dwarfstar_model::{Model, SeqState};
+use dwarfstar_model::{Forward, Model, ModelError, SeqState};
 
 use super::pipeline::{Hop, Span, Step, Want};
 use crate::serve::scheduler::Backend;
@@ -40,7 +40,10 @@ impl Drop for DistSeq {
     }
 }
 
-/// The coordinator's model share and the way to the other stages.
+/// The coordinator's model share and the way to the other stages. Clones
+/// share the sequence ids and the release list, so the scheduler and the
+/// Control service's generations can drive one pipeline side by side.
+#[derive(Clone)]
 pub struct DistBackend {
     model: Arc<Model>,
     local: Range<usize>,
@@ -48,7 +51,7 @@ pub struct DistBackend {
     /// The output head is here (the pipeline returns final hidden rows).
     holds_output: bool,
     plan_version: u64,
-    ids: AtomicU64,
+    ids: Arc<AtomicU64>,
     released: Arc<Released>,
 }
 
@@ -69,7 +72,7 @@ impl DistBackend {
             next,
             holds_output: holds_output || next_is_none,
             plan_version,
-            ids: AtomicU64::new(1),
+            ids: Arc::new(AtomicU64::new(1)),
             released: Arc::default(),
         }
     }
@@ -212,5 +215,26 @@ impl Backend for DistBackend {
         items: &mut [(&[u32], &mut DistSeq, bool)],
     ) -> Result<Vec<Vec<f32>>, String> {
         self.step(items)
+    }
+}
+
+/// One sequence at a time through the pipeline, for [`dwarfstar_model::generate`].
+impl Forward for DistBackend {
+    type State = DistSeq;
+
+    fn state_len(&self, s: &DistSeq) -> usize {
+        Backend::state_len(self, s)
+    }
+
+    fn truncate(&self, s: &mut DistSeq, len: usize) {
+        Backend::truncate(self, s, len)
+    }
+
+    fn forward_last(&self, tokens: &[u32], s: &mut DistSeq) -> dwarfstar_model::Result<Vec<f32>> {
+        let mut out = self
+            .step(&mut [(tokens, s, false)])
+            .map_err(ModelError::Invalid)?;
+        out.pop()
+            .ok_or_else(|| ModelError::Invalid("the pipeline returned no logits".into()))
     }
 }

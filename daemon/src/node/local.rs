@@ -19,6 +19,7 @@ use dwarfstar_proto::v1::{
 };
 use tokio::sync::Semaphore;
 
+use super::backend::DistBackend;
 use super::grpc::{ApiError, EventStream, NodeApi};
 use crate::cli::run::{encode_prompt, json_output};
 use crate::serve::metrics::Metrics;
@@ -76,6 +77,9 @@ pub struct LocalConfig {
     pub metrics: Arc<Metrics>,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// On a mesh coordinator: generations run through the plan's pipeline
+    /// (the same one the HTTP API's scheduler drives), not the local model.
+    pub pipeline: Option<DistBackend>,
 }
 
 /// One node that holds the whole model. See the module doc.
@@ -298,14 +302,15 @@ impl LocalNode {
 /// Runs `job` to the end on the calling (kernel pool) thread, sending events.
 fn run_job(
     model: &Model,
+    pipeline: Option<&DistBackend>,
     tok: &dwarfstar_tokenizer::Tokenizer,
     job: Job,
     tx: &tokio::sync::mpsc::UnboundedSender<Result<GenerateEvent, ApiError>>,
 ) -> Result<Done, ApiError> {
-    let mut state = model.new_state(job.prompt.len() + job.params.max_tokens + 1);
+    let capacity = job.prompt.len() + job.params.max_tokens + 1;
     let mut index = 0u32;
     let mut tail = String::new();
-    let g = generate(model, tok, &mut state, &job.prompt, &job.params, |step| {
+    let on_step = |step: &dwarfstar_model::generate::Step| {
         if tx.is_closed() {
             return false; // the client is gone
         }
@@ -321,7 +326,17 @@ fn run_job(
         });
         index += 1;
         tx.send(Ok(GenerateEvent { event: Some(ev) })).is_ok()
-    })
+    };
+    let g = match pipeline {
+        Some(p) => {
+            let mut state = Backend::new_state(p, capacity);
+            generate(p, tok, &mut state, &job.prompt, &job.params, on_step)
+        }
+        None => {
+            let mut state = model.new_state(capacity);
+            generate(model, tok, &mut state, &job.prompt, &job.params, on_step)
+        }
+    }
     .map_err(|e| ApiError::Internal(format!("generation failed: {e}")))?;
     let stop_reason = match g.finish {
         FinishReason::Length => "length",
@@ -462,6 +477,7 @@ impl NodeApi for LocalNode {
             .map_err(|_| ApiError::Unavailable("the node is shutting down".into()))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let model = self.cfg.model.clone();
+        let pipeline = self.cfg.pipeline.clone();
         let tok = self.cfg.tokenizer.clone();
         let active = self.active.clone();
         active.fetch_add(1, Relaxed);
@@ -469,8 +485,10 @@ impl NodeApi for LocalNode {
         // matmuls fork there instead of waking the pool from outside.
         rayon::spawn(move || {
             let _permit = permit;
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&model, &tok, job, &tx)))
-                .unwrap_or_else(|_| Err(ApiError::Internal("generation panicked".into())));
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run_job(&model, pipeline.as_ref(), &tok, job, &tx)
+            }))
+            .unwrap_or_else(|_| Err(ApiError::Internal("generation panicked".into())));
             let ev = r.map(|done| GenerateEvent {
                 event: Some(generate_event::Event::Done(done)),
             });

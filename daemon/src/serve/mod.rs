@@ -179,6 +179,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         min_prefix: 16,
     };
     let mut mesh_node = None;
+    let mut pipeline = None;
     let engine = match secret {
         // In a mesh, this node coordinates the model over the plan's nodes.
         Some(secret) => {
@@ -193,6 +194,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 limits,
             ))?;
             mesh_node = Some(node);
+            pipeline = Some(backend.clone());
             // A cached prefix stays alive on every stage as a sequence of
             // its own, so the cache shares the stages' sequence slots with
             // the running batch (and releases in flight).
@@ -228,6 +230,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             metrics: metrics.clone(),
             grpc_addr,
             http_addr,
+            pipeline: pipeline.clone(),
         })
     };
     // In a mesh, gRPC and the page answer for the whole mesh.
