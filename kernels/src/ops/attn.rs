@@ -42,10 +42,58 @@ fn dot_kq_portable(q: &[f32], k: &[f32]) -> f32 {
     s
 }
 
+/// [`dot_kq_portable`] in AVX2 registers: ggml's 16-lane accumulator `j`
+/// is the register pair `lo[j]`/`hi[j]`, each lane fused-multiply-added
+/// exactly as the portable loop does, so the sum is the same to the bit.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn dot_kq_fma(q: &[f32], k: &[f32]) -> f32 {
-    dot_kq_portable(q, k)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_kq_avx2(q: &[f32], k: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(k.len());
+    let np = n & !63;
+    let mut lo = [_mm256_setzero_ps(); 4];
+    let mut hi = [_mm256_setzero_ps(); 4];
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let mut i = 0;
+    while i < np {
+        for j in 0..4 {
+            let o = i + 16 * j;
+            // SAFETY: o + 16 <= np <= n, within both slices.
+            let (q0, k0, q1, k1) = unsafe {
+                (
+                    _mm256_loadu_ps(qp.add(o)),
+                    _mm256_loadu_ps(kp.add(o)),
+                    _mm256_loadu_ps(qp.add(o + 8)),
+                    _mm256_loadu_ps(kp.add(o + 8)),
+                )
+            };
+            lo[j] = _mm256_fmadd_ps(q0, k0, lo[j]);
+            hi[j] = _mm256_fmadd_ps(q1, k1, hi[j]);
+        }
+        i += 64;
+    }
+    let tlo = _mm256_add_ps(_mm256_add_ps(lo[0], lo[2]), _mm256_add_ps(lo[1], lo[3]));
+    let thi = _mm256_add_ps(_mm256_add_ps(hi[0], hi[2]), _mm256_add_ps(hi[1], hi[3]));
+    let mut t = [0f32; 16];
+    // SAFETY: `t` holds the 16 lanes stored.
+    unsafe {
+        _mm256_storeu_ps(t.as_mut_ptr(), tlo);
+        _mm256_storeu_ps(t.as_mut_ptr().add(8), thi);
+    }
+    let mut s = reduce16(&t);
+    for at in np..n {
+        s += q[at] * k[at];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
 }
 
 /// `q·k` summed as `ggml_vec_dot_f32` does.
@@ -53,9 +101,9 @@ unsafe fn dot_kq_fma(q: &[f32], k: &[f32]) -> f32 {
 pub fn dot_kq(q: &[f32], k: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::exp::fma_available() {
-            // SAFETY: FMA was detected at run time.
-            return unsafe { dot_kq_fma(q, k) };
+        if avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { dot_kq_avx2(q, k) };
         }
     }
     dot_kq_portable(q, k)
@@ -137,6 +185,26 @@ pub fn weighted_sum_v<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SIMD dot is the portable one to the bit, whole steps and tails.
+    #[test]
+    fn simd_dot_equals_the_portable_dot() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        for n in [0, 1, 7, 63, 64, 65, 128, 136, 192, 576] {
+            for _ in 0..20 {
+                let q: Vec<f32> = (0..n).map(|_| next()).collect();
+                let k: Vec<f32> = (0..n).map(|_| next()).collect();
+                let want = dot_kq_portable(&q, &k);
+                assert_eq!(dot_kq(&q, &k).to_bits(), want.to_bits(), "n = {n}");
+            }
+        }
+    }
 
     #[test]
     fn dot_and_weighted_sum_agree_with_plain_sums() {
