@@ -266,28 +266,22 @@ fn frames_sent(grpc: &str) -> u64 {
 /// A greedy Control Generate of `n` tokens: its Done JSON.
 fn generate_json(grpc: &str, prompt: &str, n: u32) -> Value {
     use dwarfstar_proto::v1::{generate_event::Event, GenerateRequest};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = dwarfstar_proto::v1::control_client::ControlClient::connect(grpc.to_string())
-            .await
-            .unwrap();
-        let req = GenerateRequest {
-            prompt: Some(prompt.into()),
-            n: Some(n),
-            temp: Some(0.0),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let mut events = c.generate(req).await.unwrap().into_inner();
-        while let Some(ev) = events.message().await.unwrap() {
+    let req = GenerateRequest {
+        prompt: Some(prompt.into()),
+        n: Some(n),
+        temp: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    control(grpc, async |c| {
+        let mut events = c.generate(req).await?.into_inner();
+        while let Some(ev) = events.message().await? {
             if let Some(Event::Done(d)) = ev.event {
-                return serde_json::from_str(&d.json).unwrap();
+                let v: Value = serde_json::from_str(&d.json).unwrap();
+                return Ok(tonic::Response::new(v));
             }
         }
-        panic!("Generate ended without Done");
+        Err(tonic::Status::data_loss("Generate ended without Done"))
     })
 }
 

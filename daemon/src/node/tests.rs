@@ -164,21 +164,20 @@ fn stages_refuse_bad_steps() {
     assert!(StageHost::new(m.clone(), 2..99, true, 7, LIMITS).is_err());
 }
 
+/// Tiny V3 with layer 0 on the coordinator and the rest on one stage.
+fn coordinator_and_last_stage(m: &Arc<Model>) -> (DistBackend, Arc<StageWorker>) {
+    let last = Arc::new(StageWorker {
+        host: Mutex::new(StageHost::new(m.clone(), 1..m.n_layer(), true, 7, LIMITS).unwrap()),
+        next: None,
+    });
+    let next = Some(last.clone() as Arc<dyn Hop>);
+    (DistBackend::new(m.clone(), 0..1, next, false, 7), last)
+}
+
 #[test]
 fn released_sequences_free_their_stage_caches() {
     let m = tiny_v3();
-    let n = m.n_layer();
-    let last = Arc::new(StageWorker {
-        host: Mutex::new(StageHost::new(m.clone(), 1..n, true, 7, LIMITS).unwrap()),
-        next: None,
-    });
-    let d = DistBackend::new(
-        m.clone(),
-        0..1,
-        Some(last.clone() as Arc<dyn Hop>),
-        false,
-        7,
-    );
+    let (d, last) = coordinator_and_last_stage(&m);
     let mut a = d.new_state(64);
     let mut b = d.new_state(64);
     d.forward_batch(&mut [(&[1, 2, 3], &mut a, false), (&[4], &mut b, false)])
@@ -247,18 +246,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
 #[test]
 fn a_cached_prefix_is_reused_across_the_pipeline() {
     let m = tiny_v3();
-    let n = m.n_layer();
-    let last = Arc::new(StageWorker {
-        host: Mutex::new(StageHost::new(m.clone(), 1..n, true, 7, LIMITS).unwrap()),
-        next: None,
-    });
-    let d = DistBackend::new(
-        m.clone(),
-        0..1,
-        Some(last.clone() as Arc<dyn Hop>),
-        false,
-        7,
-    );
+    let (d, last) = coordinator_and_last_stage(&m);
     let system: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
     let with = |tail: &[u32]| [system.as_slice(), tail].concat();
     let prompts = vec![
