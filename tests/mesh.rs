@@ -594,3 +594,67 @@ fn an_expert_holder_without_the_model_fetches_only_its_experts() {
     assert!(plan.contains("experts on 2 node(s)"), "{plan}");
     assert!(fetched < size / 2, "{fetched} of {size}");
 }
+
+/// `meshctl load` of the model in force with another split re-plans the
+/// running mesh: a newer plan version, the worker takes a stage, and the
+/// API's and Control's output stay one machine's.
+#[test]
+fn a_load_with_another_split_replans_the_running_mesh() {
+    use dwarfstar_proto::v1::LoadRequest;
+    let model = model_path(SMOLLM2);
+    let dir = model.parent().unwrap();
+    let w = start("w1", "team-secret", dir, None, &[]);
+    let args = [
+        "--mesh-nodes",
+        "2",
+        "--peer",
+        w.mesh.as_str(),
+        "--stages",
+        "1",
+    ];
+    let coord = start("c", "team-secret", dir, Some(&model), &args);
+    assert_eq!(stages(coord.plan.as_deref().unwrap()), 1);
+    let name = model.file_stem().unwrap().to_str().unwrap();
+    let n = 8;
+    let want = run_greedy(&model, PROMPT, n);
+    let first = complete(coord.http.as_ref().unwrap(), name, PROMPT, n);
+    let old = status(&coord.grpc).plan_version;
+    let file = model.file_name().unwrap().to_str().unwrap().to_string();
+    let load = |stages: u32| {
+        let file = file.clone();
+        control(&coord.grpc, async move |c| {
+            c.load_model(LoadRequest {
+                model: file,
+                stages: Some(stages),
+                expert_parallel: false,
+            })
+            .await
+        })
+    };
+    let reply = load(2);
+    assert!(!reply.unchanged, "{reply:?}");
+    let plan = reply.plan.unwrap();
+    assert_eq!(plan.stages.len(), 2, "{plan:?}");
+    assert!(plan.version > old, "v{} after v{old}", plan.version);
+    // Every node serves the new plan, and the worker runs a stage of it.
+    for d in [&coord, &w] {
+        let s = status(&d.grpc);
+        assert_eq!(s.plan_version, plan.version, "{s:?}");
+    }
+    let worker = status(&w.grpc);
+    let me = worker.nodes.iter().find(|n| n.local).unwrap();
+    let held = me.assignment.as_ref().map_or(0, |a| a.stages.len());
+    assert_eq!(held, 1, "{me:?}");
+    // The same answers through the new pipeline.
+    let again = complete(coord.http.as_ref().unwrap(), name, PROMPT, n);
+    assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+    let text = again["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        want.starts_with(text),
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    let done = generate_json(&coord.grpc, PROMPT, n as u32);
+    assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
+    // The same split again changes nothing.
+    assert!(load(2).unchanged);
+}

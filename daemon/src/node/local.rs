@@ -79,7 +79,7 @@ pub struct LocalConfig {
     pub http_addr: String,
     /// On a mesh coordinator: generations run through the plan's pipeline
     /// (the same one the HTTP API's scheduler drives), not the local model.
-    pub pipeline: Option<DistBackend>,
+    pub pipeline: Option<Arc<std::sync::RwLock<DistBackend>>>,
 }
 
 /// One node that holds the whole model. See the module doc.
@@ -477,7 +477,11 @@ impl NodeApi for LocalNode {
             .map_err(|_| ApiError::Unavailable("the node is shutting down".into()))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let model = self.cfg.model.clone();
-        let pipeline = self.cfg.pipeline.clone();
+        let pipeline = self
+            .cfg
+            .pipeline
+            .as_ref()
+            .map(|p| p.read().unwrap_or_else(|e| e.into_inner()).clone());
         let tok = self.cfg.tokenizer.clone();
         let active = self.active.clone();
         active.fetch_add(1, Relaxed);

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use dwarfstar_planner::{ActDType, Plan as MeshPlan};
 use dwarfstar_proto::v1::{
@@ -20,6 +20,7 @@ use dwarfstar_proto::v1::{
 };
 use serde_json::{json, Value};
 
+use super::backend::DistBackend;
 use super::grpc::{ApiError, EventStream, NodeApi};
 use super::local::{file_name, host_name, LocalNode};
 use super::plan_wire;
@@ -27,6 +28,7 @@ use super::roster::{held_bytes, MemberState};
 use super::runtime::{node_caps, NodeRuntime};
 use super::traffic;
 use crate::serve::metrics::Metrics;
+use crate::serve::replan::Replan;
 
 /// A mesh daemon's Control service. See the module doc.
 pub struct MeshNode {
@@ -36,7 +38,17 @@ pub struct MeshNode {
     /// The coordinator's model file.
     model_path: Option<PathBuf>,
     metrics: Option<Arc<Metrics>>,
+    /// The coordinator's way to swap the pipeline under a new plan: the
+    /// engine's hold, and the slot Control's generations read.
+    replan: Option<Replanning>,
 }
+
+/// The engine's re-plan hold and the pipeline slot Control's generations
+/// read, which a new plan both update.
+pub type Replanning = (Arc<Replan<DistBackend>>, Arc<RwLock<DistBackend>>);
+
+/// How long a re-plan waits for running requests to finish.
+const REPLAN_DRAIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("the mesh: {e}"))
@@ -115,12 +127,14 @@ impl MeshNode {
         local: LocalNode,
         model_path: PathBuf,
         metrics: Arc<Metrics>,
+        replan: Replanning,
     ) -> Self {
         MeshNode {
             rt,
             local: Some(local),
             model_path: Some(model_path),
             metrics: Some(metrics),
+            replan: Some(replan),
         }
     }
 
@@ -131,6 +145,81 @@ impl MeshNode {
             local: None,
             model_path: None,
             metrics: None,
+            replan: None,
+        }
+    }
+
+    /// Puts a new plan for the same model in force: holds the engine until
+    /// its running requests finish (new ones wait in the queue), plans over
+    /// the same nodes, has them load their new shares, and hands the engine
+    /// and Control's generations the new pipeline.
+    async fn replan(
+        &self,
+        path: &std::path::Path,
+        req: &LoadRequest,
+        old: &MeshPlan,
+    ) -> Result<LoadReply, ApiError> {
+        let Some((hold, slot)) = &self.replan else {
+            return Err(ApiError::FailedPrecondition(
+                "this node does not coordinate the mesh".into(),
+            ));
+        };
+        if !hold.hold() {
+            return Err(ApiError::Unavailable("another re-plan is under way".into()));
+        }
+        let t0 = std::time::Instant::now();
+        let h = hold.clone();
+        let idle = tokio::task::spawn_blocking(move || h.wait_idle(REPLAN_DRAIN))
+            .await
+            .unwrap_or(false);
+        if !idle {
+            hold.resume(None);
+            return Err(ApiError::Unavailable(format!(
+                "running requests did not finish within {REPLAN_DRAIN:?}; plan v{} stays",
+                old.version
+            )));
+        }
+        let members: std::collections::BTreeSet<&str> = old
+            .stages
+            .iter()
+            .map(|s| s.node.as_str())
+            .chain(old.experts.iter().map(|e| e.node.as_str()))
+            .chain([old.coordinator.as_str()])
+            .collect();
+        let opts = super::runtime::CoordOptions {
+            min_nodes: members.len(),
+            wait: std::time::Duration::from_secs(30),
+            force_stages: req.stages,
+            expert_parallel: req.expert_parallel,
+        };
+        let version = (now_ms() / 1000).max(old.version + 1);
+        let r = self.rt.coordinate(path, &opts, version).await;
+        match r {
+            Ok((plan, applied)) => {
+                let Some(backend) = applied.backend else {
+                    hold.resume(None);
+                    return Err(ApiError::Internal(
+                        "the new plan does not make this node its coordinator".into(),
+                    ));
+                };
+                *slot.write().unwrap_or_else(|e| e.into_inner()) = backend.clone();
+                hold.resume(Some(backend));
+                tracing::info!("plan v{} in force: {plan:?}", plan.version);
+                Ok(LoadReply {
+                    model: file_name(path),
+                    plan: Some(plan_wire::to_proto(&plan, n_layer(&plan))),
+                    load_ms: t0.elapsed().as_millis() as u64,
+                    unchanged: false,
+                })
+            }
+            Err(e) => {
+                hold.resume(None);
+                Err(ApiError::Unavailable(format!(
+                    "re-planning failed: {e} (the nodes that took the new plan no longer \
+                     serve v{}; load again, or restart the coordinator)",
+                    old.version
+                )))
+            }
         }
     }
 
@@ -438,19 +527,21 @@ impl NodeApi for MeshNode {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len()
                 > 1;
-        if !(same_file && same_stages && same_experts) {
+        if !same_file {
             return Err(ApiError::FailedPrecondition(format!(
-                "this mesh serves {} under plan v{} ({} stages); it plans when its coordinator \
-                 starts: restart `dwarfstar serve --model {} --stages N` on the coordinator to \
-                 serve another model or split",
+                "this mesh serves {} under plan v{}; its coordinator serves the model it \
+                 started with: restart `dwarfstar serve --model {}` on the coordinator to \
+                 serve another model",
                 self.model_path
                     .as_deref()
                     .map(file_name)
                     .unwrap_or_default(),
                 plan.version,
-                plan.stages.len(),
                 path.display()
             )));
+        }
+        if !(same_stages && same_experts) {
+            return self.replan(&path, &req, &plan).await;
         }
         Ok(LoadReply {
             model: self

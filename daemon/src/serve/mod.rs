@@ -22,6 +22,7 @@ pub mod kv_disk;
 pub mod metrics;
 pub mod openai;
 pub mod prefix;
+pub mod replan;
 pub mod scheduler;
 
 use std::io::Write;
@@ -180,6 +181,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let mut mesh_node = None;
     let mut pipeline = None;
+    let replan = Arc::new(replan::Replan::default());
     let engine = match secret {
         // In a mesh, this node coordinates the model over the plan's nodes.
         Some(secret) => {
@@ -193,8 +195,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 &s.model_path,
                 limits,
             ))?;
-            mesh_node = Some(node);
-            pipeline = Some(backend.clone());
+            let slot = Arc::new(std::sync::RwLock::new(backend.clone()));
+            mesh_node = Some((node, slot.clone()));
+            pipeline = Some(slot);
             // A cached prefix stays alive on every stage as a sequence of
             // its own, so the cache shares the stages' sequence slots with
             // the running batch (and releases in flight).
@@ -207,7 +210,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
                      prefixes are reused from memory only"
                 );
             }
-            spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
+            let sched = Scheduler::new(backend, cfg, eog, rx, metrics.clone());
+            spawn_engine(sched.with_replan(replan.clone()))?
         }
         None => match &s.kv_cache {
             Some((dir, bytes)) => {
@@ -234,12 +238,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         })
     };
     // In a mesh, gRPC and the page answer for the whole mesh.
-    let mesh_api = mesh_node.map(|node| {
+    let mesh_api = mesh_node.map(|(node, slot)| {
         Arc::new(MeshNode::coordinator(
             node,
             local_node(String::new(), String::new()),
             s.model_path.clone(),
             metrics.clone(),
+            (replan.clone(), slot),
         ))
     });
     let state = Arc::new(api::AppState {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState};
@@ -26,6 +26,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::prefix::PrefixCache;
+use super::replan::Replan;
 
 /// What the scheduler needs of a model.
 pub trait Backend {
@@ -203,6 +204,7 @@ pub struct Scheduler<B: Backend> {
     active: Vec<Seq<B::State>>,
     cache: PrefixCache<B::State>,
     metrics: Arc<Metrics>,
+    replan: Option<Arc<Replan<B>>>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -224,7 +226,36 @@ impl<B: Backend> Scheduler<B> {
             active: Vec::new(),
             cache,
             metrics,
+            replan: None,
         }
+    }
+
+    /// Lets a re-planner swap the backend between steps ([`Replan`]).
+    pub fn with_replan(mut self, r: Arc<Replan<B>>) -> Self {
+        self.replan = Some(r);
+        self
+    }
+
+    /// Under a re-plan's hold: true while sequences still run (admit
+    /// nothing); with none running, waits for the re-planner and takes the
+    /// new backend, dropping the old one's cached prefixes.
+    fn held_for_replan(&mut self) -> bool {
+        let Some(r) = self.replan.clone() else {
+            return false;
+        };
+        if !r.held() {
+            return false;
+        }
+        if !self.active.is_empty() {
+            return true;
+        }
+        if let Some(b) = r.idle_until_resumed() {
+            self.backend = b;
+            self.cache = PrefixCache::new(self.cfg.cache_entries, self.cfg.cache_bytes);
+            self.metrics.prefix_entries.store(0, Relaxed);
+            self.metrics.prefix_bytes.store(0, Relaxed);
+        }
+        false
     }
 
     /// Runs until every submitter is gone and the last sequence ended.
@@ -247,11 +278,19 @@ impl<B: Backend> Scheduler<B> {
     /// Moves waiting requests into free slots, oldest first. With `block`
     /// and nothing running, waits for the first one.
     pub fn admit(&mut self, block: bool) {
+        if self.held_for_replan() {
+            return;
+        }
         while self.open && self.active.len() < self.cfg.max_batch.max(1) {
             let r = if block && self.active.is_empty() {
-                match self.rx.recv() {
+                // Wakes now and then to see whether a re-plan waits.
+                match self.rx.recv_timeout(std::time::Duration::from_millis(100)) {
                     Ok(r) => r,
-                    Err(_) => {
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.held_for_replan();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
                         self.open = false;
                         break;
                     }

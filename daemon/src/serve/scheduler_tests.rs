@@ -318,6 +318,39 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
 }
 
 #[test]
+fn a_replan_drains_running_requests_then_swaps_the_backend() {
+    use super::super::replan::Replan;
+    let (s, sub, _m) = sched(cfg(), &[]);
+    let r = Arc::new(Replan::default());
+    let mut s = s.with_replan(r.clone());
+    let (a, mut rxa) = req(vec![1, 2, 3], 4);
+    sub.submit(a).unwrap();
+    s.admit(false);
+    assert!(r.hold());
+    let (b, mut rxb) = req(vec![4, 5], 3);
+    sub.submit(b).unwrap();
+    s.admit(false);
+    assert_eq!(s.active(), 1, "under the hold, b waits in the queue");
+    let planner = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            assert!(r.wait_idle(std::time::Duration::from_secs(30)));
+            r.resume(Some(Fake {
+                calls: RefCell::new(Vec::new()),
+            }));
+        })
+    };
+    run_all(&mut s);
+    planner.join().unwrap();
+    assert_eq!(tokens(&drain(&mut rxa)), reference(&[1, 2, 3], 4, &[]));
+    assert_eq!(tokens(&drain(&mut rxb)), reference(&[4, 5], 3, &[]));
+    // Only b ran on the new backend, and nothing cached came across.
+    let calls = s.backend.calls.borrow();
+    assert_eq!(calls.first(), Some(&vec![2]), "{calls:?}");
+    assert!(!r.held());
+}
+
+#[test]
 fn a_full_queue_refuses_and_a_stopped_engine_is_closed() {
     let (s, sub, m) = sched(cfg(), &[]);
     let mut keep = Vec::new();

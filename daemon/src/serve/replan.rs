@@ -1,0 +1,129 @@
+//! Handing the engine a new backend while it runs: a new plan for the same
+//! model (another split of the mesh) replaces the pipeline between steps.
+//!
+//! The side that re-plans first [`Replan::hold`]s the engine: it admits no
+//! new request (they wait in the queue), finishes the running ones, and
+//! then reports idle. The re-planner waits for that ([`Replan::wait_idle`]),
+//! puts the new plan in force on the mesh, and [`Replan::resume`]s the
+//! engine with the new backend (or without one, keeping the old, if the
+//! plan failed). Cached prefixes belong to the old pipeline, so the engine
+//! drops them when it swaps.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+struct State<B> {
+    hold: bool,
+    idle: bool,
+    next: Option<B>,
+}
+
+/// The meeting point of the engine and a re-planner.
+pub struct Replan<B> {
+    state: Mutex<State<B>>,
+    cv: Condvar,
+}
+
+impl<B> Default for Replan<B> {
+    fn default() -> Self {
+        Replan {
+            state: Mutex::new(State {
+                hold: false,
+                idle: false,
+                next: None,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl<B> Replan<B> {
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the engine to stop admitting and drain. False when another
+    /// re-plan already holds it.
+    pub fn hold(&self) -> bool {
+        let mut s = self.lock();
+        if s.hold {
+            return false;
+        }
+        s.hold = true;
+        s.idle = false;
+        true
+    }
+
+    /// Waits until the held engine has no running sequence.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let s = self.lock();
+        let (s, _) = self
+            .cv
+            .wait_timeout_while(s, timeout, |s| s.hold && !s.idle)
+            .unwrap_or_else(|e| e.into_inner());
+        s.idle
+    }
+
+    /// Lets the engine go on, with `next` as its backend when given.
+    pub fn resume(&self, next: Option<B>) {
+        let mut s = self.lock();
+        s.next = next;
+        s.hold = false;
+        self.cv.notify_all();
+    }
+
+    /// The engine's side: whether it is asked to hold.
+    pub fn held(&self) -> bool {
+        self.lock().hold
+    }
+
+    /// The engine's side, with nothing running: reports idle and waits for
+    /// the re-planner; the new backend, if there is one.
+    pub fn idle_until_resumed(&self) -> Option<B> {
+        let mut s = self.lock();
+        s.idle = true;
+        self.cv.notify_all();
+        let mut s = self
+            .cv
+            .wait_while(s, |s| s.hold)
+            .unwrap_or_else(|e| e.into_inner());
+        s.idle = false;
+        s.next.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_held_engine_reports_idle_and_takes_the_new_backend() {
+        let r = Arc::new(Replan::<u32>::default());
+        assert!(!r.held());
+        assert!(r.hold());
+        assert!(!r.hold(), "a second re-plan waits its turn");
+        assert!(
+            !r.wait_idle(Duration::from_millis(10)),
+            "the engine is still busy"
+        );
+        let engine = {
+            let r = r.clone();
+            std::thread::spawn(move || r.idle_until_resumed())
+        };
+        assert!(r.wait_idle(Duration::from_secs(10)));
+        r.resume(Some(7));
+        assert_eq!(engine.join().unwrap(), Some(7));
+        assert!(!r.held());
+        // A failed re-plan resumes without a backend.
+        assert!(r.hold());
+        let engine = {
+            let r = r.clone();
+            std::thread::spawn(move || r.idle_until_resumed())
+        };
+        assert!(r.wait_idle(Duration::from_secs(10)));
+        r.resume(None);
+        assert_eq!(engine.join().unwrap(), None);
+    }
+}
