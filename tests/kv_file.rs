@@ -374,7 +374,9 @@ fn serve_restores_a_saved_prompt_after_a_restart() {
     let saved = || {
         std::fs::read_dir(&kv).map_or(0, |d| {
             d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".dskv"))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                // A write in progress is a hidden `.tmp-…` file until renamed.
+                .filter(|n| n.ends_with(".dskv") && !n.starts_with('.'))
                 .count()
         })
     };
