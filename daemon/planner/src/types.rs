@@ -230,6 +230,19 @@ pub struct Plan {
     pub output_node: String,
 }
 
+impl Plan {
+    /// Every node the plan gives work: the coordinator, the stages' nodes
+    /// and the expert holders.
+    pub fn members(&self) -> std::collections::BTreeSet<&str> {
+        self.stages
+            .iter()
+            .map(|s| s.node.as_str())
+            .chain(self.experts.iter().map(|e| e.node.as_str()))
+            .chain([self.coordinator.as_str()])
+            .collect()
+    }
+}
+
 /// A pipeline stage: one node running a contiguous range of layers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stage {

@@ -179,15 +179,8 @@ impl MeshNode {
                 old.version
             )));
         }
-        let members: std::collections::BTreeSet<&str> = old
-            .stages
-            .iter()
-            .map(|s| s.node.as_str())
-            .chain(old.experts.iter().map(|e| e.node.as_str()))
-            .chain([old.coordinator.as_str()])
-            .collect();
         let opts = super::runtime::CoordOptions {
-            min_nodes: members.len(),
+            min_nodes: old.members().len(),
             wait: std::time::Duration::from_secs(30),
             force_stages: req.stages,
             expert_parallel: req.expert_parallel,

@@ -549,13 +549,8 @@ impl NodeRuntime {
             })),
         }
         .encode_to_vec();
-        let members: BTreeSet<&str> = plan
-            .stages
-            .iter()
-            .map(|s| s.node.as_str())
-            .chain(plan.experts.iter().map(|s| s.node.as_str()))
-            .filter(|n| *n != self.me)
-            .collect();
+        let mut members = plan.members();
+        members.remove(self.me.as_str());
         let mut everyone: Vec<&str> = members.iter().copied().collect();
         everyone.push(&self.me);
         self.roster.begin(version, &everyone);
@@ -640,13 +635,8 @@ impl NodeRuntime {
             })),
         }
         .encode_to_vec();
-        let members: BTreeSet<&str> = plan
-            .stages
-            .iter()
-            .map(|s| s.node.as_str())
-            .chain(plan.experts.iter().map(|s| s.node.as_str()))
-            .filter(|n| *n != self.me)
-            .collect();
+        let mut members = plan.members();
+        members.remove(self.me.as_str());
         for n in members {
             let Ok(id) = peer(n) else { continue };
             let (mesh, msg) = (self.mesh.clone(), msg.clone());
