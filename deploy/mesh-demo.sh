@@ -27,10 +27,11 @@ trap cleanup EXIT INT TERM
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/secret"
 mkdir -p "$run/node1" "$run/node2"
 
-# Node 2: a worker on its own ports, waiting for a plan.
+# Node 2: a worker on its own ports, waiting for a plan; its API (127.0.0.1:8180) answers once a
+# `meshctl --addr http://127.0.0.1:7170 load -m MODEL` makes it a coordinator.
 "$bin/dwarfstar" serve --secret-file "$run/secret" --state-dir "$run/node2" --no-mdns \
   --mesh-addr 127.0.0.1:7100 --quic-addr 127.0.0.1:7101 --grpc-listen 127.0.0.1:7170 \
-  --models-dir "$models" --threads "$threads" > "$run/node2.log" 2>&1 &
+  --http-addr 127.0.0.1:8180 --models-dir "$models" --threads "$threads" > "$run/node2.log" 2>&1 &
 pids+=($!)
 # Node 1: coordinates the model over both nodes and serves the API.
 "$bin/dwarfstar" serve --secret-file "$run/secret" --state-dir "$run/node1" --no-mdns \

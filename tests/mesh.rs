@@ -17,7 +17,7 @@ struct Daemon {
     child: Child,
     /// Its mesh (libp2p) address, HOST:PORT.
     mesh: String,
-    /// The HTTP base URL, for coordinators.
+    /// The HTTP base URL, for coordinators and workers given an address.
     http: Option<String>,
     /// The plan line a coordinator printed.
     plan: Option<String>,
@@ -127,8 +127,7 @@ fn start(
         Some(_) => wait_line(&mut child, &mut out, "listening on http://"),
         None => wait_line(&mut child, &mut out, "mesh worker ready"),
     };
-    let http = model.map(|_| {
-        let at = ready.find("http://").unwrap();
+    let http = ready.find("http://").map(|at| {
         ready[at..]
             .split_whitespace()
             .next()
@@ -657,4 +656,114 @@ fn a_load_with_another_split_replans_the_running_mesh() {
     assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
     // The same split again changes nothing.
     assert!(load(2).unchanged);
+}
+
+/// A completion request's status and body.
+fn post_completion(base: &str, model: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let body = json!({"model": model, "prompt": PROMPT, "max_tokens": 2});
+    let mut r = agent
+        .post(format!("{base}/v1/completions"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// A load asked of any node makes it the coordinator of that model: a
+/// worker takes the mesh over with another model, then the first daemon
+/// takes it back. Each time the new coordinator's API answers as one
+/// machine does, and the node that gave up answers 503.
+#[test]
+fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
+    use dwarfstar_proto::v1::LoadRequest;
+    let smol = model_path(SMOLLM2);
+    let gemma = model_path(GEMMA3);
+    let dir = smol.parent().unwrap();
+    let w = start(
+        "w3",
+        "team-secret",
+        dir,
+        None,
+        &["--http-addr", "127.0.0.1:0"],
+    );
+    let w_http = w
+        .http
+        .clone()
+        .expect("the worker serves HTTP at its address");
+    let args = [
+        "--mesh-nodes",
+        "2",
+        "--peer",
+        w.mesh.as_str(),
+        "--stages",
+        "2",
+    ];
+    let c = start("c3", "team-secret", dir, Some(&smol), &args);
+    let c_http = c.http.clone().unwrap();
+    let (code, body) = post_completion(&w_http, "");
+    assert_eq!(code, 503, "a worker serves no model: {body}");
+    let load = |grpc: &str, file: &str| {
+        let file = file.to_string();
+        control(grpc, async move |cl| {
+            cl.load_model(LoadRequest {
+                model: file,
+                stages: Some(2),
+                expert_parallel: false,
+            })
+            .await
+        })
+    };
+    let n = 8;
+    let stem = |p: &Path| p.file_stem().unwrap().to_str().unwrap().to_string();
+    let v1 = status(&c.grpc).plan_version;
+
+    // The worker, asked for Gemma, coordinates it over both daemons.
+    let reply = load(&w.grpc, GEMMA3);
+    assert!(!reply.unchanged, "{reply:?}");
+    let plan = reply.plan.unwrap();
+    let w_id = status(&w.grpc).node_id;
+    assert_eq!(plan.coordinator, w_id, "{plan:?}");
+    assert_eq!(plan.stages.len(), 2, "{plan:?}");
+    assert!(plan.version > v1);
+    let want = run_greedy(&gemma, PROMPT, n);
+    let got = complete(&w_http, &stem(&gemma), PROMPT, n);
+    let text = got["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.is_empty() && want.starts_with(text),
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    let done = generate_json(&w.grpc, PROMPT, n as u32);
+    assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
+    // The first daemon gave its model up and runs a stage of the new plan.
+    let (code, body) = post_completion(&c_http, &stem(&smol));
+    assert_eq!(code, 503, "{body}");
+    let cs = status(&c.grpc);
+    assert_eq!(cs.plan_version, plan.version, "{cs:?}");
+    let me = cs.nodes.iter().find(|n| n.local).unwrap();
+    assert_eq!(
+        me.assignment.as_ref().map_or(0, |a| a.stages.len()),
+        1,
+        "{me:?}"
+    );
+
+    // Back: the first daemon, asked for SmolLM2, takes over again.
+    let reply = load(&c.grpc, SMOLLM2);
+    let back = reply.plan.unwrap();
+    assert_eq!(back.coordinator, status(&c.grpc).node_id);
+    assert!(back.version > plan.version);
+    let want = run_greedy(&smol, PROMPT, n);
+    let got = complete(&c_http, &stem(&smol), PROMPT, n);
+    let text = got["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.is_empty() && want.starts_with(text),
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    let (code, body) = post_completion(&w_http, &stem(&gemma));
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(status(&w.grpc).plan_version, back.version);
 }

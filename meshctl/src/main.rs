@@ -49,7 +49,8 @@ enum Command {
     Peers,
     /// The plan in force (or, with --preview, a fresh one not applied).
     Plan(PlanArgs),
-    /// Plan and load a model across the mesh.
+    /// Load a model: the node asked coordinates it across the mesh (another
+    /// model replaces the one served; the same one is re-planned).
     Load(LoadArgs),
     /// Generate text, as `dwarfstar run` does (same flags, same --json).
     Generate(GenerateArgs),

@@ -20,10 +20,14 @@ fn repo_root() -> PathBuf {
 }
 
 fn model_path() -> PathBuf {
+    models_file(SMOLLM2)
+}
+
+fn models_file(name: &str) -> PathBuf {
     let dir = std::env::var_os("DWARFSTAR_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("models"));
-    let p = dir.join(SMOLLM2);
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is missing: run deploy/fetch-models.sh (or set DWARFSTAR_MODELS_DIR)",
@@ -50,6 +54,8 @@ struct Daemon {
     child: Child,
     /// `http://HOST:PORT` of its gRPC Control service.
     grpc: String,
+    /// HOST:PORT of its HTTP API.
+    http: String,
 }
 
 impl Drop for Daemon {
@@ -88,9 +94,16 @@ impl Daemon {
             .next()
             .unwrap()
             .to_string();
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
         Daemon {
             child,
             grpc: format!("http://{addr}"),
+            http,
         }
     }
 
@@ -133,7 +146,10 @@ fn meshctl_at(addr: &str, args: &[&str]) -> Output {
 
 /// What `dwarfstar run --json` prints for `args`.
 fn run_json(args: &[&str]) -> Value {
-    let model = model_path();
+    run_json_with(&model_path(), args)
+}
+
+fn run_json_with(model: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(dwarfstar_bin())
         .args(["run", "--model", model.to_str().unwrap(), "--json"])
         .args(["--threads", "2"])
@@ -344,5 +360,60 @@ fn api_keys_guard_the_control_service() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The body of `GET path` on the daemon's HTTP API.
+fn http_get(d: &Daemon, path: &str) -> String {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(&d.http).expect("HTTP API reachable");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `meshctl load` of another model on a lone daemon serves that model from
+/// then on: Generate prints what `dwarfstar run` of it prints, the HTTP API
+/// names it, and the first model can be loaded back.
+#[test]
+fn a_lone_daemon_loads_another_model_at_run_time() {
+    const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+    let d = Daemon::start(&[]);
+    assert!(http_get(&d, "/v1/models").contains("SmolLM2-135M-Instruct-Q4_1"));
+    let load = d.json(&["load", "--model", GEMMA3, "--json"]);
+    assert_eq!(load["unchanged"], false, "{load}");
+    assert_eq!(load["model"], GEMMA3, "{load}");
+    assert_eq!(
+        load["plan"]["n_layer"], 18,
+        "Gemma-3-270M has 18 layers: {load}"
+    );
+    let s = d.json(&["status", "--json"]);
+    assert_eq!(s["model"], GEMMA3, "{s}");
+    let models = http_get(&d, "/v1/models");
+    assert!(models.contains("\"gemma-3-270m-q4_k_m\""), "{models}");
+    assert!(!models.contains("SmolLM2"), "{models}");
+    let args = [
+        "--prompt",
+        "The capital of France is",
+        "-n",
+        "6",
+        "--temp",
+        "0",
+    ];
+    let mut g = vec!["generate", "--json"];
+    g.extend(args);
+    assert_eq!(d.json(&g), run_json_with(&models_file(GEMMA3), &args));
+    // And back.
+    let back = d.json(&["load", "--model", SMOLLM2, "--json"]);
+    assert_eq!(back["unchanged"], false, "{back}");
+    assert_eq!(d.json(&g), run_json(&args));
+    assert_eq!(
+        d.json(&["load", "--model", SMOLLM2, "--json"])["unchanged"],
+        true
     );
 }

@@ -179,6 +179,13 @@ fn plan_messages_round_trip() {
             error: String::new(),
         })),
     });
+    round_trip(&MeshMessage {
+        body: Some(mesh_message::Body::Release(Release {
+            plan_version: 7,
+            new_coordinator: "12D3KooWB".into(),
+            model: "m.gguf".into(),
+        })),
+    });
 }
 
 #[test]

@@ -133,7 +133,7 @@ impl LocalNode {
         }
     }
 
-    /// The plan in force: one stage holding everything.
+    /// A plan for `model`: one stage holding everything.
     fn plan_for(&self, model: &str, n_layer: u32) -> Plan {
         Plan {
             version: 1,
@@ -154,13 +154,14 @@ impl LocalNode {
         }
     }
 
-    fn current_plan(&self) -> Plan {
+    /// The plan in force: one stage holding everything.
+    pub(crate) fn current_plan(&self) -> Plan {
         self.plan_for(&self.file_name, self.cfg.model.n_layer() as u32)
     }
 
     /// Finds `name` as a path, in `$DWARFSTAR_MODELS_DIR` (default
     /// `./models`) or beside the loaded model, with or without `.gguf`.
-    fn resolve_model(&self, name: &str) -> Result<PathBuf, ApiError> {
+    pub(crate) fn resolve_model(&self, name: &str) -> Result<PathBuf, ApiError> {
         let name = name.trim();
         if name.is_empty() || self.is_loaded_name(name) {
             return Ok(self.cfg.model_path.clone());
@@ -194,7 +195,7 @@ impl LocalNode {
         name == self.file_name || name == self.cfg.served_name
     }
 
-    fn is_loaded_path(&self, p: &Path) -> bool {
+    pub(crate) fn is_loaded_path(&self, p: &Path) -> bool {
         match (p.canonicalize(), self.cfg.model_path.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
             _ => p == self.cfg.model_path,
@@ -202,7 +203,7 @@ impl LocalNode {
     }
 
     /// One node runs one stage; `stages` beyond that can't be honoured.
-    fn check_stages(stages: Option<u32>) -> Result<(), ApiError> {
+    pub(crate) fn check_stages(stages: Option<u32>) -> Result<(), ApiError> {
         match stages {
             Some(0) => Err(ApiError::InvalidArgument(
                 "stages must be at least 1".into(),
@@ -448,13 +449,14 @@ impl NodeApi for LocalNode {
         })
     }
 
+    /// The model this node serves already: unchanged. Another one is
+    /// [`super::lone::LoneNode`]'s to swap in.
     async fn load_model(&self, req: LoadRequest) -> Result<LoadReply, ApiError> {
         Self::check_stages(req.stages)?;
         let path = self.resolve_model(&req.model)?;
         if !self.is_loaded_path(&path) {
             return Err(ApiError::FailedPrecondition(format!(
-                "this daemon serves {} and, without peers, keeps the model it started with: \
-                 restart it with `dwarfstar serve --model {}` to serve that one",
+                "this engine serves {}, not {}",
                 self.file_name,
                 path.display()
             )));

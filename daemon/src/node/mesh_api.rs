@@ -5,13 +5,19 @@
 //! kept in the runtime's roster), the bytes each one holds, and this node's
 //! own resident memory and data-plane traffic.
 //!
-//! On the coordinator, generations run on the local engine (as
-//! [`LocalNode`] does); a worker has no engine of its own and says where the
-//! coordinator is.
+//! On the coordinator, generations run on its engine (as [`LocalNode`]
+//! does, through the plan's pipeline); a node without an engine says where
+//! the coordinator is.
+//!
+//! LoadModel asked of any node makes that node the model's coordinator:
+//! the same model with another split is re-planned in place; another model,
+//! or a load asked of a worker, drains the engine in force (this node's, or
+//! the other coordinator's, through a `Release`), plans the new model over
+//! the nodes the mesh has, and serves it from a new engine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use dwarfstar_planner::{ActDType, Plan as MeshPlan};
 use dwarfstar_proto::v1::{
@@ -20,35 +26,25 @@ use dwarfstar_proto::v1::{
 };
 use serde_json::{json, Value};
 
-use super::backend::DistBackend;
 use super::grpc::{ApiError, EventStream, NodeApi};
-use super::local::{file_name, host_name, LocalNode};
+use super::local::{file_name, host_name};
 use super::plan_wire;
 use super::roster::{held_bytes, MemberState};
-use super::runtime::{node_caps, NodeRuntime};
+use super::runtime::{node_caps, CoordOptions, NodeRuntime};
 use super::traffic;
+use crate::serve::engine::{drain_engine, Engine, EngineFactory, Engines, DRAIN};
 use crate::serve::metrics::Metrics;
-use crate::serve::replan::Replan;
+use crate::serve::replan::Resume;
 
 /// A mesh daemon's Control service. See the module doc.
 pub struct MeshNode {
     rt: Arc<NodeRuntime>,
-    /// The coordinator's local engine; None on a worker.
-    local: Option<LocalNode>,
-    /// The coordinator's model file.
-    model_path: Option<PathBuf>,
-    metrics: Option<Arc<Metrics>>,
-    /// The coordinator's way to swap the pipeline under a new plan: the
-    /// engine's hold, and the slot Control's generations read.
-    replan: Option<Replanning>,
+    /// The model this node coordinates, if any.
+    engines: Arc<Engines>,
+    /// How this daemon builds the engine of a model it is asked to load.
+    factory: Arc<EngineFactory>,
+    metrics: Arc<Metrics>,
 }
-
-/// The engine's re-plan hold and the pipeline slot Control's generations
-/// read, which a new plan both update.
-pub type Replanning = (Arc<Replan<DistBackend>>, Arc<RwLock<DistBackend>>);
-
-/// How long a re-plan waits for running requests to finish.
-const REPLAN_DRAIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("the mesh: {e}"))
@@ -120,100 +116,180 @@ fn local_state(s: &str) -> NodeState {
 }
 
 impl MeshNode {
-    /// The coordinator's service: `local` runs generations on the whole
-    /// model it loaded from `model_path`.
-    pub fn coordinator(
+    pub fn new(
         rt: Arc<NodeRuntime>,
-        local: LocalNode,
-        model_path: PathBuf,
+        engines: Arc<Engines>,
+        factory: Arc<EngineFactory>,
         metrics: Arc<Metrics>,
-        replan: Replanning,
     ) -> Self {
         MeshNode {
             rt,
-            local: Some(local),
-            model_path: Some(model_path),
-            metrics: Some(metrics),
-            replan: Some(replan),
+            engines,
+            factory,
+            metrics,
         }
     }
 
-    /// A worker's service: status, peers and plan, no generations.
-    pub fn worker(rt: Arc<NodeRuntime>) -> Self {
-        MeshNode {
-            rt,
-            local: None,
-            model_path: None,
-            metrics: None,
-            replan: None,
-        }
-    }
-
-    /// Puts a new plan for the same model in force: holds the engine until
-    /// its running requests finish (new ones wait in the queue), plans over
-    /// the same nodes, has them load their new shares, and hands the engine
-    /// and Control's generations the new pipeline.
+    /// Puts a new plan for the model `e` serves in force: holds the engine
+    /// until its running requests finish (new ones wait in the queue),
+    /// plans over the same nodes, has them load their new shares, and hands
+    /// the engine and Control's generations the new pipeline.
     async fn replan(
         &self,
-        path: &std::path::Path,
+        e: &Engine,
         req: &LoadRequest,
         old: &MeshPlan,
     ) -> Result<LoadReply, ApiError> {
-        let Some((hold, slot)) = &self.replan else {
+        let Some((hold, slot)) = &e.replan else {
             return Err(ApiError::FailedPrecondition(
-                "this node does not coordinate the mesh".into(),
+                "this node's engine does not run a mesh plan".into(),
             ));
         };
-        if !hold.hold() {
-            return Err(ApiError::Unavailable("another re-plan is under way".into()));
-        }
         let t0 = std::time::Instant::now();
-        let h = hold.clone();
-        let idle = tokio::task::spawn_blocking(move || h.wait_idle(REPLAN_DRAIN))
+        drain_engine(hold, DRAIN)
             .await
-            .unwrap_or(false);
-        if !idle {
-            hold.resume(None);
-            return Err(ApiError::Unavailable(format!(
-                "running requests did not finish within {REPLAN_DRAIN:?}; plan v{} stays",
-                old.version
-            )));
-        }
-        let opts = super::runtime::CoordOptions {
+            .map_err(|m| ApiError::Unavailable(format!("{m}; plan v{} stays", old.version)))?;
+        let opts = CoordOptions {
             min_nodes: old.members().len(),
             wait: std::time::Duration::from_secs(30),
             force_stages: req.stages,
             expert_parallel: req.expert_parallel,
         };
         let version = (now_ms() / 1000).max(old.version + 1);
-        let r = self.rt.coordinate(path, &opts, version).await;
-        match r {
+        match self.rt.coordinate(&e.model_path, &opts, version).await {
             Ok((plan, applied)) => {
                 let Some(backend) = applied.backend else {
-                    hold.resume(None);
+                    hold.resume(Resume::Keep);
                     return Err(ApiError::Internal(
                         "the new plan does not make this node its coordinator".into(),
                     ));
                 };
                 *slot.write().unwrap_or_else(|e| e.into_inner()) = backend.clone();
-                hold.resume(Some(backend));
+                hold.resume(Resume::Swap(backend));
                 tracing::info!("plan v{} in force: {plan:?}", plan.version);
                 Ok(LoadReply {
-                    model: file_name(path),
+                    model: file_name(&e.model_path),
                     plan: Some(plan_wire::to_proto(&plan, n_layer(&plan))),
                     load_ms: t0.elapsed().as_millis() as u64,
                     unchanged: false,
                 })
             }
-            Err(e) => {
-                hold.resume(None);
+            Err(err) => {
+                hold.resume(Resume::Keep);
                 Err(ApiError::Unavailable(format!(
-                    "re-planning failed: {e} (the nodes that took the new plan no longer \
+                    "re-planning failed: {err} (the nodes that took the new plan no longer \
                      serve v{}; load again, or restart the coordinator)",
                     old.version
                 )))
             }
         }
+    }
+
+    /// Makes this node the coordinator of `path`: drains the engine in
+    /// force (this node's, or another coordinator's), plans the model over
+    /// the nodes the mesh has now, and serves it from a new engine.
+    async fn take_over(
+        &self,
+        path: &Path,
+        req: &LoadRequest,
+        old: Option<&MeshPlan>,
+    ) -> Result<LoadReply, ApiError> {
+        let t0 = std::time::Instant::now();
+        let name = file_name(path);
+        let current = self.engines.get();
+        let hold = current
+            .as_ref()
+            .and_then(|e| e.replan.as_ref().map(|(h, _)| h.clone()));
+        if let Some(h) = &hold {
+            drain_engine(h, DRAIN)
+                .await
+                .map_err(|m| ApiError::Unavailable(format!("{m}; this node keeps its model")))?;
+        }
+        // The old engine goes on only if nothing changed on the mesh.
+        let keep = |e: ApiError| {
+            if let Some(h) = &hold {
+                h.resume(Resume::Keep);
+            }
+            e
+        };
+        if let Some(p) = old {
+            self.rt.release(p, &name).await.map_err(|e| {
+                keep(ApiError::Unavailable(format!(
+                    "the coordinator in force did not give up its model: {e}"
+                )))
+            })?;
+        }
+        let peers = self
+            .rt
+            .mesh
+            .peers()
+            .await
+            .map_err(|e| keep(unavailable(e)))?;
+        let opts = CoordOptions {
+            min_nodes: 1 + peers.iter().filter(|p| p.caps.is_some()).count(),
+            wait: std::time::Duration::from_secs(30),
+            force_stages: req.stages,
+            expert_parallel: req.expert_parallel,
+        };
+        let version = (now_ms() / 1000).max(old.map_or(0, |p| p.version) + 1);
+        let (plan, applied) = self
+            .rt
+            .coordinate(path, &opts, version)
+            .await
+            .map_err(|e| {
+                keep(ApiError::Unavailable(format!(
+                    "loading {name} failed: {e} (nodes that took the new plan no longer serve \
+                 the old one; load again)"
+                )))
+            })?;
+        // From here the old pipeline is gone: its engine retires whatever
+        // becomes of the new one.
+        let retire = || {
+            if let Some(h) = &hold {
+                h.resume(Resume::Retire);
+            }
+        };
+        let Some(backend) = applied.backend else {
+            self.engines.set(None);
+            retire();
+            return Err(ApiError::Internal(
+                "the new plan does not make this node its coordinator".into(),
+            ));
+        };
+        let factory = self.factory.clone();
+        let (p, model, ctx) = (
+            path.to_path_buf(),
+            applied.model,
+            self.rt.settings().limits.ctx_size,
+        );
+        let built =
+            tokio::task::spawn_blocking(move || factory.coordinator(&p, model, backend, ctx))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))
+                .and_then(|r| r.map_err(|e| ApiError::InvalidArgument(format!("{name}: {e:#}"))));
+        let engine = match built {
+            Ok(e) => e,
+            Err(e) => {
+                self.engines.set(None);
+                retire();
+                return Err(e);
+            }
+        };
+        println!(
+            "dwarfstar mesh: plan {}: serving {} as {:?} over {} node(s)",
+            plan.version,
+            name,
+            engine.model_name,
+            plan.members().len()
+        );
+        self.engines.set(Some(engine));
+        retire();
+        Ok(LoadReply {
+            model: name,
+            plan: Some(plan_wire::to_proto(&plan, n_layer(&plan))),
+            load_ms: t0.elapsed().as_millis() as u64,
+            unchanged: false,
+        })
     }
 
     /// The node runtime this service answers for.
@@ -254,14 +330,16 @@ impl MeshNode {
     }
 
     /// The model file `name` names: the loaded one when empty, else a path
-    /// or a file in the models folder (with or without `.gguf`).
+    /// or a file in the models folder (with or without `.gguf`), or the
+    /// served one by its served name.
     fn resolve_model(&self, name: &str) -> Result<PathBuf, ApiError> {
         let dir = &self.rt.settings().models_dir;
         let name = name.trim();
+        let served = self.engines.get();
+        if let Some(e) = served.filter(|e| name.is_empty() || e.model_name == name) {
+            return Ok(e.model_path.clone());
+        }
         if name.is_empty() {
-            if let Some(p) = &self.model_path {
-                return Ok(p.clone());
-            }
             return match self.rt.roster.model_file() {
                 Some(f) => Ok(dir.join(f)),
                 None => Err(ApiError::FailedPrecondition(
@@ -396,7 +474,7 @@ impl NodeApi for MeshNode {
                 experts: w.experts.iter().filter(|e| e.node == id).cloned().collect(),
             });
             let active = if local {
-                self.metrics.as_ref().map_or(0, |m| m.active.load(Relaxed)) as u32
+                self.metrics.active.load(Relaxed) as u32
             } else {
                 0
             };
@@ -494,22 +572,21 @@ impl NodeApi for MeshNode {
     }
 
     async fn load_model(&self, req: LoadRequest) -> Result<LoadReply, ApiError> {
-        if self.local.is_none() {
-            let at = self.coordinator_addr().await;
-            return Err(self.worker_error("does not load models", at));
-        }
         if req.stages == Some(0) {
             return Err(ApiError::InvalidArgument(
                 "stages must be at least 1".into(),
             ));
         }
         let path = self.resolve_model(&req.model)?;
-        let plan = self.rt.status().plan.ok_or_else(|| {
-            ApiError::FailedPrecondition("the mesh has no plan in force yet".into())
-        })?;
-        let same_file = match (&self.model_path, path.canonicalize()) {
-            (Some(m), Ok(p)) => m.canonicalize().is_ok_and(|m| m == p),
-            _ => false,
+        let Ok(_one) = self.engines.switching.try_lock() else {
+            return Err(ApiError::Unavailable(
+                "another load is under way on this node".into(),
+            ));
+        };
+        let plan = self.rt.status().plan;
+        let served = self.engines.get().filter(|e| e.serves(&path));
+        let (Some(e), Some(plan)) = (served, plan.as_ref()) else {
+            return self.take_over(&path, &req, plan.as_ref()).await;
         };
         let same_stages = req.stages.is_none_or(|s| s as usize == plan.stages.len());
         let same_experts = !req.expert_parallel
@@ -520,41 +597,29 @@ impl NodeApi for MeshNode {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len()
                 > 1;
-        if !same_file {
-            return Err(ApiError::FailedPrecondition(format!(
-                "this mesh serves {} under plan v{}; its coordinator serves the model it \
-                 started with: restart `dwarfstar serve --model {}` on the coordinator to \
-                 serve another model",
-                self.model_path
-                    .as_deref()
-                    .map(file_name)
-                    .unwrap_or_default(),
-                plan.version,
-                path.display()
-            )));
-        }
         if !(same_stages && same_experts) {
-            return self.replan(&path, &req, &plan).await;
+            return self.replan(&e, &req, plan).await;
         }
         Ok(LoadReply {
-            model: self
-                .model_path
-                .as_deref()
-                .map(file_name)
-                .unwrap_or_default(),
-            plan: Some(plan_wire::to_proto(&plan, n_layer(&plan))),
+            model: file_name(&e.model_path),
+            plan: Some(plan_wire::to_proto(plan, n_layer(plan))),
             load_ms: 0,
             unchanged: true,
         })
     }
 
     async fn generate(&self, req: GenerateRequest) -> Result<EventStream, ApiError> {
-        match &self.local {
-            Some(l) => l.generate(req).await,
-            None => {
+        if let Some(e) = self.engines.get() {
+            return e.node.generate(req).await;
+        }
+        match self.rt.status().plan {
+            Some(p) if p.coordinator != self.rt.me => {
                 let at = self.coordinator_addr().await;
                 Err(self.worker_error("does not generate", at))
             }
+            _ => Err(ApiError::FailedPrecondition(
+                "this node serves no model: load one with `meshctl load MODEL`".into(),
+            )),
         }
     }
 }

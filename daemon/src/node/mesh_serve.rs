@@ -1,12 +1,13 @@
 //! `dwarfstar serve` in a mesh: the flags, joining the mesh, the
-//! self-benchmark a node announces, and coordinating a model load.
+//! self-benchmark a node announces, and coordinating the model it starts
+//! with.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use dwarfstar_mesh::{sysinfo, JoinSecret, Mesh, MeshConfig, Multiaddr};
 use dwarfstar_planner::NodeCaps;
@@ -119,12 +120,14 @@ fn measure_gflops() -> f64 {
     (64.0 * 2.0 * a.len() as f64) / best.max(1e-9) / 1e9
 }
 
-/// Joins the mesh and starts the node's event loop.
+/// Joins the mesh and starts the node's event loop; `engines` is where the
+/// daemon serves the model it coordinates, if any.
 pub async fn join(
     args: &MeshArgs,
     secret: JoinSecret,
     models_dir: PathBuf,
     limits: StageLimits,
+    engines: Arc<crate::serve::engine::Engines>,
 ) -> Result<Arc<NodeRuntime>> {
     let state = args.state_dir();
     std::fs::create_dir_all(&state).with_context(|| format!("state dir {}", state.display()))?;
@@ -191,6 +194,7 @@ pub async fn join(
             limits,
             caps,
         },
+        engines,
     );
     node.roster.set_local_caps(announced);
     node.run_events(events);
@@ -203,7 +207,7 @@ pub fn wait(args: &MeshArgs) -> Duration {
 }
 
 /// Where a node looks for model files a plan names.
-fn models_dir(args: &MeshArgs, model: Option<&std::path::Path>) -> PathBuf {
+pub fn models_dir(args: &MeshArgs, model: Option<&std::path::Path>) -> PathBuf {
     if let Some(d) = &args.models_dir {
         return d.clone();
     }
@@ -215,112 +219,14 @@ fn models_dir(args: &MeshArgs, model: Option<&std::path::Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
-/// Where a worker serves the Control service: `off`, an address, or (None)
-/// the default 127.0.0.1:7070, off when that port is taken. A non-loopback
-/// address needs API keys.
-async fn worker_grpc(
-    listen: Option<&str>,
-    keys: &[String],
-) -> Result<Option<tokio::net::TcpListener>> {
-    let (text, explicit) = match listen {
-        Some(t) => (t.trim(), true),
-        None => ("127.0.0.1:7070", false),
-    };
-    if text == "off" {
-        return Ok(None);
-    }
-    let addr: SocketAddr = text
-        .parse()
-        .with_context(|| format!("gRPC listen address {text:?} (HOST:PORT or off)"))?;
-    if !addr.ip().is_loopback() && keys.is_empty() {
-        bail!(
-            "gRPC on {addr} would let anyone on the network drive this node: give --api-key, \
-             or a loopback --grpc-listen such as 127.0.0.1:{}",
-            addr.port()
-        );
-    }
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if !explicit => {
-            eprintln!("dwarfstar serve: gRPC control off: {addr}: {e} (give --grpc-listen ADDR)");
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| format!("gRPC listen address {addr}")),
-    }
-}
-
-/// A mesh node without a model of its own: it takes the shares plans give
-/// it until Ctrl-C, and serves the Control service (status, peers, plan of
-/// the mesh) on `grpc_listen`.
-pub fn run_worker(
-    args: &MeshArgs,
-    secret: JoinSecret,
-    threads: Option<usize>,
-    grpc_listen: Option<&str>,
-    api_keys: Vec<String>,
-) -> Result<()> {
-    crate::cli::init_threads(threads)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        let limits = StageLimits {
-            ctx_size: 8192,
-            max_seqs: super::pipeline::STAGE_MAX_SEQS,
-        };
-        let grpc = worker_grpc(grpc_listen, &api_keys).await?;
-        let node = join(args, secret, models_dir(args, None), limits).await?;
-        let grpc_local = match &grpc {
-            Some(l) => Some(l.local_addr()?),
-            None => None,
-        };
-        let stop = tokio::sync::watch::channel(false);
-        let grpc_task = match grpc {
-            Some(l) => {
-                let at = grpc_local.map(|a| a.to_string()).unwrap_or_default();
-                super::mesh_api::announce_services(&node, &at, "").await;
-                let api = Arc::new(super::mesh_api::MeshNode::worker(node.clone()));
-                let mut rx = stop.1.clone();
-                Some(tokio::spawn(super::grpc::serve_grpc_on(
-                    l,
-                    api,
-                    api_keys,
-                    async move {
-                        let _ = rx.wait_for(|&v| v).await;
-                    },
-                )))
-            }
-            None => None,
-        };
-        // One line, one write: tests read it.
-        println!(
-            "dwarfstar serve: mesh worker ready, waiting for a plan; gRPC control {}",
-            grpc_local.map_or("off".to_string(), |a| format!("on {a}"))
-        );
-        crate::serve::shutdown().await;
-        let _ = stop.0.send(true);
-        if let Some(t) = grpc_task {
-            match t.await {
-                Ok(r) => r.context("serving gRPC")?,
-                Err(e) => bail!("the gRPC server failed: {e}"),
-            }
-        }
-        node.mesh.shutdown().await;
-        Ok(())
-    })
-}
-
-/// Joins the mesh, waits for the nodes asked for, plans `model` over them
-/// and has each load its share; returns the node and its scheduler backend.
+/// Waits for the nodes asked for, plans `model` over them and has each
+/// load its share; the plan, and this node's part (with the scheduler's
+/// backend).
 pub async fn coordinate(
     args: &MeshArgs,
-    secret: JoinSecret,
+    node: &Arc<NodeRuntime>,
     model: &std::path::Path,
-    limits: StageLimits,
-) -> Result<(Arc<NodeRuntime>, super::backend::DistBackend)> {
-    let node = join(args, secret, models_dir(args, Some(model)), limits).await?;
+) -> Result<(dwarfstar_planner::Plan, super::runtime::Applied)> {
     let opts = super::runtime::CoordOptions {
         min_nodes: args.mesh_nodes.unwrap_or(1),
         wait: wait(args),
@@ -345,10 +251,7 @@ pub async fn coordinate(
         experts.len(),
         plan.predicted_tokens_per_s
     );
-    let backend = applied
-        .backend
-        .ok_or_else(|| anyhow::anyhow!("the plan does not make this node its coordinator"))?;
-    Ok((node, backend))
+    Ok((plan, applied))
 }
 
 /// The last characters of a peer id, enough to tell nodes apart.

@@ -11,7 +11,8 @@
 //! - [`shards`]: fetching a plan's share of a model file from a peer holding it;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
-//! - [`local`]: the single-machine `NodeApi` over the local engine;
+//! - [`local`]: the single-machine `NodeApi` over one engine;
+//! - [`lone`]: a lone daemon's `NodeApi`, which swaps engines on LoadModel;
 //! - [`mesh_api`]: the mesh `NodeApi`: plan, peers, members' states;
 //! - [`roster`]: what a node knows of its plan's members;
 //! - [`traffic`]: data-plane frame and byte counters.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod frames;
 pub mod grpc;
 pub mod local;
+pub mod lone;
 pub mod mesh_api;
 pub mod mesh_serve;
 pub mod pipeline;

@@ -7,6 +7,11 @@
 //! by `NodeReady` once the node has loaded its share), and then serves
 //! through a [`DistBackend`]. Every node answers data-plane streams with the
 //! [`Roles`] its plan gave it.
+//!
+//! A load asked of another node makes that node the coordinator: it first
+//! asks the coordinator in force to give up its model (a `Release`, answered
+//! by a `PlanAck` once that node's engine drained and stopped), then plans.
+//! A proposal from another coordinator also stops this node's engine.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use super::plan_wire;
 use super::roster::{held_bytes, MemberState, Roster};
 use super::shards::{self, ShardHost};
 use super::transport::{MeshExperts, QuicHop, Roles};
+use crate::serve::engine::Engines;
 
 /// What a node needs to take a share of a plan.
 #[derive(Clone, Debug)]
@@ -70,6 +76,8 @@ pub struct NodeRuntime {
     shards: Arc<ShardHost>,
     /// The plan's members as this node knows them (status answers).
     pub roster: Roster,
+    /// The model this node serves, when it coordinates one.
+    engines: Arc<Engines>,
 }
 
 /// What applying a plan gave this node.
@@ -85,7 +93,12 @@ fn peer(id: &str) -> Result<PeerId> {
 }
 
 impl NodeRuntime {
-    pub fn new(mesh: MeshHandle, rt: Handle, mut settings: NodeSettings) -> Arc<NodeRuntime> {
+    pub fn new(
+        mesh: MeshHandle,
+        rt: Handle,
+        mut settings: NodeSettings,
+        engines: Arc<Engines>,
+    ) -> Arc<NodeRuntime> {
         let me = mesh.local_peer_id().to_string();
         settings.caps.id = me.clone();
         Arc::new(NodeRuntime {
@@ -100,6 +113,7 @@ impl NodeRuntime {
                 ..Default::default()
             }),
             roster: Roster::default(),
+            engines,
         })
     }
 
@@ -147,6 +161,9 @@ impl NodeRuntime {
             Ok(pb::MeshMessage {
                 body: Some(pb::mesh_message::Body::NodeReady(r)),
             }) => pb::mesh_message::Body::PlanAck(self.on_plan_ready(from, r)),
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::Release(r)),
+            }) => pb::mesh_message::Body::PlanAck(self.on_release(from, r).await),
             Ok(_) => {
                 tracing::warn!("peer {from} sent a control message this node does not take");
                 pb::mesh_message::Body::NodeReady(pb::NodeReady {
@@ -194,6 +211,99 @@ impl NodeRuntime {
         }
     }
 
+    /// Another node is to coordinate: stop serving the model this one
+    /// coordinates (its running requests finish first).
+    async fn on_release(&self, from: PeerId, r: pb::Release) -> pb::PlanAck {
+        let ack = |accepted: bool, reason: String| pb::PlanAck {
+            plan_version: r.plan_version,
+            node: self.me.clone(),
+            accepted,
+            reason,
+        };
+        if r.new_coordinator != from.to_string() {
+            return ack(
+                false,
+                "a release names its sender as the new coordinator".into(),
+            );
+        }
+        match self.give_up(&from.to_string(), &r.model).await {
+            Ok(()) => ack(true, String::new()),
+            Err(e) => ack(false, e.to_string()),
+        }
+    }
+
+    /// Stops this node's engine, if it has one, because `by` coordinates
+    /// `model` next.
+    async fn give_up(&self, by: &str, model: &str) -> Result<()> {
+        if self.engines.get().is_none() {
+            return Ok(());
+        }
+        let Ok(_one) = self.engines.switching.try_lock() else {
+            return Err(NodeError::NotReady(
+                "a load is under way on this node".into(),
+            ));
+        };
+        match self.engines.retire(crate::serve::engine::DRAIN).await {
+            Ok(Some(was)) => {
+                tracing::info!("stopped serving {was}: {by} coordinates {model} now");
+                println!("dwarfstar mesh: stopped serving {was}; {by} coordinates {model}");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(NodeError::NotReady(format!(
+                "stopping this node's engine: {e}"
+            ))),
+        }
+    }
+
+    /// Asks the coordinator of `plan` (another node) to give up its model
+    /// before this one coordinates `model`.
+    pub async fn release(&self, plan: &Plan, model: &str) -> Result<()> {
+        if plan.coordinator == self.me {
+            return Ok(());
+        }
+        let id = peer(&plan.coordinator)?;
+        let connected = self
+            .mesh
+            .peers()
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .iter()
+            .any(|p| p.peer == id);
+        if !connected {
+            // Gone: it serves nobody of this mesh.
+            return Ok(());
+        }
+        let msg = pb::MeshMessage {
+            body: Some(pb::mesh_message::Body::Release(pb::Release {
+                plan_version: plan.version,
+                new_coordinator: self.me.clone(),
+                model: model.to_string(),
+            })),
+        }
+        .encode_to_vec();
+        let reply = self
+            .mesh
+            .send_control(id, msg)
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        match pb::MeshMessage::decode(reply.as_slice()) {
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::PlanAck(a)),
+            }) if a.accepted => Ok(()),
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::PlanAck(a)),
+            }) => Err(NodeError::Remote {
+                node: plan.coordinator.clone(),
+                message: a.reason,
+            }),
+            _ => Err(NodeError::BadRequest(format!(
+                "{} answered the release with something else",
+                plan.coordinator
+            ))),
+        }
+    }
+
     /// Bytes `node` holds under `plan`, when the model's shape is known.
     pub fn held_by(&self, plan: &Plan, node: &str) -> u64 {
         self.roster
@@ -230,6 +340,18 @@ impl NodeRuntime {
     async fn on_proposal(self: Arc<Self>, from: PeerId, p: pb::PlanProposal) -> pb::NodeReady {
         let t0 = Instant::now();
         let version = p.plan.as_ref().map_or(0, |p| p.version);
+        let model = p.model.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        // Another coordinator's plan replaces the pipeline this node's
+        // engine drives, if it has one.
+        if let Err(e) = self.give_up(&from.to_string(), &model).await {
+            tracing::warn!("plan {version} from {from}: {e}");
+            return pb::NodeReady {
+                plan_version: version,
+                node: self.me.clone(),
+                error: e.to_string(),
+                ..Default::default()
+            };
+        }
         self.set_status(|s| s.state = "loading".into());
         if let Some(wire) = &p.plan {
             let mut nodes: BTreeSet<&str> = wire.stages.iter().map(|s| s.node.as_str()).collect();

@@ -29,19 +29,16 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::config::LimitsConfig;
+use super::engine::{Engine, Engines};
 use super::metrics::Metrics;
 use super::openai::{self, ApiError, Envelope, Kind, Prompt, Sampling, Usage};
-use super::scheduler::{Event, Finish, GenRequest, SubmitError, Submitter};
+use super::scheduler::{Event, Finish, GenRequest, SubmitError};
 
 /// What every handler shares.
 pub struct AppState {
-    pub tok: Arc<Tokenizer>,
-    pub submit: Submitter,
+    /// The model served now (`meshctl load` may swap it).
+    pub engines: Arc<Engines>,
     pub metrics: Arc<Metrics>,
-    pub model_name: String,
-    pub arch: String,
-    pub n_vocab: usize,
-    pub ctx_size: usize,
     pub keys: Vec<String>,
     pub max_body_bytes: usize,
     pub limits: LimitsConfig,
@@ -153,35 +150,51 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 impl AppState {
-    fn model_object(&self) -> Value {
+    fn model_object(&self, e: &Engine) -> Value {
         json!({
-            "id": self.model_name,
+            "id": e.model_name,
             "object": "model",
             "created": self.created,
             "owned_by": "dwarfstar",
-            "meta": {"arch": self.arch, "n_ctx": self.ctx_size, "n_vocab": self.n_vocab},
+            "meta": {"arch": e.arch, "n_ctx": e.ctx_size, "n_vocab": e.n_vocab},
         })
     }
 
-    /// A request naming another model gets 404; naming none is allowed.
-    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+    /// The engine in force, for a request naming `model`: 404 when it
+    /// names another (naming none is allowed), 503 when none is served.
+    fn engine_for(&self, model: Option<&str>) -> Result<Arc<Engine>, ApiError> {
+        let Some(e) = self.engines.get() else {
+            return Err(ApiError::unavailable(
+                "This node serves no model now. Load one with `meshctl load MODEL`, or send \
+                 requests to the mesh's coordinator (its address is in /v1/status).",
+            ));
+        };
         match model {
-            Some(m) if m != self.model_name => Err(ApiError::model_not_found(m)),
-            _ => Ok(()),
+            Some(m) if m != e.model_name => Err(ApiError::model_not_found(m)),
+            _ => Ok(e),
         }
     }
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [st.model_object()]}))
+    let data: Vec<Value> = st
+        .engines
+        .get()
+        .map(|e| st.model_object(&e))
+        .into_iter()
+        .collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 async fn model(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.check_model(Some(&id))?;
-    Ok(Json(st.model_object()))
+    let e = match st.engine_for(Some(&id)) {
+        Err(e) if e.status == 503 => return Err(ApiError::model_not_found(&id)),
+        r => r?,
+    };
+    Ok(Json(st.model_object(&e)))
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Json<Value> {
@@ -195,11 +208,12 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Value> {
         None => Value::Null,
     };
     let m = &st.metrics;
+    let e = st.engines.get();
     Json(json!({
         "mesh": mesh,
-        "model": st.model_name,
-        "arch": st.arch,
-        "ctx_size": st.ctx_size,
+        "model": e.as_ref().map(|e| e.model_name.clone()),
+        "arch": e.as_ref().map(|e| e.arch.clone()),
+        "ctx_size": e.as_ref().map(|e| e.ctx_size),
         "max_batch": st.limits.max_batch,
         "queue_capacity": st.limits.queue,
         "uptime_s": m.uptime().as_secs_f64(),
@@ -249,8 +263,8 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let req = openai::chat_request(&body(&st, b)?)?;
-    st.check_model(req.model.as_deref())?;
-    let tok = st.tok.clone();
+    let e = st.engine_for(req.model.as_deref())?;
+    let tok = e.tok.clone();
     let msgs = req.messages;
     let prompt = blocking(move || {
         let text = tok.apply_chat_template(&msgs, true)?;
@@ -263,7 +277,7 @@ async fn chat(
             format!("The conversation could not be rendered: {e}"),
         )
     })?;
-    generate(st, Kind::Chat, prompt, req.sampling, received).await
+    generate(st, e, Kind::Chat, prompt, req.sampling, received).await
 }
 
 async fn completions(
@@ -272,19 +286,19 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let req = openai::completion_request(&body(&st, b)?)?;
-    st.check_model(req.model.as_deref())?;
+    let e = st.engine_for(req.model.as_deref())?;
     let prompt = match req.prompt {
         Prompt::Tokens(t) => {
-            if let Some(bad) = t.iter().find(|&&t| t as usize >= st.n_vocab) {
+            if let Some(bad) = t.iter().find(|&&t| t as usize >= e.n_vocab) {
                 return Err(ApiError::invalid(
                     "prompt",
-                    format!("Token {bad} is outside the vocabulary of {}.", st.n_vocab),
+                    format!("Token {bad} is outside the vocabulary of {}.", e.n_vocab),
                 ));
             }
             t
         }
         Prompt::Text(s) => {
-            let tok = st.tok.clone();
+            let tok = e.tok.clone();
             blocking(move || tok.encode(&s, true, true))
                 .await?
                 .map_err(|e| {
@@ -292,12 +306,13 @@ async fn completions(
                 })?
         }
     };
-    generate(st, Kind::Text, prompt, req.sampling, received).await
+    generate(st, e, Kind::Text, prompt, req.sampling, received).await
 }
 
 /// Queues a tokenized prompt and answers with the whole result or a stream.
 async fn generate(
     st: Arc<AppState>,
+    e: Arc<Engine>,
     kind: Kind,
     prompt: Vec<u32>,
     s: Sampling,
@@ -307,19 +322,19 @@ async fn generate(
     if n == 0 {
         return Err(ApiError::invalid("prompt", "The prompt has no tokens."));
     }
-    if n >= st.ctx_size {
+    if n >= e.ctx_size {
         return Err(ApiError::invalid_code(
             "messages",
             "context_length_exceeded",
             format!(
                 "This server's context is {} tokens; the prompt has {n}, which leaves no room to generate.",
-                st.ctx_size
+                e.ctx_size
             ),
         ));
     }
     // max_tokens beyond the context (or the configured cap) is clamped;
     // the answer then ends with finish_reason "length".
-    let room = st.ctx_size - n;
+    let room = e.ctx_size - n;
     let asked = s
         .max_tokens
         .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
@@ -334,7 +349,7 @@ async fn generate(
             .map_or(0, |d| d.as_nanos() as u64)
     });
     let (tx, rx) = unbounded_channel();
-    st.submit
+    e.submit
         .submit(GenRequest {
             prompt,
             max_tokens,
@@ -356,10 +371,10 @@ async fn generate(
             SubmitError::Full => ApiError::queue_full(),
             SubmitError::Closed => ApiError::unavailable("The engine has stopped."),
         })?;
-    let env = Envelope::new(kind, &st.model_name);
+    let env = Envelope::new(kind, &e.model_name);
     let job = Job {
         rx,
-        tok: st.tok.clone(),
+        tok: e.tok.clone(),
         stops: s.stop,
         ignore_eos: s.ignore_eos,
         received,

@@ -138,7 +138,13 @@ pub struct Settings {
     pub grpc_explicit: bool,
     pub api_keys: Vec<String>,
     pub max_body_bytes: usize,
-    pub model_path: PathBuf,
+    /// The HTTP address was given (file or flag). A daemon without a model
+    /// (a mesh node) serves HTTP only then.
+    pub http_explicit: bool,
+    /// The model to serve at start; None: a mesh node waits for a plan
+    /// or a `meshctl load`.
+    pub model_path: Option<PathBuf>,
+    /// Its id for clients (empty without a model).
     pub model_name: String,
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
@@ -178,6 +184,7 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         model,
         mut limits,
     } = file;
+    let http_explicit = o.http_addr.is_some() || http.addr != HttpConfig::default().addr;
     let addr_text = o.http_addr.unwrap_or(http.addr);
     let addr = addr_text
         .to_socket_addrs()
@@ -217,16 +224,12 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         }
         Some(a)
     };
-    let model_path = o
-        .model
-        .or(model.path)
-        .context("no model: give --model PATH or [model] path in the config file")?;
+    let model_path = o.model.or(model.path);
     let model_name = o.model_name.or(model.name).unwrap_or_else(|| {
-        let f = model_path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        f.strip_suffix(".gguf").unwrap_or(&f).to_string()
+        model_path
+            .as_deref()
+            .map(super::engine::stem)
+            .unwrap_or_default()
     });
     if let Some(v) = o.max_batch {
         limits.max_batch = v;
@@ -273,6 +276,7 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     Ok(Settings {
         kv_cache,
         addr,
+        http_explicit,
         grpc_addr,
         grpc_explicit,
         api_keys,
@@ -382,10 +386,16 @@ mod tests {
     fn mistakes_are_reported() {
         assert!(FileConfig::parse("[http]\nadress = \"x\"\n").is_err());
         assert!(FileConfig::parse("[limits]\nqueue = \"many\"\n").is_err());
-        assert!(resolve(FileConfig::default(), Overrides::default(), None)
-            .unwrap_err()
-            .to_string()
-            .contains("no model"));
+        // No model is a mesh node's start; `serve` refuses it alone.
+        let bare = resolve(FileConfig::default(), Overrides::default(), None).unwrap();
+        assert_eq!((bare.model_path, bare.model_name.as_str()), (None, ""));
+        assert!(!bare.http_explicit);
+        let file = FileConfig::parse("[http]\naddr = \"127.0.0.1:9\"\n").unwrap();
+        assert!(
+            resolve(file, Overrides::default(), None)
+                .unwrap()
+                .http_explicit
+        );
         let zero = Overrides {
             max_batch: Some(0),
             ..flags("m.gguf")

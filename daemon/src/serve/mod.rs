@@ -2,6 +2,7 @@
 //! batching and a chat page.
 //!
 //! - [`config`]: the TOML file, flags and keys, checked into settings;
+//! - [`engine`]: the model served now, and how `meshctl load` swaps it;
 //! - [`scheduler`]: the engine thread — admission, chunked prefill, one
 //!   batched forward pass per step, sampling, cancellation;
 //! - [`prefix`]: the cache of recent states for shared prompt starts;
@@ -12,12 +13,14 @@
 //! The model lives on one `std::thread` (its kernels use the rayon pool);
 //! the tokio runtime only moves bytes. Next to HTTP, the gRPC Control
 //! service (`meshctl`) is served by [`crate::node::grpc`] over
-//! [`crate::node::local::LocalNode`] (alone) or
+//! [`crate::node::lone::LoneNode`] (alone) or
 //! [`crate::node::mesh_api::MeshNode`] (in a mesh, which the chat page's
-//! status then shows too).
+//! status then shows too). A mesh node started without a model serves the
+//! API (when given an address) once a load makes it a coordinator.
 
 pub mod api;
 pub mod config;
+pub mod engine;
 pub mod kv_disk;
 pub mod metrics;
 pub mod openai;
@@ -31,16 +34,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dwarfstar_model::Model;
 
 use self::config::{FileConfig, Overrides};
+use self::engine::{EngineFactory, Engines};
 use self::metrics::Metrics;
-use self::scheduler::{SchedConfig, Scheduler};
-use crate::cli::{init_threads, load_tokenizer};
+use crate::cli::init_threads;
 use crate::node::grpc::{serve_grpc_on, NodeApi};
-use crate::node::local::{LocalConfig, LocalNode};
+use crate::node::lone::LoneNode;
 use crate::node::mesh_api::{announce_services, MeshNode};
-use crate::node::mesh_serve::MeshArgs;
+use crate::node::mesh_serve::{self, MeshArgs};
+use crate::node::pipeline::{StageLimits, STAGE_MAX_SEQS};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -98,24 +101,6 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let secret = a.mesh.secret()?;
-    if let (Some(secret), None, None) = (&secret, &a.model, &a.config) {
-        let mut keys = a.api_keys.clone();
-        if let Ok(env) = std::env::var("DWARFSTAR_API_KEYS") {
-            keys.extend(
-                env.split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(String::from),
-            );
-        }
-        return crate::node::mesh_serve::run_worker(
-            &a.mesh,
-            secret.clone(),
-            a.threads,
-            a.grpc_listen.as_deref(),
-            keys,
-        );
-    }
     let file = match &a.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -136,6 +121,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let env_keys = std::env::var("DWARFSTAR_API_KEYS").ok();
     let s = config::resolve(file, flags, env_keys.as_deref())?;
+    if s.model_path.is_none() && secret.is_none() {
+        anyhow::bail!(
+            "no model: give --model PATH or [model] path in the config file (or join a mesh \
+             with --secret-file or DWARFSTAR_SECRET, to take a share of the models it loads)"
+        );
+    }
 
     init_threads(s.threads)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -143,210 +134,191 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let overrides = s
-        .override_kv
-        .iter()
-        .map(|o| dwarfstar_gguf::parse_override(o).with_context(|| format!("override {o}")))
-        .collect::<Result<Vec<_>>>()?;
-    let (mut model, gguf) = Model::open(&s.model_path, &overrides)
-        .with_context(|| format!("loading {}", s.model_path.display()))?;
-    model
-        .set_kv_type(s.kv_type)
-        .with_context(|| format!("kv_type {}", s.kv_type))?;
-    let tok = Arc::new(load_tokenizer(&gguf, &s.model_path)?);
-    let ctx_size = s
-        .ctx_size
-        .unwrap_or_else(|| model.n_ctx_train().min(8192))
-        .max(2);
-    crate::cli::apply_mem_budget(
-        &mut model,
-        a.mem_budget.as_deref(),
-        ctx_size.saturating_mul(s.limits.max_batch),
-    )?;
-    let n_vocab = model.n_vocab();
-    let arch = model.arch().to_string();
-    let eog: Vec<bool> = (0..n_vocab).map(|id| tok.is_eog(id as u32)).collect();
-    // Shared with the gRPC Control service's generations.
-    let model = Arc::new(model);
-
     let metrics = Arc::new(Metrics::new());
-    let (submit, rx) = scheduler::queue(s.limits.queue, metrics.clone());
-    let mut cfg = SchedConfig {
-        max_batch: s.limits.max_batch,
-        prefill_chunk: s.limits.prefill_chunk,
-        ctx_size,
-        cache_entries: s.limits.prefix_cache_entries,
-        cache_bytes: s.limits.prefix_cache_mib.saturating_mul(1 << 20),
-        min_prefix: 16,
-    };
-    let mut mesh_node = None;
-    let mut pipeline = None;
-    let replan = Arc::new(replan::Replan::default());
-    let engine = match secret {
-        // In a mesh, this node coordinates the model over the plan's nodes.
-        Some(secret) => {
-            let limits = crate::node::pipeline::StageLimits {
-                ctx_size,
-                max_seqs: crate::node::pipeline::STAGE_MAX_SEQS,
-            };
-            let (node, backend) = rt.block_on(crate::node::mesh_serve::coordinate(
-                &a.mesh,
-                secret,
-                &s.model_path,
-                limits,
-            ))?;
-            let slot = Arc::new(std::sync::RwLock::new(backend.clone()));
-            mesh_node = Some((node, slot.clone()));
-            pipeline = Some(slot);
-            // A cached prefix stays alive on every stage as a sequence of
-            // its own, so the cache shares the stages' sequence slots with
-            // the running batch (and releases in flight).
-            cfg.cache_entries = cfg
-                .cache_entries
-                .min(crate::node::pipeline::STAGE_MAX_SEQS.saturating_sub(2 * cfg.max_batch));
-            if s.kv_cache.is_some() {
-                tracing::warn!(
-                    "kv_cache_dir is not used in mesh mode: each stage would need its own files; \
-                     prefixes are reused from memory only"
-                );
-            }
-            let sched = Scheduler::new(backend, cfg, eog, rx, metrics.clone());
-            spawn_engine(sched.with_replan(replan.clone()))?
-        }
-        None => match &s.kv_cache {
-            Some((dir, bytes)) => {
-                let backend = kv_disk::DiskCached::open(model.clone(), dir, *bytes)?;
-                spawn_engine(Scheduler::new(backend, cfg, eog, rx, metrics.clone()))?
-            }
-            None => spawn_engine(Scheduler::new(model.clone(), cfg, eog, rx, metrics.clone()))?,
-        },
-    };
-
-    let local_node = |grpc_addr: String, http_addr: String| {
-        LocalNode::new(LocalConfig {
-            id: "local".into(),
-            model: model.clone(),
-            tokenizer: tok.clone(),
-            model_path: s.model_path.clone(),
-            served_name: s.model_name.clone(),
-            ctx_size,
-            max_concurrent: s.limits.max_batch,
-            metrics: metrics.clone(),
-            grpc_addr,
-            http_addr,
-            pipeline: pipeline.clone(),
-        })
-    };
-    // In a mesh, gRPC and the page answer for the whole mesh.
-    let mesh_api = mesh_node.map(|(node, slot)| {
-        Arc::new(MeshNode::coordinator(
-            node,
-            local_node(String::new(), String::new()),
-            s.model_path.clone(),
-            metrics.clone(),
-            (replan.clone(), slot),
-        ))
-    });
-    let state = Arc::new(api::AppState {
-        mesh: mesh_api.clone(),
-        tok: tok.clone(),
-        submit,
-        metrics: metrics.clone(),
-        model_name: s.model_name.clone(),
-        arch,
-        n_vocab,
-        ctx_size,
-        keys: s.api_keys.clone(),
-        max_body_bytes: s.max_body_bytes,
-        limits: s.limits.clone(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(s.addr)
-            .await
-            .with_context(|| format!("listening on {}", s.addr))?;
-        let local = listener.local_addr()?;
-        let grpc_listener = match s.grpc_addr {
-            None => None,
-            Some(a) => match tokio::net::TcpListener::bind(a).await {
-                Ok(l) => Some(l),
-                Err(e) if !s.grpc_explicit => {
-                    eprintln!(
-                        "dwarfstar serve: gRPC control off: {a}: {e} (give --grpc-listen ADDR)"
-                    );
-                    None
-                }
-                Err(e) => return Err(e).with_context(|| format!("gRPC listen address {a}")),
-            },
-        };
-        let grpc_local = match &grpc_listener {
-            Some(l) => Some(l.local_addr()?),
-            None => None,
-        };
-        let stop = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|&v| v).await;
-        };
-        let grpc_text = grpc_local.map(|a| a.to_string()).unwrap_or_default();
-        if let Some(m) = &mesh_api {
-            announce_services(m.runtime(), &grpc_text, &local.to_string()).await;
-        }
-        let grpc_task = grpc_listener.map(|l| {
-            let api: Arc<dyn NodeApi> = match &mesh_api {
-                Some(m) => m.clone(),
-                None => Arc::new(local_node(grpc_text.clone(), local.to_string())),
-            };
-            tokio::spawn(serve_grpc_on(
-                l,
-                api,
-                s.api_keys.clone(),
-                stopped(stop.1.clone()),
-            ))
-        });
-        // One line, one write: tests read it and may close the pipe.
-        println!(
-            "dwarfstar serve: listening on http://{local} (model {}, context {ctx_size}, batch {}, queue {}{}); gRPC control {}",
-            s.model_name,
-            s.limits.max_batch,
-            s.limits.queue,
-            if s.api_keys.is_empty() { ", no API keys" } else { "" },
-            grpc_local.map_or("off".to_string(), |a| format!("on {a}")),
-        );
-        let _ = std::io::stdout().flush();
-        let stop_tx = stop.0;
-        let served = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                shutdown().await;
-                let _ = stop_tx.send(true);
-            })
-            .await
-            .context("serving HTTP");
-        if let Some(t) = grpc_task {
-            match t.await {
-                Ok(r) => r.context("serving gRPC")?,
-                Err(e) => anyhow::bail!("the gRPC server failed: {e}"),
-            }
-        }
-        served
-    })?;
+    let engines = Arc::new(Engines::default());
+    let factory = rt.block_on(serve_on(
+        &a.mesh,
+        a.mem_budget,
+        secret,
+        &s,
+        &metrics,
+        &engines,
+    ))?;
     drop(rt);
-    // Every submitter is gone: the engine ends its sequences and returns.
-    let _ = engine.join();
+    // Every submitter is gone: each engine ends its sequences and returns.
+    engines.set(None);
+    factory.join_all();
     Ok(())
 }
 
-/// Runs a scheduler on its own thread (its kernels use the rayon pool).
-fn spawn_engine<B>(sched: Scheduler<B>) -> Result<std::thread::JoinHandle<()>>
-where
-    B: scheduler::Backend + Send + 'static,
-    B::State: Send,
-{
-    std::thread::Builder::new()
-        .name("dwarfstar-engine".into())
-        .spawn(move || sched.run())
-        .context("starting the engine thread")
+/// Binds the listeners, starts the engine (alone, or as the coordinator of
+/// a mesh plan, or none on a mesh node without a model) and serves HTTP
+/// and gRPC until Ctrl-C. The engine factory, whose threads remain.
+async fn serve_on(
+    mesh_args: &MeshArgs,
+    mem_budget: Option<String>,
+    secret: Option<dwarfstar_mesh::JoinSecret>,
+    s: &config::Settings,
+    metrics: &Arc<Metrics>,
+    engines: &Arc<Engines>,
+) -> Result<Arc<EngineFactory>> {
+    // A node without a model serves HTTP only at an address it was given.
+    let listener = if s.model_path.is_some() || s.http_explicit {
+        let l = tokio::net::TcpListener::bind(s.addr)
+            .await
+            .with_context(|| format!("listening on {}", s.addr))?;
+        Some(l)
+    } else {
+        None
+    };
+    let grpc_listener = match s.grpc_addr {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) if !s.grpc_explicit => {
+                eprintln!("dwarfstar serve: gRPC control off: {a}: {e} (give --grpc-listen ADDR)");
+                None
+            }
+            Err(e) => return Err(e).with_context(|| format!("gRPC listen address {a}")),
+        },
+    };
+    let http_text = match &listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => String::new(),
+    };
+    let grpc_text = match &grpc_listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => String::new(),
+    };
+    let factory = Arc::new(EngineFactory {
+        configured: s.model_path.clone(),
+        configured_name: s.model_name.clone(),
+        ctx_size: s.ctx_size,
+        override_kv: s.override_kv.clone(),
+        kv_type: s.kv_type,
+        mem_budget,
+        limits: s.limits.clone(),
+        kv_cache: s.kv_cache.clone(),
+        metrics: metrics.clone(),
+        node_id: "local".into(),
+        grpc_addr: grpc_text.clone(),
+        http_addr: http_text.clone(),
+        threads: Default::default(),
+    });
+
+    let mesh_api = match secret {
+        // In a mesh, this node coordinates its model (if it has one) over
+        // the plan's nodes, and takes shares of others' plans.
+        Some(secret) => {
+            let limits = StageLimits {
+                ctx_size: s.ctx_size.unwrap_or(8192).max(2),
+                max_seqs: STAGE_MAX_SEQS,
+            };
+            let dir = mesh_serve::models_dir(mesh_args, s.model_path.as_deref());
+            let node = mesh_serve::join(mesh_args, secret, dir, limits, engines.clone()).await?;
+            if let Some(path) = &s.model_path {
+                let (_, applied) = mesh_serve::coordinate(mesh_args, &node, path).await?;
+                let backend = applied.backend.ok_or_else(|| {
+                    anyhow::anyhow!("the plan does not make this node its coordinator")
+                })?;
+                let (f, p, model) = (factory.clone(), path.clone(), applied.model);
+                let engine = tokio::task::spawn_blocking(move || {
+                    f.coordinator(&p, model, backend, limits.ctx_size)
+                })
+                .await??;
+                engines.set(Some(engine));
+            }
+            let api = Arc::new(MeshNode::new(
+                node.clone(),
+                engines.clone(),
+                factory.clone(),
+                metrics.clone(),
+            ));
+            announce_services(&node, &grpc_text, &http_text).await;
+            Some(api)
+        }
+        None => {
+            let (f, p) = (factory.clone(), s.model_path.clone().unwrap_or_default());
+            let engine = tokio::task::spawn_blocking(move || f.alone(&p)).await??;
+            engines.set(Some(engine));
+            None
+        }
+    };
+
+    let stop = tokio::sync::watch::channel(false);
+    let grpc_task = grpc_listener.map(|l| {
+        let api: Arc<dyn NodeApi> = match &mesh_api {
+            Some(m) => m.clone(),
+            None => Arc::new(LoneNode::new(engines.clone(), factory.clone())),
+        };
+        let mut rx = stop.1.clone();
+        tokio::spawn(serve_grpc_on(l, api, s.api_keys.clone(), async move {
+            let _ = rx.wait_for(|&v| v).await;
+        }))
+    });
+    let grpc_line = if grpc_text.is_empty() {
+        "off".to_string()
+    } else {
+        format!("on {grpc_text}")
+    };
+    // One line, one write: tests read it and may close the pipe.
+    match engines.get() {
+        Some(e) => println!(
+            "dwarfstar serve: listening on http://{http_text} (model {}, context {}, batch {}, queue {}{}); gRPC control {grpc_line}",
+            e.model_name,
+            e.ctx_size,
+            s.limits.max_batch,
+            s.limits.queue,
+            if s.api_keys.is_empty() { ", no API keys" } else { "" },
+        ),
+        None => println!(
+            "dwarfstar serve: mesh worker ready, waiting for a plan; HTTP API {}; gRPC control {grpc_line}",
+            if http_text.is_empty() {
+                "off".to_string()
+            } else {
+                format!("on http://{http_text}")
+            },
+        ),
+    }
+    let _ = std::io::stdout().flush();
+    let stop_tx = stop.0;
+    let served = match listener {
+        Some(l) => {
+            let state = Arc::new(api::AppState {
+                mesh: mesh_api.clone(),
+                engines: engines.clone(),
+                metrics: metrics.clone(),
+                keys: s.api_keys.clone(),
+                max_body_bytes: s.max_body_bytes,
+                limits: s.limits.clone(),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+            axum::serve(l, api::router(state))
+                .with_graceful_shutdown(async move {
+                    shutdown().await;
+                    let _ = stop_tx.send(true);
+                })
+                .await
+                .context("serving HTTP")
+        }
+        None => {
+            shutdown().await;
+            let _ = stop_tx.send(true);
+            Ok(())
+        }
+    };
+    if let Some(t) = grpc_task {
+        match t.await {
+            Ok(r) => r.context("serving gRPC")?,
+            Err(e) => anyhow::bail!("the gRPC server failed: {e}"),
+        }
+    }
+    if let Some(m) = &mesh_api {
+        m.runtime().mesh.shutdown().await;
+    }
+    served.map(|_| factory)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -8,14 +8,29 @@
 //! engine with the new backend (or without one, keeping the old, if the
 //! plan failed). Cached prefixes belong to the old pipeline, so the engine
 //! drops them when it swaps.
+//!
+//! When the daemon moves to another model, or another node takes over the
+//! mesh, the held engine is [`Resume::Retire`]d instead: it fails the
+//! requests still queued for the old model, and ends.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// How a held engine goes on.
+#[derive(Debug, PartialEq)]
+pub enum Resume<B> {
+    /// With the backend it had (the new plan failed).
+    Keep,
+    /// With a new backend, for the same model.
+    Swap(B),
+    /// Not at all: the model it serves is no longer served here.
+    Retire,
+}
+
 struct State<B> {
     hold: bool,
     idle: bool,
-    next: Option<B>,
+    next: Resume<B>,
 }
 
 /// The meeting point of the engine and a re-planner.
@@ -30,7 +45,7 @@ impl<B> Default for Replan<B> {
             state: Mutex::new(State {
                 hold: false,
                 idle: false,
-                next: None,
+                next: Resume::Keep,
             }),
             cv: Condvar::new(),
         }
@@ -64,8 +79,8 @@ impl<B> Replan<B> {
         s.idle
     }
 
-    /// Lets the engine go on, with `next` as its backend when given.
-    pub fn resume(&self, next: Option<B>) {
+    /// Lets the engine go on as `next` says.
+    pub fn resume(&self, next: Resume<B>) {
         let mut s = self.lock();
         s.next = next;
         s.hold = false;
@@ -78,8 +93,8 @@ impl<B> Replan<B> {
     }
 
     /// The engine's side, with nothing running: reports idle and waits for
-    /// the re-planner; the new backend, if there is one.
-    pub fn idle_until_resumed(&self) -> Option<B> {
+    /// the re-planner; how to go on.
+    pub fn idle_until_resumed(&self) -> Resume<B> {
         let mut s = self.lock();
         s.idle = true;
         self.cv.notify_all();
@@ -88,7 +103,7 @@ impl<B> Replan<B> {
             .wait_while(s, |s| s.hold)
             .unwrap_or_else(|e| e.into_inner());
         s.idle = false;
-        s.next.take()
+        std::mem::replace(&mut s.next, Resume::Keep)
     }
 }
 
@@ -113,8 +128,8 @@ mod tests {
             std::thread::spawn(move || r.idle_until_resumed())
         };
         assert!(r.wait_idle(Duration::from_secs(10)));
-        r.resume(Some(7));
-        assert_eq!(engine.join().unwrap(), Some(7));
+        r.resume(Resume::Swap(7));
+        assert_eq!(engine.join().unwrap(), Resume::Swap(7));
         assert!(!r.held());
         // A failed re-plan resumes without a backend.
         assert!(r.hold());
@@ -123,7 +138,16 @@ mod tests {
             std::thread::spawn(move || r.idle_until_resumed())
         };
         assert!(r.wait_idle(Duration::from_secs(10)));
-        r.resume(None);
-        assert_eq!(engine.join().unwrap(), None);
+        r.resume(Resume::Keep);
+        assert_eq!(engine.join().unwrap(), Resume::Keep);
+        // A retired engine is told so once; a later hold starts afresh.
+        assert!(r.hold());
+        let engine = {
+            let r = r.clone();
+            std::thread::spawn(move || r.idle_until_resumed())
+        };
+        assert!(r.wait_idle(Duration::from_secs(10)));
+        r.resume(Resume::Retire);
+        assert_eq!(engine.join().unwrap(), Resume::Retire);
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::prefix::PrefixCache;
-use super::replan::Replan;
+use super::replan::{Replan, Resume};
 
 /// What the scheduler needs of a model.
 pub trait Backend {
@@ -249,13 +249,36 @@ impl<B: Backend> Scheduler<B> {
         if !self.active.is_empty() {
             return true;
         }
-        if let Some(b) = r.idle_until_resumed() {
-            self.backend = b;
-            self.cache = PrefixCache::new(self.cfg.cache_entries, self.cfg.cache_bytes);
-            self.metrics.prefix_entries.store(0, Relaxed);
-            self.metrics.prefix_bytes.store(0, Relaxed);
+        match r.idle_until_resumed() {
+            Resume::Keep => {}
+            Resume::Swap(b) => {
+                self.backend = b;
+                self.drop_cache();
+            }
+            Resume::Retire => self.close_for_good(),
         }
         false
+    }
+
+    fn drop_cache(&mut self) {
+        self.cache = PrefixCache::new(self.cfg.cache_entries, self.cfg.cache_bytes);
+        self.metrics.prefix_entries.store(0, Relaxed);
+        self.metrics.prefix_bytes.store(0, Relaxed);
+    }
+
+    /// The model this engine serves is no longer served here: the requests
+    /// still queued for it fail, and the engine ends (nothing runs now).
+    fn close_for_good(&mut self) {
+        while let Ok(r) = self.rx.try_recv() {
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            let _ = r.events.send(Event::Failed(
+                "this daemon stopped serving the model while the request waited \
+                 (another model was loaded, or another node took over the mesh); send it again"
+                    .into(),
+            ));
+        }
+        self.drop_cache();
+        self.open = false;
     }
 
     /// Runs until every submitter is gone and the last sequence ended.

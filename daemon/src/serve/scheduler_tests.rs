@@ -319,7 +319,7 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
 
 #[test]
 fn a_replan_drains_running_requests_then_swaps_the_backend() {
-    use super::super::replan::Replan;
+    use super::super::replan::{Replan, Resume};
     let (s, sub, _m) = sched(cfg(), &[]);
     let r = Arc::new(Replan::default());
     let mut s = s.with_replan(r.clone());
@@ -335,7 +335,7 @@ fn a_replan_drains_running_requests_then_swaps_the_backend() {
         let r = r.clone();
         std::thread::spawn(move || {
             assert!(r.wait_idle(std::time::Duration::from_secs(30)));
-            r.resume(Some(Fake {
+            r.resume(Resume::Swap(Fake {
                 calls: RefCell::new(Vec::new()),
             }));
         })
@@ -348,6 +348,39 @@ fn a_replan_drains_running_requests_then_swaps_the_backend() {
     let calls = s.backend.calls.borrow();
     assert_eq!(calls.first(), Some(&vec![2]), "{calls:?}");
     assert!(!r.held());
+}
+
+#[test]
+fn a_retired_engine_finishes_running_requests_and_fails_queued_ones() {
+    use super::super::replan::{Replan, Resume};
+    let (s, sub, m) = sched(cfg(), &[]);
+    let r = Arc::new(Replan::default());
+    let mut s = s.with_replan(r.clone());
+    let (a, mut rxa) = req(vec![1, 2, 3], 4);
+    sub.submit(a).unwrap();
+    s.admit(false);
+    assert!(r.hold());
+    let (b, mut rxb) = req(vec![4, 5], 3);
+    sub.submit(b).unwrap();
+    let switcher = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            assert!(r.wait_idle(std::time::Duration::from_secs(30)));
+            r.resume(Resume::Retire);
+        })
+    };
+    // The engine's own loop: it ends although a submitter is still alive.
+    s.run();
+    switcher.join().unwrap();
+    assert_eq!(tokens(&drain(&mut rxa)), reference(&[1, 2, 3], 4, &[]));
+    let eb = drain(&mut rxb);
+    assert!(
+        matches!(eb.as_slice(), [Event::Failed(e)] if e.contains("send it again")),
+        "{eb:?}"
+    );
+    assert_eq!(m.queue_depth.load(Relaxed), 0);
+    let (c, _rxc) = req(vec![1], 1);
+    assert_eq!(sub.submit(c), Err(SubmitError::Closed));
 }
 
 #[test]
