@@ -450,7 +450,8 @@ pub struct Fetched {
 
 /// Fetches the pieces of the proposal's model that `me`'s share reads and are not here yet
 /// into the partial file under `<models_dir>/.shards/`; returns its path. Holders are the
-/// proposer and the members announcing the model.
+/// proposer and the members announcing the model; the manifest whose hashes every piece
+/// must match is the proposer's (the coordinator's) only.
 pub fn fetch_share(
     mesh: &MeshHandle,
     rt: &Handle,
@@ -473,7 +474,11 @@ pub fn fetch_share(
         return Err(bad(format!("model name '{}'", info.name)));
     }
     let plan = plan_wire::from_proto(wire, wire.n_layer)?;
-    let mut holders: Vec<PeerId> = p.proposer.parse().into_iter().collect();
+    let proposer: PeerId = p
+        .proposer
+        .parse()
+        .map_err(|_| bad(format!("proposer '{}' is not a peer id", p.proposer)))?;
+    let mut holders = vec![proposer];
     for c in &p.members {
         let has = c
             .models
@@ -491,7 +496,9 @@ pub fn fetch_share(
     let (path, side) = partial_paths(models_dir, &info.name);
     std::fs::create_dir_all(models_dir.join(SHARDS_DIR)).map_err(|e| io("folder", &e))?;
     let t0 = Instant::now();
-    let man = rt.block_on(manifest(mesh, &holders, info))?;
+    // The manifest comes from the coordinator alone: the pieces, from any
+    // holder, are checked against the hashes it vouches for.
+    let man = rt.block_on(manifest(mesh, &[proposer], info))?;
     let man_hash = shard::hash_hex(&man.encode_to_vec());
     let mut held: Held = std::fs::read(&side)
         .ok()
