@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dwarfstar_mesh::{ControlResponder, MeshEvent, MeshEvents, MeshHandle, ModelInfo, PeerId};
 use dwarfstar_model::Model;
-use dwarfstar_planner::{ActDType, NodeCaps, Plan, PlanRequest};
+use dwarfstar_planner::{ActDType, Link, NodeCaps, Plan, PlanRequest, DEFAULT_LINK};
 use dwarfstar_proto::v1 as pb;
 use dwarfstar_proto::Message;
 use tokio::runtime::Handle;
@@ -603,11 +603,14 @@ impl NodeRuntime {
         let deadline = Instant::now() + opts.wait;
         let mut caps: Vec<NodeCaps> = Vec::new();
         let mut members: Vec<dwarfstar_mesh::Capabilities> = Vec::new();
+        let mut links;
         loop {
             caps.clear();
             members.clear();
             caps.push(self.settings.caps.clone());
-            for p in self.mesh.peers().await.map_err(|e| t(&e))? {
+            let peers = self.mesh.peers().await.map_err(|e| t(&e))?;
+            links = measured_links(&self.me, &peers);
+            for p in peers {
                 if let Some(mut c) = p.caps {
                     caps.push(node_caps(&p.peer.to_string(), &c));
                     c.id = p.peer.to_string();
@@ -642,7 +645,7 @@ impl NodeRuntime {
         let req = PlanRequest {
             model: shape,
             nodes: caps,
-            links: Vec::new(),
+            links,
             coordinator: self.me.clone(),
             version,
             force_stages: opts.force_stages,
@@ -771,6 +774,26 @@ impl NodeRuntime {
     }
 }
 
+/// The links from `me` to its peers as the planner takes them: the one-way
+/// latency is half the last libp2p ping's round trip, the bandwidth the
+/// planner's default (not measured). Peers not pinged yet, and links
+/// between two other nodes, keep the planner's default link.
+pub fn measured_links(me: &str, peers: &[dwarfstar_mesh::PeerInfo]) -> Vec<Link> {
+    peers
+        .iter()
+        .filter(|p| p.caps.is_some())
+        .filter_map(|p| {
+            let rtt = p.rtt?;
+            Some(Link {
+                a: me.to_string(),
+                b: p.peer.to_string(),
+                bandwidth_bps: DEFAULT_LINK.0,
+                latency_s: rtt.as_secs_f64() / 2.0,
+            })
+        })
+        .collect()
+}
+
 /// A peer's announced capabilities as the planner takes them.
 pub fn node_caps(id: &str, c: &dwarfstar_mesh::Capabilities) -> NodeCaps {
     NodeCaps {
@@ -781,5 +804,32 @@ pub fn node_caps(id: &str, c: &dwarfstar_mesh::Capabilities) -> NodeCaps {
         matmul_gflops: c.matmul_gflops,
         mem_bw_gbs: c.mem_bw_gbs,
         disk_read_gbs: c.disk_read_gbs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(rtt_ms: Option<u64>, caps: bool) -> dwarfstar_mesh::PeerInfo {
+        dwarfstar_mesh::PeerInfo {
+            peer: PeerId::random(),
+            addrs: Vec::new(),
+            caps: caps.then(Default::default),
+            rtt: rtt_ms.map(Duration::from_millis),
+            agent: None,
+            quic_addr: None,
+        }
+    }
+
+    #[test]
+    fn links_carry_half_the_measured_round_trip() {
+        let peers = [peer(Some(4), true), peer(None, true), peer(Some(2), false)];
+        let links = measured_links("me", &peers);
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert_eq!(links[0].a, "me");
+        assert_eq!(links[0].b, peers[0].peer.to_string());
+        assert!((links[0].latency_s - 0.002).abs() < 1e-12);
+        assert_eq!(links[0].bandwidth_bps, DEFAULT_LINK.0);
     }
 }
