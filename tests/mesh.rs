@@ -599,7 +599,6 @@ fn an_expert_holder_without_the_model_fetches_only_its_experts() {
 /// API's and Control's output stay one machine's.
 #[test]
 fn a_load_with_another_split_replans_the_running_mesh() {
-    use dwarfstar_proto::v1::LoadRequest;
     let model = model_path(SMOLLM2);
     let dir = model.parent().unwrap();
     let w = start("w1", "team-secret", dir, None, &[]);
@@ -618,18 +617,7 @@ fn a_load_with_another_split_replans_the_running_mesh() {
     let want = run_greedy(&model, PROMPT, n);
     let first = complete(coord.http.as_ref().unwrap(), name, PROMPT, n);
     let old = status(&coord.grpc).plan_version;
-    let file = model.file_name().unwrap().to_str().unwrap().to_string();
-    let load = |stages: u32| {
-        let file = file.clone();
-        control(&coord.grpc, async move |c| {
-            c.load_model(LoadRequest {
-                model: file,
-                stages: Some(stages),
-                expert_parallel: false,
-            })
-            .await
-        })
-    };
+    let load = |stages: u32| load_model(&coord.grpc, SMOLLM2, stages);
     let reply = load(2);
     assert!(!reply.unchanged, "{reply:?}");
     let plan = reply.plan.unwrap();
@@ -658,6 +646,19 @@ fn a_load_with_another_split_replans_the_running_mesh() {
     assert!(load(2).unchanged);
 }
 
+/// `meshctl load -m FILE --stages N` on the daemon at `grpc`.
+fn load_model(grpc: &str, file: &str, stages: u32) -> dwarfstar_proto::v1::LoadReply {
+    let file = file.to_string();
+    control(grpc, async move |c| {
+        c.load_model(dwarfstar_proto::v1::LoadRequest {
+            model: file,
+            stages: Some(stages),
+            expert_parallel: false,
+        })
+        .await
+    })
+}
+
 /// A completion request's status and body.
 fn post_completion(base: &str, model: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -680,7 +681,6 @@ fn post_completion(base: &str, model: &str) -> (u16, String) {
 /// machine does, and the node that gave up answers 503.
 #[test]
 fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
-    use dwarfstar_proto::v1::LoadRequest;
     let smol = model_path(SMOLLM2);
     let gemma = model_path(GEMMA3);
     let dir = smol.parent().unwrap();
@@ -707,17 +707,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     let c_http = c.http.clone().unwrap();
     let (code, body) = post_completion(&w_http, "");
     assert_eq!(code, 503, "a worker serves no model: {body}");
-    let load = |grpc: &str, file: &str| {
-        let file = file.to_string();
-        control(grpc, async move |cl| {
-            cl.load_model(LoadRequest {
-                model: file,
-                stages: Some(2),
-                expert_parallel: false,
-            })
-            .await
-        })
-    };
+    let load = |grpc: &str, file: &str| load_model(grpc, file, 2);
     let n = 8;
     let stem = |p: &Path| p.file_stem().unwrap().to_str().unwrap().to_string();
     let v1 = status(&c.grpc).plan_version;

@@ -188,29 +188,6 @@ impl EngineFactory {
         }
     }
 
-    fn local_node(
-        &self,
-        model: Arc<Model>,
-        tok: Arc<Tokenizer>,
-        path: &Path,
-        ctx_size: usize,
-        pipeline: Option<Arc<RwLock<DistBackend>>>,
-    ) -> LocalNode {
-        LocalNode::new(LocalConfig {
-            id: self.node_id.clone(),
-            model,
-            tokenizer: tok,
-            model_path: path.to_path_buf(),
-            served_name: self.served_name(path),
-            ctx_size,
-            max_concurrent: self.limits.max_batch,
-            metrics: self.metrics.clone(),
-            grpc_addr: self.grpc_addr.clone(),
-            http_addr: self.http_addr.clone(),
-            pipeline,
-        })
-    }
-
     /// Loads `path` whole on this machine and starts its engine thread.
     /// Blocking: it reads the file.
     pub fn alone(&self, path: &Path) -> Result<Engine> {
@@ -256,17 +233,7 @@ impl EngineFactory {
                 self.metrics.clone(),
             ))?,
         }
-        Ok(Engine {
-            model_name: self.served_name(path),
-            model_path: path.to_path_buf(),
-            arch: model.arch().to_string(),
-            n_vocab: model.n_vocab(),
-            ctx_size,
-            node: self.local_node(model, tok.clone(), path, ctx_size, None),
-            tok,
-            submit,
-            replan: None,
-        })
+        Ok(self.engine(path, model, tok, submit, ctx_size, None))
     }
 
     /// The engine of a mesh coordinator: `backend` runs the plan's
@@ -307,17 +274,44 @@ impl EngineFactory {
         self.spawn(
             Scheduler::new(backend, cfg, eog, rx, self.metrics.clone()).with_replan(hold.clone()),
         )?;
-        Ok(Engine {
+        Ok(self.engine(path, model, tok, submit, ctx_size, Some((hold, slot))))
+    }
+
+    /// The engine of `model` from `path`, its queue `submit` already served
+    /// by a scheduler thread.
+    fn engine(
+        &self,
+        path: &Path,
+        model: Arc<Model>,
+        tok: Arc<Tokenizer>,
+        submit: Submitter,
+        ctx_size: usize,
+        replan: Option<Replanning>,
+    ) -> Engine {
+        let pipeline = replan.as_ref().map(|(_, slot)| slot.clone());
+        Engine {
             model_name: self.served_name(path),
             model_path: path.to_path_buf(),
             arch: model.arch().to_string(),
             n_vocab: model.n_vocab(),
             ctx_size,
-            node: self.local_node(model, tok.clone(), path, ctx_size, Some(slot.clone())),
+            node: LocalNode::new(LocalConfig {
+                id: self.node_id.clone(),
+                model,
+                tokenizer: tok.clone(),
+                model_path: path.to_path_buf(),
+                served_name: self.served_name(path),
+                ctx_size,
+                max_concurrent: self.limits.max_batch,
+                metrics: self.metrics.clone(),
+                grpc_addr: self.grpc_addr.clone(),
+                http_addr: self.http_addr.clone(),
+                pipeline,
+            }),
             tok,
             submit,
-            replan: Some((hold, slot)),
-        })
+            replan,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
+use crate::serve::replan::{Replan, Resume};
 
 const VOCAB: usize = 16;
 
@@ -317,29 +318,47 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
     assert_eq!(m.prefix_misses.load(Relaxed), 1);
 }
 
-#[test]
-fn a_replan_drains_running_requests_then_swaps_the_backend() {
-    use super::super::replan::{Replan, Resume};
-    let (s, sub, _m) = sched(cfg(), &[]);
+/// A scheduler running request `a` ([1, 2, 3], 4 tokens) under a re-plan
+/// hold, with `b` ([4, 5], 3 tokens) queued behind it, and a thread that
+/// resumes it with `how` once it is idle.
+#[allow(clippy::type_complexity)]
+fn held_with_one_queued(
+    how: Resume<Fake>,
+) -> (
+    Scheduler<Fake>,
+    Submitter,
+    Arc<Metrics>,
+    Arc<Replan<Fake>>,
+    [UnboundedReceiver<Event>; 2],
+    std::thread::JoinHandle<()>,
+) {
+    let (s, sub, m) = sched(cfg(), &[]);
     let r = Arc::new(Replan::default());
     let mut s = s.with_replan(r.clone());
-    let (a, mut rxa) = req(vec![1, 2, 3], 4);
+    let (a, rxa) = req(vec![1, 2, 3], 4);
     sub.submit(a).unwrap();
     s.admit(false);
     assert!(r.hold());
-    let (b, mut rxb) = req(vec![4, 5], 3);
+    let (b, rxb) = req(vec![4, 5], 3);
     sub.submit(b).unwrap();
     s.admit(false);
     assert_eq!(s.active(), 1, "under the hold, b waits in the queue");
-    let planner = {
+    let switcher = {
         let r = r.clone();
         std::thread::spawn(move || {
             assert!(r.wait_idle(std::time::Duration::from_secs(30)));
-            r.resume(Resume::Swap(Fake {
-                calls: RefCell::new(Vec::new()),
-            }));
+            r.resume(how);
         })
     };
+    (s, sub, m, r, [rxa, rxb], switcher)
+}
+
+#[test]
+fn a_replan_drains_running_requests_then_swaps_the_backend() {
+    let new = Fake {
+        calls: RefCell::new(Vec::new()),
+    };
+    let (mut s, _sub, _m, r, [mut rxa, mut rxb], planner) = held_with_one_queued(Resume::Swap(new));
     run_all(&mut s);
     planner.join().unwrap();
     assert_eq!(tokens(&drain(&mut rxa)), reference(&[1, 2, 3], 4, &[]));
@@ -352,23 +371,7 @@ fn a_replan_drains_running_requests_then_swaps_the_backend() {
 
 #[test]
 fn a_retired_engine_finishes_running_requests_and_fails_queued_ones() {
-    use super::super::replan::{Replan, Resume};
-    let (s, sub, m) = sched(cfg(), &[]);
-    let r = Arc::new(Replan::default());
-    let mut s = s.with_replan(r.clone());
-    let (a, mut rxa) = req(vec![1, 2, 3], 4);
-    sub.submit(a).unwrap();
-    s.admit(false);
-    assert!(r.hold());
-    let (b, mut rxb) = req(vec![4, 5], 3);
-    sub.submit(b).unwrap();
-    let switcher = {
-        let r = r.clone();
-        std::thread::spawn(move || {
-            assert!(r.wait_idle(std::time::Duration::from_secs(30)));
-            r.resume(Resume::Retire);
-        })
-    };
+    let (s, sub, m, _r, [mut rxa, mut rxb], switcher) = held_with_one_queued(Resume::Retire);
     // The engine's own loop: it ends although a submitter is still alive.
     s.run();
     switcher.join().unwrap();
