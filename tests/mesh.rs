@@ -600,17 +600,7 @@ fn an_expert_holder_without_the_model_fetches_only_its_experts() {
 #[test]
 fn a_load_with_another_split_replans_the_running_mesh() {
     let model = model_path(SMOLLM2);
-    let dir = model.parent().unwrap();
-    let w = start("w1", "team-secret", dir, None, &[]);
-    let args = [
-        "--mesh-nodes",
-        "2",
-        "--peer",
-        w.mesh.as_str(),
-        "--stages",
-        "1",
-    ];
-    let coord = start("c", "team-secret", dir, Some(&model), &args);
+    let (w, coord) = worker_then_coordinator("1", &model, 1, &[]);
     assert_eq!(stages(coord.plan.as_deref().unwrap()), 1);
     let name = model.file_stem().unwrap().to_str().unwrap();
     let n = 8;
@@ -644,6 +634,22 @@ fn a_load_with_another_split_replans_the_running_mesh() {
     assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
     // The same split again changes nothing.
     assert!(load(2).unchanged);
+}
+
+/// A worker (with `worker_extra` flags), then a coordinator of `model` in
+/// `stages` stages over both, each with the models folder of `model`.
+fn worker_then_coordinator(
+    tag: &str,
+    model: &Path,
+    stages: u32,
+    worker_extra: &[&str],
+) -> (Daemon, Daemon) {
+    let dir = model.parent().unwrap();
+    let w = start(&format!("w{tag}"), "team-secret", dir, None, worker_extra);
+    let n = stages.to_string();
+    let args = ["--mesh-nodes", "2", "--peer", &w.mesh, "--stages", &n];
+    let c = start(&format!("c{tag}"), "team-secret", dir, Some(model), &args);
+    (w, c)
 }
 
 /// `meshctl load -m FILE --stages N` on the daemon at `grpc`.
@@ -683,27 +689,11 @@ fn post_completion(base: &str, model: &str) -> (u16, String) {
 fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     let smol = model_path(SMOLLM2);
     let gemma = model_path(GEMMA3);
-    let dir = smol.parent().unwrap();
-    let w = start(
-        "w3",
-        "team-secret",
-        dir,
-        None,
-        &["--http-addr", "127.0.0.1:0"],
-    );
+    let (w, c) = worker_then_coordinator("3", &smol, 2, &["--http-addr", "127.0.0.1:0"]);
     let w_http = w
         .http
         .clone()
         .expect("the worker serves HTTP at its address");
-    let args = [
-        "--mesh-nodes",
-        "2",
-        "--peer",
-        w.mesh.as_str(),
-        "--stages",
-        "2",
-    ];
-    let c = start("c3", "team-secret", dir, Some(&smol), &args);
     let c_http = c.http.clone().unwrap();
     let (code, body) = post_completion(&w_http, "");
     assert_eq!(code, 503, "a worker serves no model: {body}");
