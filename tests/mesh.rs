@@ -747,3 +747,76 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(status(&w.grpc).plan_version, back.version);
 }
+
+/// Every node announces the models it holds with their BLAKE3 hashes, and a
+/// worker whose file has the plan's name and size but other bytes refuses
+/// the plan, naming both hashes, while the coordinator keeps serving.
+#[test]
+fn nodes_announce_model_hashes_and_a_worker_with_other_bytes_refuses_the_plan() {
+    use dwarfstar_mesh::shard::hash_file;
+    let model = model_path(SMOLLM2);
+    let odd = TempDir::new("odd-models");
+    let copy = odd.0.join(SMOLLM2);
+    let mut bytes = std::fs::read(&model).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x55;
+    std::fs::write(&copy, &bytes).unwrap();
+    drop(bytes);
+    let w = start("w4", "team-secret", &odd.0, None, &[]);
+    let args = ["--mesh-nodes", "2", "--peer", &w.mesh, "--stages", "1"];
+    let c = start(
+        "c4",
+        "team-secret",
+        model.parent().unwrap(),
+        Some(&model),
+        &args,
+    );
+    let (good, bad) = (hash_file(&model).unwrap(), hash_file(&copy).unwrap());
+    assert_ne!(good, bad);
+    // The coordinator sees both announcements once the worker hashed its file.
+    let announced = |id: &str| -> Option<String> {
+        let peers = control(&c.grpc, async |cl| {
+            cl.peers(dwarfstar_proto::v1::PeersRequest {}).await
+        });
+        let p = peers.peers.into_iter().find(|p| p.id == id)?;
+        let m = p
+            .capabilities?
+            .models
+            .into_iter()
+            .find(|m| m.name == SMOLLM2)?;
+        (m.size == std::fs::metadata(&model).unwrap().len()).then_some(m.blake3)
+    };
+    let (c_id, w_id) = (status(&c.grpc).node_id, status(&w.grpc).node_id);
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = announced(&w_id);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.as_deref(), Some(bad.as_str()));
+    assert_eq!(announced(&c_id).as_deref(), Some(good.as_str()));
+    // A plan that gives the worker a stage is refused, and says why.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async {
+        let mut cl = dwarfstar_proto::v1::control_client::ControlClient::connect(c.grpc.clone())
+            .await
+            .unwrap();
+        cl.load_model(dwarfstar_proto::v1::LoadRequest {
+            model: SMOLLM2.into(),
+            stages: Some(2),
+            expert_parallel: false,
+        })
+        .await
+        .unwrap_err()
+    });
+    let msg = err.message();
+    assert!(msg.contains(&bad) && msg.contains(&good), "{msg}");
+    // The coordinator still answers on its own.
+    let name = model.file_stem().unwrap().to_str().unwrap();
+    let got = complete(c.http.as_ref().unwrap(), name, PROMPT, 4);
+    assert!(!got["choices"][0]["text"].as_str().unwrap().is_empty());
+}

@@ -79,6 +79,13 @@ pub fn hash_hex(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
+/// BLAKE3 of a whole file, lowercase hex (a model's content hash).
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// Checks that `offset..offset+len` lies inside a `size`-byte file and is not too long.
 pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ShardError> {
     if len > MAX_RANGE_LEN {

@@ -629,14 +629,12 @@ impl NodeApi for MeshNode {
 /// Announces where this node's gRPC and HTTP services listen (in its
 /// capabilities, pushed to every peer), once they are bound.
 pub async fn announce_services(rt: &NodeRuntime, grpc: &str, http: &str) {
-    let mut caps = rt.roster.local_caps().unwrap_or_default();
-    let a = caps.addresses.get_or_insert_with(Addresses::default);
-    a.grpc = grpc.to_string();
-    a.http = http.to_string();
-    rt.roster.set_local_caps(caps.clone());
-    if let Err(e) = rt.mesh.set_local_caps(caps).await {
-        tracing::warn!("announcing this node's addresses: {e}");
-    }
+    rt.update_caps(|caps| {
+        let a = caps.addresses.get_or_insert_with(Addresses::default);
+        a.grpc = grpc.to_string();
+        a.http = http.to_string();
+    })
+    .await;
 }
 
 /// A status answer as the chat page's `/v1/status` shows it under `mesh`.

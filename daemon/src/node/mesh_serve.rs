@@ -186,6 +186,7 @@ pub async fn join(
             .join(", "),
         info.quic_addr
     );
+    let inventory_dir = models_dir.clone();
     let node = NodeRuntime::new(
         mesh,
         Handle::current(),
@@ -198,6 +199,17 @@ pub async fn join(
     );
     node.roster.set_local_caps(announced);
     node.run_events(events);
+    // The models this node holds, announced once hashed (cached in the
+    // state folder, so only new or changed files take time).
+    let n = node.clone();
+    tokio::spawn(async move {
+        let models =
+            tokio::task::spawn_blocking(move || super::inventory::scan(&inventory_dir, &state))
+                .await
+                .unwrap_or_default();
+        tracing::info!("holding {} model file(s)", models.len());
+        n.set_inventory(models).await;
+    });
     Ok(node)
 }
 

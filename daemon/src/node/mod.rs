@@ -8,6 +8,7 @@
 //! - [`plan_wire`]: plans as nodes exchange them, checked;
 //! - [`mesh_serve`]: `dwarfstar serve` in a mesh: flags, joining, coordinating;
 //! - [`runtime`]: the event loop, the plan handshake, roles;
+//! - [`inventory`]: the model files a node holds and announces, hashed;
 //! - [`shards`]: fetching a plan's share of a model file from a peer holding it;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod error;
 pub mod frames;
 pub mod grpc;
+pub mod inventory;
 pub mod local;
 pub mod lone;
 pub mod mesh_api;

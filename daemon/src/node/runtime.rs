@@ -78,6 +78,11 @@ pub struct NodeRuntime {
     pub roster: Roster,
     /// The model this node serves, when it coordinates one.
     engines: Arc<Engines>,
+    /// One change of the announced capabilities at a time.
+    caps_lock: tokio::sync::Mutex<()>,
+    /// True once the models this node holds are hashed and announced: a
+    /// plan's model is checked against those hashes.
+    inventory: tokio::sync::watch::Sender<bool>,
 }
 
 /// What applying a plan gave this node.
@@ -114,7 +119,46 @@ impl NodeRuntime {
             }),
             roster: Roster::default(),
             engines,
+            caps_lock: tokio::sync::Mutex::new(()),
+            inventory: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Announces `models` as the files this node holds.
+    pub async fn set_inventory(&self, models: Vec<ModelInfo>) {
+        self.update_caps(|c| c.models = models).await;
+        self.inventory.send_replace(true);
+    }
+
+    /// Waits until this node's models are hashed and announced.
+    async fn inventory_ready(&self) {
+        let _ = self.inventory.subscribe().wait_for(|&v| v).await;
+    }
+
+    /// Changes this node's announced capabilities and pushes them to every
+    /// peer, one change at a time (so a later change is never overtaken).
+    pub async fn update_caps(&self, f: impl FnOnce(&mut dwarfstar_mesh::Capabilities)) {
+        let _one = self.caps_lock.lock().await;
+        let mut caps = self.roster.local_caps().unwrap_or_default();
+        f(&mut caps);
+        self.roster.set_local_caps(caps.clone());
+        if let Err(e) = self.mesh.set_local_caps(caps).await {
+            tracing::warn!("announcing this node's capabilities: {e}");
+        }
+    }
+
+    /// The content hash this node announces for the model file `name` of
+    /// `size` bytes; empty when it has not hashed it.
+    pub fn announced_hash(&self, name: &str, size: u64) -> String {
+        self.roster
+            .local_caps()
+            .and_then(|c| {
+                c.models
+                    .into_iter()
+                    .find(|m| m.name == name && m.size == size)
+                    .map(|m| m.blake3)
+            })
+            .unwrap_or_default()
     }
 
     /// What this node was started with (its capabilities, limits, models folder).
@@ -440,7 +484,17 @@ impl NodeRuntime {
                     info.size
                 )));
             }
-            Ok(_) => {}
+            Ok(_) => {
+                self.rt.block_on(self.inventory_ready());
+                let ours = self.announced_hash(&info.name, info.size);
+                if !info.blake3.is_empty() && !ours.is_empty() && ours != info.blake3 {
+                    return Err(NodeError::NotReady(format!(
+                        "model {} here has BLAKE3 {ours}, the coordinator's has {}",
+                        path.display(),
+                        info.blake3
+                    )));
+                }
+            }
             Err(_) => {
                 // Not here: fetch this node's share from a peer holding the file.
                 let dir = &self.settings.models_dir;
@@ -664,6 +718,11 @@ impl NodeRuntime {
             size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             arch: model.arch().to_string(),
             ..Default::default()
+        };
+        self.inventory_ready().await;
+        let info = ModelInfo {
+            blake3: self.announced_hash(&info.name, info.size),
+            ..info
         };
         let proposal = pb::MeshMessage {
             body: Some(pb::mesh_message::Body::PlanProposal(pb::PlanProposal {

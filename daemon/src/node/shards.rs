@@ -480,10 +480,11 @@ pub fn fetch_share(
         .map_err(|_| bad(format!("proposer '{}' is not a peer id", p.proposer)))?;
     let mut holders = vec![proposer];
     for c in &p.members {
-        let has = c
-            .models
-            .iter()
-            .any(|m| m.name == info.name && m.size == info.size);
+        let has = c.models.iter().any(|m| {
+            m.name == info.name
+                && m.size == info.size
+                && (info.blake3.is_empty() || m.blake3 == info.blake3)
+        });
         if let (true, Ok(id)) = (has, c.id.parse::<PeerId>()) {
             if !holders.contains(&id) && c.id != me {
                 holders.push(id);
