@@ -26,7 +26,11 @@
 //!    spreading every layer's experts over all nodes (by bandwidth, or by
 //!    spare memory). A variant is taken when it is predicted faster, or
 //!    always when `expert_parallel` is asked for.
-//! 3. Activation dtype: **f32 unless f16 makes the predicted time per token
+//! 3. Among the candidates within the budgets, the one giving work to the
+//!    fewest nodes besides the coordinator whose predicted time is within
+//!    [`SPREAD_MIN_GAIN`] (5%) of the fastest: measured speeds are noisy,
+//!    and a split must pay for its hops clearly.
+//! 4. Activation dtype: **f32 unless f16 makes the predicted time per token
 //!    at least [`F16_MIN_GAIN`] (10%) lower** — i.e. only when links are
 //!    slow enough that activation transfer is a real share of a token's
 //!    time. f32 keeps distributed logits equal to single-node ones.
@@ -58,6 +62,12 @@ use cost::{Candidate, Ctx, Eval};
 /// f16 activations are chosen only when they cut the predicted time per
 /// token by at least this fraction.
 pub const F16_MIN_GAIN: f64 = 0.10;
+
+/// A plan that gives work to more nodes than another (besides the
+/// coordinator) is chosen only when it is predicted at least this fraction
+/// faster: benchmark and link figures vary by a few percent between runs,
+/// and every extra node adds hops and a way to fail.
+pub const SPREAD_MIN_GAIN: f64 = 0.05;
 
 /// Plans `req`; see the crate doc.
 pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
@@ -119,12 +129,43 @@ fn best_for(ctx: &Ctx, ks: &BTreeSet<usize>, ep: bool, act: ActDType) -> Option<
         all.retain(|(c, _)| Eval::has_remote_experts(c));
     }
     let mut best: Option<(Candidate, Eval)> = None;
+    // The best candidate per count of nodes besides the coordinator that
+    // it gives work to, among those within the budgets.
+    let mut by_spread: std::collections::BTreeMap<usize, (Candidate, Eval)> = Default::default();
     for (c, e) in all {
+        if e.overflow == 0 {
+            let n = helpers(ctx, &c);
+            if by_spread.get(&n).is_none_or(|(_, b)| e.better_than(b)) {
+                by_spread.insert(n, (c.clone(), e.clone()));
+            }
+        }
         if best.as_ref().is_none_or(|(_, b)| e.better_than(b)) {
             best = Some((c, e));
         }
     }
-    best
+    // Measured speeds are noisy: work goes to more nodes only when that is
+    // predicted at least SPREAD_MIN_GAIN faster.
+    let Some(fastest) = best
+        .as_ref()
+        .filter(|(_, e)| e.overflow == 0)
+        .map(|b| b.1.time)
+    else {
+        return best;
+    };
+    by_spread
+        .into_values()
+        .find(|(_, e)| e.time <= fastest * (1.0 + SPREAD_MIN_GAIN))
+        .or(best)
+}
+
+/// Nodes other than the coordinator that `c` gives layers or experts.
+fn helpers(ctx: &Ctx, c: &Candidate) -> usize {
+    let mut n: BTreeSet<usize> = c.stages.iter().map(|(n, _)| *n).collect();
+    for l in &c.experts {
+        n.extend(l.iter().filter(|(_, k)| *k > 0).map(|(n, _)| *n));
+    }
+    n.remove(&ctx.coord);
+    n.len()
 }
 
 fn infeasible(ctx: &Ctx, cand: &Candidate, ev: &Eval) -> PlanError {

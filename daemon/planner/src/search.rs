@@ -277,7 +277,7 @@ pub(crate) fn pipelines(ctx: &Ctx, ks: &BTreeSet<usize>, act: ActDType) -> Vec<C
         orders = heuristic_orders(ctx, &pool, ks, act);
     }
     let pre = Prefix::new(ctx);
-    let mut best: BTreeMap<(usize, bool), (Key, Candidate)> = BTreeMap::new();
+    let mut best: BTreeMap<(usize, bool, usize), (Key, Candidate)> = BTreeMap::new();
     for order in orders {
         let last = order[order.len() - 1];
         // The output goes on the last stage, or on the coordinator when it
@@ -294,7 +294,10 @@ pub(crate) fn pipelines(ctx: &Ctx, ks: &BTreeSet<usize>, act: ActDType) -> Vec<C
                 else {
                     continue;
                 };
-                let slot = (order.len(), free_paging);
+                // Kept per count of nodes besides the coordinator too, for
+                // the spread rule (crate doc, step 3).
+                let helpers = order.iter().filter(|&&n| n != ctx.coord).count();
+                let slot = (order.len(), free_paging, helpers);
                 if best.get(&slot).is_some_and(|(k, _)| !less(key, *k)) {
                     continue;
                 }

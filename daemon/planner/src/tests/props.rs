@@ -187,11 +187,13 @@ proptest! {
     /// the faster runs at least as many, when the link between them costs
     /// (next to) nothing. (Over a real link a slower coordinator may rightly
     /// keep a small model to itself rather than pay two hops a token, and a
-    /// large lm head may rightly take a fast node's room.)
+    /// large lm head may rightly take a fast node's room.) The faster is at
+    /// least 10% faster: within `SPREAD_MIN_GAIN` the coordinator keeps
+    /// its layers on purpose.
     #[test]
     fn a_faster_node_gets_at_least_as_many_layers(
         n in 2u32..16, layer_mb in 10u64..500, budget_layers in 1u64..20,
-        slow_bw in 1.0f64..50.0, speedup in 1.01f64..4.0, coord_fast in any::<bool>(),
+        slow_bw in 1.0f64..50.0, speedup in 1.1f64..4.0, coord_fast in any::<bool>(),
         disk in prop_oneof![Just(0.0), 0.1f64..4.0], forced in any::<bool>(),
     ) {
         // Small embedding and output, and room for both on either node, so

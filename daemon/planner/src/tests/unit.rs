@@ -48,6 +48,35 @@ fn the_faster_node_alone_when_it_fits() {
 }
 
 #[test]
+fn a_node_a_little_faster_by_measurement_does_not_take_the_coordinators_layers() {
+    let plan_with = |worker_bw: f64| {
+        // A fast, near link: the hops cost far less than the gain.
+        let r = PlanRequest::new(
+            dense_model(10, 100 * MB),
+            vec![
+                node("coord", 8 * GB, 20.0, 200.0, 1.0),
+                node("worker", 8 * GB, worker_bw, 200.0, 1.0),
+            ],
+            vec![link("coord", "worker", 1e10, 5e-5)],
+            "coord",
+        );
+        let p = plan(&r).unwrap();
+        check_plan(&r, &p);
+        layer_counts(&p)
+    };
+    // 4% faster: within the noise of a benchmark; the layers stay.
+    assert_eq!(
+        plan_with(20.8),
+        [("coord".to_string(), 10)].into_iter().collect()
+    );
+    // 10% faster: worth the hops.
+    assert_eq!(
+        plan_with(22.0),
+        [("worker".to_string(), 10)].into_iter().collect()
+    );
+}
+
+#[test]
 fn forced_two_stages_over_two_nodes() {
     let mut r = req(
         dense_model(8, 100 * MB),
