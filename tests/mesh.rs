@@ -761,15 +761,15 @@ fn nodes_announce_model_hashes_and_a_worker_with_other_bytes_refuses_the_plan() 
     *bytes.last_mut().unwrap() ^= 0x55;
     std::fs::write(&copy, &bytes).unwrap();
     drop(bytes);
-    let w = start("w4", "team-secret", &odd.0, None, &[]);
-    let args = ["--mesh-nodes", "2", "--peer", &w.mesh, "--stages", "1"];
+    // The coordinator plans alone; the worker joins after.
     let c = start(
         "c4",
         "team-secret",
         model.parent().unwrap(),
         Some(&model),
-        &args,
+        &[],
     );
+    let w = start("w4", "team-secret", &odd.0, None, &["--peer", &c.mesh]);
     let (good, bad) = (hash_file(&model).unwrap(), hash_file(&copy).unwrap());
     assert_ne!(good, bad);
     // The coordinator sees both announcements once the worker hashed its file.

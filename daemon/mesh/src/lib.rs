@@ -8,6 +8,7 @@
 //! - [`quic`]: the quinn data plane (pinned certs, secret binding, connection reuse).
 //! - [`codec`] (sans-IO) and [`stream`]: frames on QUIC streams, with limits.
 //! - [`shard`]: shard transfer (manifests and BLAKE3-checked byte ranges of model files).
+//! - [`probe`]: link probes, timing bytes sent to a peer to estimate bandwidth.
 //! - [`sysinfo`]: RAM/cores/disk probes and a cached self-benchmark helper for capabilities.
 //!
 //! ```no_run
@@ -30,6 +31,7 @@ mod event_loop;
 mod events;
 mod handle;
 pub mod identity;
+pub mod probe;
 mod protocol;
 pub mod quic;
 pub mod secret;

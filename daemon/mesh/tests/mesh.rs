@@ -65,6 +65,10 @@ fn serve(mut events: MeshEvents) -> mpsc::UnboundedReceiver<MeshEvent> {
                 MeshEvent::IncomingStream(_, mut stream) => {
                     tokio::spawn(async move {
                         while let Ok(Some(frame)) = stream.recv.recv_frame().await {
+                            if dwarfstar_mesh::probe::is_probe(&frame.header) {
+                                dwarfstar_mesh::probe::answer(stream, frame).await;
+                                return;
+                            }
                             if stream
                                 .send
                                 .send_frame(&frame.header, frame.payload)
@@ -212,6 +216,17 @@ async fn same_secret_nodes_admit_exchange_caps_control_and_frames() {
     round_trip(&a.handle, pb, &values, 2).await;
     let big: Vec<f32> = (0..(1 << 20)).map(|i| (i as f32).sin()).collect();
     round_trip(&b.handle, pa, &big, 1024).await;
+
+    // A link probe: loopback moves well over 100 Mbit/s; an oversized
+    // probe is refused before anything is sent.
+    let bw = dwarfstar_mesh::probe::measure(&b.handle, pa, 1 << 20, 2)
+        .await
+        .unwrap();
+    assert!(bw.is_some_and(|bps| bps > 1e8), "{bw:?}");
+    let err = dwarfstar_mesh::probe::exchange(&b.handle, pa, dwarfstar_mesh::probe::MAX_PROBE + 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
 
     // The sender refuses a header that disagrees with its payload.
     let (mut send, _recv) = b.handle.open_stream(pa).await.unwrap();

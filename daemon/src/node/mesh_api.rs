@@ -30,7 +30,7 @@ use super::grpc::{ApiError, EventStream, NodeApi};
 use super::local::{file_name, host_name};
 use super::plan_wire;
 use super::roster::{held_bytes, MemberState};
-use super::runtime::{measured_links, node_caps, CoordOptions, NodeRuntime};
+use super::runtime::{node_caps, CoordOptions, NodeRuntime};
 use super::traffic;
 use crate::serve::engine::{drain_engine, Engine, EngineFactory, Engines, DRAIN};
 use crate::serve::metrics::Metrics;
@@ -372,7 +372,7 @@ impl MeshNode {
         let path = self.resolve_model(&req.model)?;
         let mut nodes = vec![node_caps(&self.rt.me, &self.local_caps())];
         let peers = self.rt.mesh.peers().await.map_err(unavailable)?;
-        let links = measured_links(&self.rt.me, &peers);
+        let links = self.rt.links(&peers).await;
         for p in peers {
             if let Some(c) = p.caps {
                 nodes.push(node_caps(&p.peer.to_string(), &c));

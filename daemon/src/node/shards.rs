@@ -44,7 +44,8 @@ const IN_FLIGHT: usize = 4;
 /// Largest gap between two pieces fetched in one request (alignment padding).
 const MAX_GAP: u64 = 4096;
 
-/// Answers one incoming data-plane stream: shard requests here, the rest to the pipeline.
+/// Answers one incoming data-plane stream: shard requests and link probes
+/// here, the rest to the pipeline.
 pub async fn route(mut s: FrameStream, roles: Arc<RwLock<Arc<Roles>>>, host: Arc<ShardHost>) {
     let frame = match s.recv.recv_frame().await {
         Ok(Some(f)) => f,
@@ -56,6 +57,8 @@ pub async fn route(mut s: FrameStream, roles: Arc<RwLock<Arc<Roles>>>, host: Arc
     };
     if shard::is_request(&frame.header) {
         shard::serve(s, frame, host).await;
+    } else if dwarfstar_mesh::probe::is_probe(&frame.header) {
+        dwarfstar_mesh::probe::answer(s, frame).await;
     } else {
         serve_frame(s, frame, roles).await;
     }
