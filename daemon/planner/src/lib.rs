@@ -27,9 +27,10 @@
 //!    spare memory). A variant is taken when it is predicted faster, or
 //!    always when `expert_parallel` is asked for.
 //! 3. Among the candidates within the budgets, the one giving work to the
-//!    fewest nodes besides the coordinator whose predicted time is within
-//!    [`SPREAD_MIN_GAIN`] (5%) of the fastest: measured speeds are noisy,
-//!    and a split must pay for its hops clearly.
+//!    fewest nodes besides the coordinator (then the fewest layers run
+//!    away from it) whose predicted time is within [`SPREAD_MIN_GAIN`] (5%)
+//!    of the fastest: measured speeds are noisy, and moving work must pay
+//!    for its hops clearly.
 //! 4. Activation dtype: **f32 unless f16 makes the predicted time per token
 //!    at least [`F16_MIN_GAIN`] (10%) lower** — i.e. only when links are
 //!    slow enough that activation transfer is a real share of a token's
@@ -63,10 +64,11 @@ use cost::{Candidate, Ctx, Eval};
 /// token by at least this fraction.
 pub const F16_MIN_GAIN: f64 = 0.10;
 
-/// A plan that gives work to more nodes than another (besides the
-/// coordinator) is chosen only when it is predicted at least this fraction
-/// faster: benchmark and link figures vary by a few percent between runs,
-/// and every extra node adds hops and a way to fail.
+/// A plan that gives more work to nodes besides the coordinator than
+/// another (more nodes, or as many running more layers) is chosen only
+/// when it is predicted at least this fraction faster: benchmark and link
+/// figures vary by a few percent between runs, and every extra node adds
+/// hops and a way to fail.
 pub const SPREAD_MIN_GAIN: f64 = 0.05;
 
 /// Plans `req`; see the crate doc.
@@ -129,12 +131,13 @@ fn best_for(ctx: &Ctx, ks: &BTreeSet<usize>, ep: bool, act: ActDType) -> Option<
         all.retain(|(c, _)| Eval::has_remote_experts(c));
     }
     let mut best: Option<(Candidate, Eval)> = None;
-    // The best candidate per count of nodes besides the coordinator that
-    // it gives work to, among those within the budgets.
-    let mut by_spread: std::collections::BTreeMap<usize, (Candidate, Eval)> = Default::default();
+    // The best candidate per spread (how much work it gives nodes besides
+    // the coordinator), among those within the budgets.
+    let mut by_spread: std::collections::BTreeMap<(usize, u32), (Candidate, Eval)> =
+        Default::default();
     for (c, e) in all {
         if e.overflow == 0 {
-            let n = helpers(ctx, &c);
+            let n = spread(ctx, &c);
             if by_spread.get(&n).is_none_or(|(_, b)| e.better_than(b)) {
                 by_spread.insert(n, (c.clone(), e.clone()));
             }
@@ -158,14 +161,21 @@ fn best_for(ctx: &Ctx, ks: &BTreeSet<usize>, ep: bool, act: ActDType) -> Option<
         .or(best)
 }
 
-/// Nodes other than the coordinator that `c` gives layers or experts.
-fn helpers(ctx: &Ctx, c: &Candidate) -> usize {
+/// How much work `c` gives nodes other than the coordinator: how many
+/// nodes it gives layers or experts, then how many layers they run.
+fn spread(ctx: &Ctx, c: &Candidate) -> (usize, u32) {
     let mut n: BTreeSet<usize> = c.stages.iter().map(|(n, _)| *n).collect();
     for l in &c.experts {
         n.extend(l.iter().filter(|(_, k)| *k > 0).map(|(n, _)| *n));
     }
     n.remove(&ctx.coord);
-    n.len()
+    let layers = c
+        .stages
+        .iter()
+        .filter(|(n, _)| *n != ctx.coord)
+        .map(|(_, r)| r.end - r.start)
+        .sum();
+    (n.len(), layers)
 }
 
 fn infeasible(ctx: &Ctx, cand: &Candidate, ev: &Eval) -> PlanError {

@@ -69,11 +69,10 @@ fn a_node_a_little_faster_by_measurement_does_not_take_the_coordinators_layers()
         plan_with(20.8),
         [("coord".to_string(), 10)].into_iter().collect()
     );
-    // 10% faster: worth the hops.
-    assert_eq!(
-        plan_with(22.0),
-        [("worker".to_string(), 10)].into_iter().collect()
-    );
+    // 10% faster: worth the hops; the worker runs (nearly) everything, the
+    // coordinator keeping what costs less than the 5% margin.
+    let moved = plan_with(22.0);
+    assert!(moved.get("worker").copied().unwrap_or(0) >= 9, "{moved:?}");
 }
 
 #[test]
