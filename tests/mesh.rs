@@ -674,6 +674,20 @@ fn load_model(grpc: &str, file: &str, stages: u32) -> dwarfstar_proto::v1::LoadR
     })
 }
 
+/// A greedy completion of `n` tokens from the API at `base`, serving
+/// `model`, is not empty and begins one machine's text, which it returns.
+fn answers_as_one_machine(base: &str, model: &Path, n: usize) -> String {
+    let want = run_greedy(model, PROMPT, n);
+    let name = model.file_stem().unwrap().to_str().unwrap();
+    let got = complete(base, name, PROMPT, n);
+    let text = got["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.is_empty() && want.starts_with(text),
+        "mesh: {text:?}\none machine: {want:?}"
+    );
+    want
+}
+
 /// A completion request's status and body.
 fn post_completion(base: &str, model: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -719,13 +733,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     assert_eq!(plan.coordinator, w_id, "{plan:?}");
     assert_eq!(plan.stages.len(), 2, "{plan:?}");
     assert!(plan.version > v1);
-    let want = run_greedy(&gemma, PROMPT, n);
-    let got = complete(&w_http, &stem(&gemma), PROMPT, n);
-    let text = got["choices"][0]["text"].as_str().unwrap();
-    assert!(
-        !text.is_empty() && want.starts_with(text),
-        "mesh: {text:?}\none machine: {want:?}"
-    );
+    let want = answers_as_one_machine(&w_http, &gemma, n);
     let done = generate_json(&w.grpc, PROMPT, n as u32);
     assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
     // The first daemon gave its model up and runs a stage of the new plan.
@@ -745,13 +753,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     let back = reply.plan.unwrap();
     assert_eq!(back.coordinator, status(&c.grpc).node_id);
     assert!(back.version > plan.version);
-    let want = run_greedy(&smol, PROMPT, n);
-    let got = complete(&c_http, &stem(&smol), PROMPT, n);
-    let text = got["choices"][0]["text"].as_str().unwrap();
-    assert!(
-        !text.is_empty() && want.starts_with(text),
-        "mesh: {text:?}\none machine: {want:?}"
-    );
+    answers_as_one_machine(&c_http, &smol, n);
     let (code, body) = post_completion(&w_http, &stem(&gemma));
     assert_eq!(code, 503, "{body}");
     assert_eq!(status(&w.grpc).plan_version, back.version);

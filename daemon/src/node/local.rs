@@ -196,10 +196,7 @@ impl LocalNode {
     }
 
     pub(crate) fn is_loaded_path(&self, p: &Path) -> bool {
-        match (p.canonicalize(), self.cfg.model_path.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => p == self.cfg.model_path,
-        }
+        crate::serve::engine::same_file(p, &self.cfg.model_path)
     }
 
     /// One node runs one stage; `stages` beyond that can't be honoured.

@@ -372,7 +372,7 @@ impl MeshNode {
         let path = self.resolve_model(&req.model)?;
         let mut nodes = vec![node_caps(&self.rt.me, &self.local_caps())];
         let peers = self.rt.mesh.peers().await.map_err(unavailable)?;
-        let links = self.rt.links(&peers).await;
+        let links = super::links::measure(&self.rt.mesh, &self.rt.me, &peers).await;
         for p in peers {
             if let Some(c) = p.caps {
                 nodes.push(node_caps(&p.peer.to_string(), &c));

@@ -9,6 +9,7 @@
 //! - [`mesh_serve`]: `dwarfstar serve` in a mesh: flags, joining, coordinating;
 //! - [`runtime`]: the event loop, the plan handshake, roles;
 //! - [`inventory`]: the model files a node holds and announces, hashed;
+//! - [`links`]: the measured links (ping latency, probed bandwidth) the planner is given;
 //! - [`shards`]: fetching a plan's share of a model file from a peer holding it;
 //! - [`error`]: what goes wrong, typed;
 //! - [`grpc`]: the gRPC Control service (meshctl) over a [`grpc::NodeApi`];
@@ -23,6 +24,7 @@ pub mod error;
 pub mod frames;
 pub mod grpc;
 pub mod inventory;
+pub mod links;
 pub mod local;
 pub mod lone;
 pub mod mesh_api;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dwarfstar_mesh::{ControlResponder, MeshEvent, MeshEvents, MeshHandle, ModelInfo, PeerId};
 use dwarfstar_model::Model;
-use dwarfstar_planner::{ActDType, Link, NodeCaps, Plan, PlanRequest, DEFAULT_LINK};
+use dwarfstar_planner::{ActDType, NodeCaps, Plan, PlanRequest};
 use dwarfstar_proto::v1 as pb;
 use dwarfstar_proto::Message;
 use tokio::runtime::Handle;
@@ -348,43 +348,6 @@ impl NodeRuntime {
         }
     }
 
-    /// The links to `peers` for the planner: each peer's bandwidth probed
-    /// over the data plane (at once, a few seconds at most), its latency
-    /// from the last ping.
-    pub async fn links(&self, peers: &[dwarfstar_mesh::PeerInfo]) -> Vec<Link> {
-        let probes: Vec<_> = peers
-            .iter()
-            .filter(|p| p.caps.is_some())
-            .map(|p| {
-                let (mesh, id) = (self.mesh.clone(), p.peer);
-                tokio::spawn(async move {
-                    let probe =
-                        dwarfstar_mesh::probe::measure(&mesh, id, PROBE_BYTES, PROBE_ROUNDS);
-                    match tokio::time::timeout(Duration::from_secs(3), probe).await {
-                        Ok(Ok(Some(bps))) => Some((id.to_string(), bps)),
-                        Ok(Ok(None)) => None,
-                        Ok(Err(e)) => {
-                            tracing::debug!("probing the link to {id}: {e}");
-                            None
-                        }
-                        Err(_) => {
-                            tracing::debug!("probing the link to {id}: timed out");
-                            None
-                        }
-                    }
-                })
-            })
-            .collect();
-        let mut bandwidth = HashMap::new();
-        for p in probes {
-            if let Ok(Some((id, bps))) = p.await {
-                tracing::info!("link to {id}: {:.2} Gbit/s", bps / 1e9);
-                bandwidth.insert(id, bps);
-            }
-        }
-        measured_links(&self.me, peers, &bandwidth)
-    }
-
     /// Bytes `node` holds under `plan`, when the model's shape is known.
     pub fn held_by(&self, plan: &Plan, node: &str) -> u64 {
         self.roster
@@ -699,13 +662,14 @@ impl NodeRuntime {
             caps.clear();
             members.clear();
             caps.push(self.settings.caps.clone());
-            let peers = self.mesh.peers().await.map_err(|e| t(&e))?;
-            seen = peers.clone();
-            for p in peers {
-                if let Some(mut c) = p.caps {
-                    caps.push(node_caps(&p.peer.to_string(), &c));
-                    c.id = p.peer.to_string();
-                    members.push(c);
+            seen = self.mesh.peers().await.map_err(|e| t(&e))?;
+            for p in &seen {
+                if let Some(c) = &p.caps {
+                    caps.push(node_caps(&p.peer.to_string(), c));
+                    members.push(dwarfstar_mesh::Capabilities {
+                        id: p.peer.to_string(),
+                        ..c.clone()
+                    });
                 }
             }
             if caps.len() >= opts.min_nodes.max(1) {
@@ -722,7 +686,7 @@ impl NodeRuntime {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.set_status(|s| s.state = "loading".into());
-        let links = self.links(&seen).await;
+        let links = super::links::measure(&self.mesh, &self.me, &seen).await;
         let p = path.to_path_buf();
         let (model, file) = tokio::task::spawn_blocking(move || Model::open(&p, &[]))
             .await
@@ -871,39 +835,6 @@ impl NodeRuntime {
     }
 }
 
-/// Bytes of a bandwidth probe, and how many times it is sent.
-const PROBE_BYTES: u64 = 1 << 20;
-const PROBE_ROUNDS: usize = 2;
-
-/// The links from `me` to its peers as the planner takes them: the one-way
-/// latency is half the last libp2p ping's round trip, the bandwidth a
-/// probe's (`bandwidth`, by peer id), else the planner's default. Peers
-/// measured neither way, and links between two other nodes, keep the
-/// planner's default link.
-pub fn measured_links(
-    me: &str,
-    peers: &[dwarfstar_mesh::PeerInfo],
-    bandwidth: &HashMap<String, f64>,
-) -> Vec<Link> {
-    peers
-        .iter()
-        .filter(|p| p.caps.is_some())
-        .filter_map(|p| {
-            let id = p.peer.to_string();
-            let bw = bandwidth.get(&id).copied();
-            if p.rtt.is_none() && bw.is_none() {
-                return None;
-            }
-            Some(Link {
-                a: me.to_string(),
-                b: id,
-                bandwidth_bps: bw.unwrap_or(DEFAULT_LINK.0),
-                latency_s: p.rtt.map_or(DEFAULT_LINK.1, |r| r.as_secs_f64() / 2.0),
-            })
-        })
-        .collect()
-}
-
 /// A peer's announced capabilities as the planner takes them.
 pub fn node_caps(id: &str, c: &dwarfstar_mesh::Capabilities) -> NodeCaps {
     NodeCaps {
@@ -914,42 +845,5 @@ pub fn node_caps(id: &str, c: &dwarfstar_mesh::Capabilities) -> NodeCaps {
         matmul_gflops: c.matmul_gflops,
         mem_bw_gbs: c.mem_bw_gbs,
         disk_read_gbs: c.disk_read_gbs,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(rtt_ms: Option<u64>, caps: bool) -> dwarfstar_mesh::PeerInfo {
-        dwarfstar_mesh::PeerInfo {
-            peer: PeerId::random(),
-            addrs: Vec::new(),
-            caps: caps.then(Default::default),
-            rtt: rtt_ms.map(Duration::from_millis),
-            agent: None,
-            quic_addr: None,
-        }
-    }
-
-    #[test]
-    fn links_carry_half_the_measured_round_trip() {
-        let peers = [
-            peer(Some(4), true),
-            peer(None, true),
-            peer(Some(2), false),
-            peer(None, true),
-        ];
-        let probed = HashMap::from([(peers[3].peer.to_string(), 5e8)]);
-        let links = measured_links("me", &peers, &probed);
-        assert_eq!(links.len(), 2, "{links:?}");
-        assert_eq!(links[0].a, "me");
-        assert_eq!(links[0].b, peers[0].peer.to_string());
-        assert!((links[0].latency_s - 0.002).abs() < 1e-12);
-        assert_eq!(links[0].bandwidth_bps, DEFAULT_LINK.0);
-        // Probed but not pinged yet: the default latency, the probed rate.
-        assert_eq!(links[1].b, peers[3].peer.to_string());
-        assert_eq!(links[1].bandwidth_bps, 5e8);
-        assert_eq!(links[1].latency_s, DEFAULT_LINK.1);
     }
 }

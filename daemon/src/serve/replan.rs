@@ -113,6 +113,18 @@ mod tests {
 
     use super::*;
 
+    /// An engine thread goes idle under the hold; the re-planner resumes it
+    /// with `how`; what the engine was told.
+    fn resumed_as(r: &Arc<Replan<u32>>, how: Resume<u32>) -> Resume<u32> {
+        let engine = {
+            let r = r.clone();
+            std::thread::spawn(move || r.idle_until_resumed())
+        };
+        assert!(r.wait_idle(Duration::from_secs(10)));
+        r.resume(how);
+        engine.join().unwrap()
+    }
+
     #[test]
     fn a_held_engine_reports_idle_and_takes_the_new_backend() {
         let r = Arc::new(Replan::<u32>::default());
@@ -123,31 +135,13 @@ mod tests {
             !r.wait_idle(Duration::from_millis(10)),
             "the engine is still busy"
         );
-        let engine = {
-            let r = r.clone();
-            std::thread::spawn(move || r.idle_until_resumed())
-        };
-        assert!(r.wait_idle(Duration::from_secs(10)));
-        r.resume(Resume::Swap(7));
-        assert_eq!(engine.join().unwrap(), Resume::Swap(7));
+        assert_eq!(resumed_as(&r, Resume::Swap(7)), Resume::Swap(7));
         assert!(!r.held());
         // A failed re-plan resumes without a backend.
         assert!(r.hold());
-        let engine = {
-            let r = r.clone();
-            std::thread::spawn(move || r.idle_until_resumed())
-        };
-        assert!(r.wait_idle(Duration::from_secs(10)));
-        r.resume(Resume::Keep);
-        assert_eq!(engine.join().unwrap(), Resume::Keep);
+        assert_eq!(resumed_as(&r, Resume::Keep), Resume::Keep);
         // A retired engine is told so once; a later hold starts afresh.
         assert!(r.hold());
-        let engine = {
-            let r = r.clone();
-            std::thread::spawn(move || r.idle_until_resumed())
-        };
-        assert!(r.wait_idle(Duration::from_secs(10)));
-        r.resume(Resume::Retire);
-        assert_eq!(engine.join().unwrap(), Resume::Retire);
+        assert_eq!(resumed_as(&r, Resume::Retire), Resume::Retire);
     }
 }
