@@ -149,6 +149,9 @@ async fn main() {
                 Some(MeshEvent::PeerDiscovered(p, a)) => println!("discovered {p} {a}"),
                 Some(MeshEvent::PeerAdmitted(p)) => println!("admitted {p}"),
                 Some(MeshEvent::PeerLost(p)) => println!("lost {p}"),
+                Some(MeshEvent::DataPlaneRefused { remote, reason, .. }) => {
+                    println!("refused {remote}: {reason}")
+                }
                 Some(MeshEvent::Caps(p, c)) => {
                     let quic = c.addresses.as_ref().map(|a| a.quic.clone()).unwrap_or_default();
                     println!("caps {p} cores={} quic={quic}", c.cores);

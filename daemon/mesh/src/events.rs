@@ -32,6 +32,14 @@ pub enum MeshEvent {
     ControlRequest(PeerId, Vec<u8>, ControlResponder),
     /// A peer opened a frame stream to us.
     IncomingStream(PeerId, FrameStream),
+    /// The data plane refused an incoming QUIC connection: its TLS handshake failed (a peer
+    /// not admitted), or it did not prove the join secret. `peer` is known when the
+    /// handshake got as far as a certificate.
+    DataPlaneRefused {
+        remote: SocketAddr,
+        peer: Option<PeerId>,
+        reason: String,
+    },
 }
 
 /// Answers one control request.

@@ -191,6 +191,11 @@ impl NodeRuntime {
                     }
                     MeshEvent::PeerAdmitted(p) => tracing::info!("peer {p} admitted"),
                     MeshEvent::PeerLost(p) => tracing::info!("peer {p} lost"),
+                    MeshEvent::DataPlaneRefused {
+                        remote,
+                        peer,
+                        reason,
+                    } => tracing::warn!(%remote, ?peer, %reason, "data-plane connection refused"),
                     _ => {}
                 }
             }

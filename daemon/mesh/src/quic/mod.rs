@@ -300,25 +300,34 @@ async fn accept_loop(dp: std::sync::Weak<DataPlane>, endpoint: quinn::Endpoint) 
         let dp = dp.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
+            let refused = |peer: Option<PeerId>, reason: String| {
+                if let Some(plane) = dp.upgrade() {
+                    let _ = plane.events.send(MeshEvent::DataPlaneRefused {
+                        remote,
+                        peer,
+                        reason,
+                    });
+                }
+            };
             let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::warn!(%remote, error = %e, "QUIC handshake refused");
-                    return;
+                    return refused(None, format!("handshake: {e}"));
                 }
                 Err(_) => {
                     tracing::warn!(%remote, "QUIC handshake timed out");
-                    return;
+                    return refused(None, "handshake timed out".into());
                 }
             };
             let Some(peer) = peer_of(&conn) else {
                 conn.close(CLOSE_ADMISSION.into(), b"no identity");
-                return;
+                return refused(None, "no identity".into());
             };
             let Some(plane) = dp.upgrade() else { return };
             if let Err(e) = bind_channel(&conn, &plane.quic_key, false, peer).await {
                 tracing::warn!(%remote, %peer, error = %e, "QUIC peer refused");
-                return;
+                return refused(Some(peer), e.to_string());
             }
             plane.adopt(peer, conn);
         });

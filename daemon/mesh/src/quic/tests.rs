@@ -89,7 +89,17 @@ async fn server_refuses_a_peer_it_has_not_admitted() {
         ),
         "{err}"
     );
-    assert!(a.events.try_recv().is_err(), "no stream reached a");
+    match tokio::time::timeout(Duration::from_secs(10), a.events.recv()).await {
+        Ok(Some(MeshEvent::DataPlaneRefused { .. })) => {}
+        other => panic!("expected a refusal on a's side, got {other:?}"),
+    }
+    // The dialer may try again: each try is refused too, none is a stream.
+    while let Ok(ev) = a.events.try_recv() {
+        assert!(
+            matches!(ev, MeshEvent::DataPlaneRefused { .. }),
+            "only refusals reach a: {ev:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -106,8 +116,19 @@ async fn wrong_secret_fails_the_channel_binding() {
         ),
         "{err}"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(a.events.try_recv().is_err(), "no stream reached a");
+    // a's side ends in a refusal event, never in a stream or an adopted connection.
+    match tokio::time::timeout(Duration::from_secs(10), a.events.recv()).await {
+        Ok(Some(MeshEvent::DataPlaneRefused { peer, .. })) => {
+            assert_eq!(peer, Some(c.id.peer_id()))
+        }
+        other => panic!("expected a refusal on a's side, got {other:?}"),
+    }
+    while let Ok(ev) = a.events.try_recv() {
+        assert!(
+            matches!(ev, MeshEvent::DataPlaneRefused { .. }),
+            "only refusals reach a: {ev:?}"
+        );
+    }
     assert!(a.dp.conns.lock().unwrap().is_empty());
 }
 
