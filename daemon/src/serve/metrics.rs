@@ -40,6 +40,8 @@ pub struct Metrics {
     pub prefix_bytes: AtomicUsize,
     /// Forward passes the engine ran.
     pub steps: AtomicU64,
+    /// Forward passes that ran two or more sequences together.
+    pub batched_steps: AtomicU64,
     ttft: Mutex<Histogram>,
     decoded: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -65,6 +67,7 @@ impl Metrics {
             prefix_entries: AtomicUsize::new(0),
             prefix_bytes: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
+            batched_steps: AtomicU64::new(0),
             ttft: Mutex::default(),
             decoded: Mutex::default(),
         }
@@ -155,7 +158,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 7] = [
             (
                 "dwarfstar_generated_tokens_total",
                 "Tokens sampled.",
@@ -185,6 +188,11 @@ impl Metrics {
                 "dwarfstar_engine_steps_total",
                 "Batched forward passes run.",
                 self.steps.load(Relaxed),
+            ),
+            (
+                "dwarfstar_engine_batched_steps_total",
+                "Forward passes that ran two or more sequences together.",
+                self.batched_steps.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {
