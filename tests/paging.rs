@@ -2,9 +2,9 @@
 //! bit-identical to the mapped file's for tiny DeepSeek V3 under a budget
 //! that forces expert eviction (plain and llama-exact kernels, single and
 //! batched) and for SmolLM2 with streamed layers; the store's statistics;
-//! `bench --json`'s paging fields; and, where cgroup v1 memory is
-//! writable, generation under a memory cgroup limit of half the file's
-//! size giving the same tokens as an unlimited run.
+//! `bench --json`'s paging fields; and generation under a memory cgroup
+//! limit (v1 or v2, see [`crate::cgroup`]) of half the file's size giving
+//! the same tokens as an unlimited run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,6 +14,7 @@ use dwarfstar_model::sampler::argmax;
 use dwarfstar_model::store::{StoreConfig, StoreStats};
 use dwarfstar_model::Model;
 
+use crate::cgroup::Cgroup;
 use crate::common::*;
 
 fn tiny(label: &str) -> PathBuf {
@@ -271,69 +272,6 @@ fn bench_json_reports_paging() {
     assert_eq!(j["bytes_read_per_token"].as_f64(), Some(0.0), "{j}");
 }
 
-/// A v1 memory cgroup, removed on drop.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    /// None when cgroup v1 memory is not there or not writable (the only
-    /// reason to skip).
-    fn create(name: &str) -> Option<Cgroup> {
-        let root = Path::new("/sys/fs/cgroup/memory");
-        if !root.join("memory.limit_in_bytes").exists() {
-            eprintln!(
-                "SKIPPED: {} is not a cgroup v1 memory hierarchy",
-                root.display()
-            );
-            return None;
-        }
-        let dir = root.join(name);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            eprintln!(
-                "SKIPPED: cannot create {}: {e} (cgroup v1 memory is not writable)",
-                dir.display()
-            );
-            return None;
-        }
-        Some(Cgroup(dir))
-    }
-
-    fn write(&self, file: &str, v: &str) {
-        std::fs::write(self.0.join(file), v)
-            .unwrap_or_else(|e| panic!("{}/{file}: {e}", self.0.display()));
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
-    }
-
-    /// Runs `dwarfstar args` inside the group.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-                self.0.display()
-            ))
-            .arg(env!("CARGO_BIN_EXE_dwarfstar"))
-            .args(args)
-            .env("DWARFSTAR_LOG", "error")
-            .output()
-            .expect("sh runs")
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // Empty once its process has exited; the kernel may take a moment.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-}
-
 fn tokens(out: &Output) -> Vec<u64> {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
@@ -351,9 +289,7 @@ fn tokens(out: &Output) -> Vec<u64> {
 /// (the default budget follows the cgroup) as without a limit.
 #[test]
 fn generation_under_a_cgroup_limit_of_half_the_file_matches_unlimited() {
-    let Some(cg) = Cgroup::create(&format!("dwarfstar-paging-test-{}", std::process::id())) else {
-        return;
-    };
+    let cg = Cgroup::create(&format!("dwarfstar-paging-test-{}", std::process::id()));
     let dir = std::env::temp_dir().join(format!("dwarfstar-paging-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let model = dir.join("moe.gguf");
@@ -397,18 +333,10 @@ fn generation_under_a_cgroup_limit_of_half_the_file_matches_unlimited() {
         "unlimited run",
     );
 
-    cg.write("memory.limit_in_bytes", &(size / 2).to_string());
-    // No swap either, where the kernel accounts it.
-    if cg.0.join("memory.memsw.limit_in_bytes").exists() {
-        cg.write("memory.memsw.limit_in_bytes", &(size / 2).to_string());
-    }
+    cg.limit(size / 2);
     let args = gen(&[]);
     let capped = cg.run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    let peak: u64 = cg
-        .read("memory.max_usage_in_bytes")
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let peak = cg.peak();
     let capped = ok(capped, "run under the cgroup limit");
     let note = String::from_utf8_lossy(&capped.stderr);
     assert!(
@@ -417,7 +345,7 @@ fn generation_under_a_cgroup_limit_of_half_the_file_matches_unlimited() {
     );
     assert_eq!(tokens(&capped), tokens(&free), "tokens under the limit");
     eprintln!(
-        "file {size} bytes, limit {}, peak usage {peak}; {}",
+        "file {size} bytes, limit {}, peak usage {peak:?}; {}",
         size / 2,
         note.trim()
     );

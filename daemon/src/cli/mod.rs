@@ -39,7 +39,8 @@ pub struct ModelArgs {
     /// decimal). A larger model is paged from disk: non-expert weights stay
     /// resident, routed experts are cached by use, layers that do not fit
     /// stream. Default: 75% of available memory (or of the cgroup limit's
-    /// headroom, if lower) less the KV cache; "none": map the whole file.
+    /// headroom, if lower) less the KV cache the context needs (at most a
+    /// third of that share); "none": map the whole file.
     #[arg(long, value_name = "SIZE")]
     pub mem_budget: Option<String>,
     /// How the KV cache stores keys and values: f32, f16, q8_0 or q4_0
@@ -59,8 +60,8 @@ impl ModelArgs {
     /// the model, holds its weights within the memory budget and builds
     /// its tokenizer.
     /// `kv_positions` is the context the caller will hold: the default
-    /// memory budget leaves room for its KV cache (None: the model's
-    /// training context, at most 8192).
+    /// memory budget leaves room for its KV cache (None: [`DEFAULT_CTX`],
+    /// or the model's training context if shorter).
     pub fn load_for(&self, kv_positions: Option<usize>) -> Result<Loaded> {
         init_threads(self.threads)?;
         let overrides = self
@@ -76,11 +77,22 @@ impl ModelArgs {
         model
             .set_kv_type(self.kv_type)
             .with_context(|| format!("--kv-type {}", self.kv_type))?;
-        let positions = kv_positions.unwrap_or_else(|| model.n_ctx_train().min(8192));
-        apply_mem_budget(&mut model, self.mem_budget.as_deref(), positions)?;
+        let positions = kv_positions.unwrap_or_else(|| default_ctx(&model));
+        let kv = (model.kv_bytes_per_token() as u64).saturating_mul(positions as u64);
+        apply_mem_budget(&mut model, self.mem_budget.as_deref(), kv)?;
         let tokenizer = load_tokenizer(&file, &self.model)?;
         Ok(Loaded { model, tokenizer })
     }
+}
+
+/// The context a command holds unless told otherwise, as llama.cpp's
+/// default: 4096 positions, or the model's training context if shorter.
+/// KV memory grows with the positions a sequence uses, not with this.
+pub const DEFAULT_CTX: usize = 4096;
+
+/// [`DEFAULT_CTX`], or `model`'s training context if shorter.
+pub fn default_ctx(model: &Model) -> usize {
+    model.n_ctx_train().clamp(2, DEFAULT_CTX)
 }
 
 pub fn load_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
@@ -89,23 +101,32 @@ pub fn load_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
     Ok(Tokenizer::new(spec)?)
 }
 
+/// What [`apply_mem_budget`] settled on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemSplit {
+    /// Bytes of KV cache the default budget left room for (None: no
+    /// default budget was computed, KV is not bounded by it).
+    pub kv: Option<u64>,
+}
+
 /// Holds `model`'s weights within `--mem-budget` (`flag`), or by default
-/// within a share of available memory less the KV cache of `kv_positions`
-/// positions. `DWARFSTAR_IO=buffered` reads through the page cache (with
+/// within a share of available memory less the KV cache (`kv_wanted`
+/// bytes, held to a part of that share: see [`store::default_split`]).
+/// `DWARFSTAR_IO=buffered` reads through the page cache (with
 /// `posix_fadvise(DONTNEED)`) instead of `O_DIRECT`;
 /// `DWARFSTAR_IO_THREADS` sets the reader threads (default 2).
-pub fn apply_mem_budget(model: &mut Model, flag: Option<&str>, kv_positions: usize) -> Result<()> {
-    use dwarfstar_model::store::{self, format_size, IoMode, StoreConfig};
-    let budget = match flag.map(str::trim) {
-        Some("none") => return Ok(()),
-        Some(s) => store::parse_size(s).map_err(|e| anyhow::anyhow!("--mem-budget {e}"))?,
-        None => {
-            let kv = (model.kv_bytes_per_token() * kv_positions) as u64;
-            match store::default_budget(kv) {
-                Some(b) => b,
-                None => return Ok(()),
-            }
-        }
+pub fn apply_mem_budget(model: &mut Model, flag: Option<&str>, kv_wanted: u64) -> Result<MemSplit> {
+    use dwarfstar_model::store::{self, format_size, IoMode, StoreConfig, StoreError};
+    let (budget, kv) = match flag.map(str::trim) {
+        Some("none") => return Ok(MemSplit::default()),
+        Some(s) => (
+            store::parse_size(s).map_err(|e| anyhow::anyhow!("--mem-budget {e}"))?,
+            None,
+        ),
+        None => match store::default_split(kv_wanted) {
+            Some((w, kv)) => (w, Some(kv)),
+            None => return Ok(MemSplit::default()),
+        },
     };
     let mut cfg = StoreConfig::new(budget);
     if std::env::var("DWARFSTAR_IO").is_ok_and(|v| v == "buffered") {
@@ -118,7 +139,30 @@ pub fn apply_mem_budget(model: &mut Model, flag: Option<&str>, kv_positions: usi
         cfg.io_threads = n;
     }
     let weights = model.weight_bytes();
-    model.set_memory_budget(&cfg)?;
+    match model.set_memory_budget(&cfg) {
+        Ok(()) => {}
+        Err(dwarfstar_model::ModelError::Store(StoreError::Budget { need, budget })) => {
+            let how = if flag.is_some() {
+                format!("pass --mem-budget {} or more", format_size(need))
+            } else {
+                format!(
+                    "the default budget is 75% of the memory free to this process ({}) less the \
+                     KV cache; raise the container's memory limit or free memory, or pass \
+                     --mem-budget {} (or more) if the memory is there",
+                    store::MemInfo::read()
+                        .usable()
+                        .map_or("unknown".into(), format_size),
+                    format_size(need)
+                )
+            };
+            anyhow::bail!(
+                "memory budget of {} is too small for this model: paging it needs at least {}; {how}",
+                format_size(budget),
+                format_size(need)
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
     let s = model.store_stats();
     if s.paged {
         eprintln!(
@@ -131,7 +175,7 @@ pub fn apply_mem_budget(model: &mut Model, flag: Option<&str>, kv_positions: usi
             s.io_mode,
         );
     }
-    Ok(())
+    Ok(MemSplit { kv })
 }
 
 /// Installs the global rayon pool with `threads` workers (once).

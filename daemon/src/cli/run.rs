@@ -55,7 +55,8 @@ pub struct RunArgs {
     /// Stop when the output contains this text. Repeatable.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Context size (default: the model's, at most 8192).
+    /// Context size (default: 4096, or the model's if shorter). KV memory
+    /// grows with the positions used.
     #[arg(long, short = 'c')]
     pub ctx_size: Option<usize>,
     /// Print one JSON object instead of streaming text.
@@ -90,7 +91,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let ctx = a
         .ctx_size
-        .unwrap_or_else(|| m.model.n_ctx_train().min(8192))
+        .unwrap_or_else(|| super::default_ctx(&m.model))
         .max(prompt.len() + a.n);
     let mut state = m.model.new_state(ctx);
     let store = match &a.kv_cache_dir {

@@ -202,6 +202,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
         cache_entries: 2,
         cache_bytes: 64 << 20,
         min_prefix: 4,
+        kv_positions: usize::MAX,
     };
     let eog = vec![false; 1 << 17];
     let mut s = Scheduler::new(b, cfg, eog, rx, metrics);

@@ -185,6 +185,7 @@ impl EngineFactory {
             cache_entries: self.limits.prefix_cache_entries,
             cache_bytes: self.limits.prefix_cache_mib.saturating_mul(1 << 20),
             min_prefix: 16,
+            kv_positions: usize::MAX,
         }
     }
 
@@ -206,20 +207,35 @@ impl EngineFactory {
             .set_kv_type(self.kv_type)
             .with_context(|| format!("kv_type {}", self.kv_type))?;
         let tok = Arc::new(load_tokenizer(&gguf, path)?);
-        let ctx_size = self
-            .ctx_size
-            .filter(|_| configured)
-            .unwrap_or_else(|| model.n_ctx_train().min(8192))
+        let asked = self.ctx_size.filter(|_| configured);
+        let mut ctx_size = asked
+            .unwrap_or_else(|| crate::cli::default_ctx(&model))
             .max(2);
-        crate::cli::apply_mem_budget(
-            &mut model,
-            self.mem_budget.as_deref(),
-            ctx_size.saturating_mul(self.limits.max_batch),
-        )?;
+        let per_pos = model.kv_bytes_per_token().max(1) as u64;
+        let wanted = per_pos
+            .saturating_mul(ctx_size as u64)
+            .saturating_mul(self.limits.max_batch.max(1) as u64);
+        let split = crate::cli::apply_mem_budget(&mut model, self.mem_budget.as_deref(), wanted)?;
+        let mut cfg = self.sched_config(ctx_size);
+        if let Some(kv) = split.kv {
+            // The default budget left `kv` bytes for caches: sequences are
+            // admitted only while their positions fit, and the default
+            // context shrinks to what one sequence can hold there.
+            let positions = (kv / per_pos) as usize;
+            if asked.is_none() && positions < ctx_size {
+                ctx_size = positions.max(2);
+                tracing::warn!(
+                    "context {ctx_size} (the memory left for KV caches, {}, holds no more); \
+                     set ctx_size or mem_budget to choose",
+                    dwarfstar_model::store::format_size(kv)
+                );
+                cfg.ctx_size = ctx_size;
+            }
+            cfg.kv_positions = positions.max(ctx_size);
+        }
         let eog = eog_table(&tok, model.n_vocab());
         let model = Arc::new(model);
         let (submit, rx) = scheduler::queue(self.limits.queue, self.metrics.clone());
-        let cfg = self.sched_config(ctx_size);
         match self.kv_cache.as_ref().filter(|_| configured) {
             Some((dir, bytes)) => {
                 let backend = kv_disk::DiskCached::open(model.clone(), dir, *bytes)?;
@@ -252,7 +268,7 @@ impl EngineFactory {
         let ctx_size = self
             .ctx_size
             .filter(|_| self.is_configured(path))
-            .unwrap_or_else(|| model.n_ctx_train().min(stage_ctx))
+            .unwrap_or_else(|| crate::cli::default_ctx(&model).min(stage_ctx))
             .clamp(2, stage_ctx.max(2));
         let eog = eog_table(&tok, model.n_vocab());
         let (submit, rx) = scheduler::queue(self.limits.queue, self.metrics.clone());

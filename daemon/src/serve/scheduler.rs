@@ -1,7 +1,10 @@
 //! Continuous batching: the engine loop that owns the model.
 //!
 //! One thread runs [`Scheduler::run`]. Each step it admits waiting requests
-//! (FIFO, up to `max_batch` active sequences), builds one batch out of every
+//! (FIFO, up to `max_batch` active sequences, and only while the positions
+//! they may reach — prompt plus `max_tokens`, at most the context — fit
+//! `kv_positions`, so caches stay within the memory left for them; one
+//! sequence always runs), builds one batch out of every
 //! active sequence — the next token of each decoding sequence, and a chunk of
 //! the prompt of each sequence still in prefill, at most `prefill_chunk`
 //! prompt tokens per step in all so decoding sequences keep getting steps —
@@ -179,6 +182,9 @@ pub struct SchedConfig {
     pub cache_bytes: usize,
     /// Shortest cached prefix worth a clone.
     pub min_prefix: usize,
+    /// Positions the running sequences may hold together (their caches'
+    /// memory); `usize::MAX` for no bound.
+    pub kv_positions: usize,
 }
 
 /// One running sequence.
@@ -205,6 +211,8 @@ pub struct Scheduler<B: Backend> {
     cache: PrefixCache<B::State>,
     metrics: Arc<Metrics>,
     replan: Option<Arc<Replan<B>>>,
+    /// A request taken from the queue that waits for cache room.
+    waiting: Option<GenRequest>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -227,6 +235,7 @@ impl<B: Backend> Scheduler<B> {
             cache,
             metrics,
             replan: None,
+            waiting: None,
         }
     }
 
@@ -269,7 +278,11 @@ impl<B: Backend> Scheduler<B> {
     /// The model this engine serves is no longer served here: the requests
     /// still queued for it fail, and the engine ends (nothing runs now).
     fn close_for_good(&mut self) {
-        while let Ok(r) = self.rx.try_recv() {
+        let waiting = self.waiting.take();
+        for r in waiting
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
+        {
             self.metrics.queue_depth.fetch_sub(1, Relaxed);
             let _ = r.events.send(Event::Failed(
                 "this daemon stopped serving the model while the request waited \
@@ -305,7 +318,9 @@ impl<B: Backend> Scheduler<B> {
             return;
         }
         while self.open && self.active.len() < self.cfg.max_batch.max(1) {
-            let r = if block && self.active.is_empty() {
+            let r = if let Some(r) = self.waiting.take() {
+                r
+            } else if block && self.active.is_empty() {
                 // Wakes now and then to see whether a re-plan waits.
                 match self.rx.recv_timeout(std::time::Duration::from_millis(100)) {
                     Ok(r) => r,
@@ -328,12 +343,33 @@ impl<B: Backend> Scheduler<B> {
                     }
                 }
             };
-            self.metrics.queue_depth.fetch_sub(1, Relaxed);
-            if !r.events.is_closed() {
-                self.start(r);
+            if r.events.is_closed() {
+                self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                continue;
             }
+            if !self.active.is_empty() && self.reserved() + self.reach(&r) > self.cfg.kv_positions {
+                // Stays first in line until running sequences end.
+                self.waiting = Some(r);
+                break;
+            }
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            self.start(r);
         }
         self.metrics.active.store(self.active.len(), Relaxed);
+    }
+
+    /// The most positions `r` can hold: its prompt and `max_tokens`, at
+    /// most the context.
+    fn reach(&self, r: &GenRequest) -> usize {
+        r.prompt
+            .len()
+            .saturating_add(r.max_tokens)
+            .min(self.cfg.ctx_size)
+    }
+
+    /// Positions the running sequences may still reach together.
+    fn reserved(&self) -> usize {
+        self.active.iter().map(|s| self.reach(&s.req)).sum()
     }
 
     fn start(&mut self, r: GenRequest) {
@@ -431,9 +467,13 @@ impl<B: Backend> Scheduler<B> {
         if items.is_empty() {
             return;
         }
+        let together = items.len();
         let result = backend.forward_batch(&mut items);
         drop(items);
         self.metrics.steps.fetch_add(1, Relaxed);
+        if together > 1 {
+            self.metrics.batched_steps.fetch_add(1, Relaxed);
+        }
         self.metrics
             .prefill_tokens
             .fetch_add(prefill as u64, Relaxed);

@@ -82,6 +82,7 @@ fn cfg() -> SchedConfig {
         cache_entries: 4,
         cache_bytes: 1 << 20,
         min_prefix: 2,
+        kv_positions: usize::MAX,
     }
 }
 
@@ -409,4 +410,37 @@ fn penalties_lower_repeated_tokens() {
     let counts = HashMap::from([(2, 3), (0, 1)]);
     penalize(&mut l, &counts, 0.5, 1.0);
     assert_eq!(l, vec![-0.5, 2.0, -0.5]);
+}
+
+#[test]
+fn admission_waits_while_the_positions_would_outgrow_the_kv_room() {
+    // Room for 20 positions: a sequence reaching 2 + 10 runs, a second
+    // (2 + 10 more) waits until it ends, then runs to the same tokens.
+    let (mut s, sub, m) = sched(
+        SchedConfig {
+            kv_positions: 20,
+            ..cfg()
+        },
+        &[],
+    );
+    let (r1, mut rx1) = req(vec![1, 2], 10);
+    let (r2, mut rx2) = req(vec![3, 4], 10);
+    sub.submit(r1).unwrap();
+    sub.submit(r2).unwrap();
+    s.admit(false);
+    assert_eq!(s.active(), 1);
+    assert_eq!(m.queue_depth.load(Relaxed), 1);
+    s.step();
+    s.admit(false);
+    assert_eq!(s.active(), 1, "the second request must wait for room");
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rx1)), reference(&[1, 2], 10, &[]));
+    assert_eq!(tokens(&drain(&mut rx2)), reference(&[3, 4], 10, &[]));
+    assert_eq!(m.queue_depth.load(Relaxed), 0);
+
+    // One sequence always runs, even one reaching past the room.
+    let (r, mut rx) = req(vec![5, 6], 40);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rx)).len(), 40);
 }

@@ -1,15 +1,19 @@
 //! Memory budgets: parsing `--mem-budget` sizes and the default, a share
 //! of the memory this process may use.
 //!
-//! The default is `75%` of the available memory, less the KV cache the
-//! caller plans to hold. Available memory is the smaller of the system's
+//! The default is `75%` of the available memory, split between weights and
+//! the KV cache ([`default_split`]): the KV reserve is what the caller's
+//! context needs, but at most a third of that share, so a long default
+//! context never starves the weights (KV grows with the positions used;
+//! the server admits sequences only while their positions fit the
+//! reserve). Available memory is the smaller of the system's
 //! `MemAvailable` and, when the process runs in a memory cgroup (v1 or
 //! v2) with a limit, that limit less what the cgroup already uses (its
 //! inactive page cache counted as free, the kernel reclaims it first).
 //! The other quarter is left to activations, the tokenizer, the runtime
 //! and the rest of the system.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The share of available memory the default budget takes.
 pub const DEFAULT_SHARE: f64 = 0.75;
@@ -103,16 +107,22 @@ impl MemInfo {
     }
 }
 
-/// The default budget: [`DEFAULT_SHARE`] of [`MemInfo::usable`] less
-/// `kv_reserve` bytes. None when the memory cannot be read (then there is
-/// no budget: the file is mapped as a whole).
-pub fn default_budget(kv_reserve: u64) -> Option<u64> {
-    budget_from(&MemInfo::read(), kv_reserve)
+/// The largest part of the default share the KV reserve may take.
+pub const KV_PART_OF_SHARE: f64 = 1.0 / 3.0;
+
+/// The default memory split for a caller that would like `kv_wanted`
+/// bytes of KV cache: `(weights, kv)` with `weights + kv` =
+/// [`DEFAULT_SHARE`] of [`MemInfo::usable`] and `kv` at most
+/// [`KV_PART_OF_SHARE`] of it. None when the memory cannot be read (then
+/// there is no budget: the file is mapped as a whole).
+pub fn default_split(kv_wanted: u64) -> Option<(u64, u64)> {
+    split_from(&MemInfo::read(), kv_wanted)
 }
 
-pub fn budget_from(m: &MemInfo, kv_reserve: u64) -> Option<u64> {
-    m.usable()
-        .map(|u| ((u as f64 * DEFAULT_SHARE) as u64).saturating_sub(kv_reserve))
+pub fn split_from(m: &MemInfo, kv_wanted: u64) -> Option<(u64, u64)> {
+    let share = (m.usable()? as f64 * DEFAULT_SHARE) as u64;
+    let kv = kv_wanted.min((share as f64 * KV_PART_OF_SHARE) as u64);
+    Some((share - kv, kv))
 }
 
 fn meminfo_field(s: &str, key: &str) -> Option<u64> {
@@ -143,45 +153,82 @@ fn stat_field(dir: &Path, key: &str) -> Option<u64> {
     })
 }
 
-/// (limit, used) of this process's memory cgroup. v1: the smallest limit
-/// from the group up to the root (hierarchical limits); "no limit" is a
-/// huge number there, ignored above 2^60.
+/// (limit, used) of this process's memory cgroup, from `/proc/self/cgroup`
+/// and the hierarchies mounted under `/sys/fs/cgroup`.
 fn cgroup_memory() -> Option<(Option<u64>, Option<u64>)> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_memory_at(&text, Path::new("/sys/fs/cgroup"))
+}
+
+/// The files one cgroup version keeps its memory figures in.
+struct CgroupFiles {
+    limit: &'static str,
+    usage: &'static str,
+    inactive: &'static str,
+}
+
+const V1: CgroupFiles = CgroupFiles {
+    limit: "memory.limit_in_bytes",
+    usage: "memory.usage_in_bytes",
+    inactive: "total_inactive_file",
+};
+
+const V2: CgroupFiles = CgroupFiles {
+    limit: "memory.max",
+    usage: "memory.current",
+    inactive: "inactive_file",
+};
+
+/// (limit, used) for the cgroup `path` under the mount `root`: the
+/// smallest limit from the group up to the mount (limits are
+/// hierarchical; v1's "no limit" is a huge number, ignored above 2^60,
+/// v2's is `max`), and the usage of the deepest group that exists, less
+/// its inactive page cache. Inside a container the path named in
+/// `/proc/self/cgroup` is often the host's, and only the mount's root
+/// (the container's own group) exists: its figures are the ones to use.
+fn group_memory(root: &Path, path: &str, f: &CgroupFiles) -> Option<(Option<u64>, Option<u64>)> {
+    let dir = root.join(path.trim_start_matches('/'));
+    let mut limit: Option<u64> = None;
+    let mut used: Option<u64> = None;
+    let mut found = false;
+    let mut d = dir.as_path();
+    loop {
+        if d.join(f.limit).exists() {
+            found = true;
+            if let Some(l) = read_u64(&d.join(f.limit)).filter(|&l| l < 1 << 60) {
+                limit = Some(limit.map_or(l, |m| m.min(l)));
+            }
+            if used.is_none() {
+                used = read_u64(&d.join(f.usage))
+                    .map(|u| u.saturating_sub(stat_field(d, f.inactive).unwrap_or(0)));
+            }
+        }
+        match d.parent() {
+            Some(p) if p.starts_with(root) => d = p,
+            _ => break,
+        }
+    }
+    found.then_some((limit, used))
+}
+
+/// [`cgroup_memory`] over the text of `/proc/self/cgroup` and the cgroup
+/// mount `root`: v1's memory controller (`root/memory`) when the process
+/// is in one, else the v2 unified hierarchy (`root`, or
+/// `root/unified` on hybrid systems).
+fn cgroup_memory_at(text: &str, root: &Path) -> Option<(Option<u64>, Option<u64>)> {
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
         if ctrl.split(',').any(|c| c == "memory") {
-            let dir = PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
-            let mut limit: Option<u64> = None;
-            let mut d = dir.as_path();
-            loop {
-                if let Some(l) = read_u64(&d.join("memory.limit_in_bytes")).filter(|&l| l < 1 << 60)
-                {
-                    limit = Some(limit.map_or(l, |m| m.min(l)));
-                }
-                match d.parent() {
-                    Some(p) if p.starts_with("/sys/fs/cgroup/memory") => d = p,
-                    _ => break,
-                }
+            if let Some(r) = group_memory(&root.join("memory"), path, &V1) {
+                return Some(r);
             }
-            let used = read_u64(&dir.join("memory.usage_in_bytes"))
-                .map(|u| u.saturating_sub(stat_field(&dir, "total_inactive_file").unwrap_or(0)));
-            return Some((limit, used));
         }
     }
-    // v2: the unified hierarchy.
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        let dir = PathBuf::from(root).join(path.trim_start_matches('/'));
-        if dir.join("memory.max").exists() {
-            let limit = read_u64(&dir.join("memory.max"));
-            let used = read_u64(&dir.join("memory.current"))
-                .map(|u| u.saturating_sub(stat_field(&dir, "inactive_file").unwrap_or(0)));
-            return Some((limit, used));
-        }
-    }
-    None
+    [root.to_path_buf(), root.join("unified")]
+        .iter()
+        .find_map(|r| group_memory(r, path, &V2))
 }
 
 #[cfg(test)]
@@ -212,16 +259,80 @@ mod tests {
             cgroup_used: Some(g),
         };
         assert_eq!(m.usable(), Some(3 * g));
-        assert_eq!(budget_from(&m, g / 4), Some(2 * g));
+        // 75% of 3 GiB: a small KV wish is granted whole...
+        let share = 3 * g * 3 / 4;
+        assert_eq!(split_from(&m, g / 4), Some((share - g / 4, g / 4)));
+        // ...a large one is held to a third of the share.
+        let (w, kv) = split_from(&m, 100 * g).unwrap();
+        assert_eq!((w + kv, kv), (share, (share as f64 / 3.0) as u64));
         let m = MemInfo {
             available: Some(2 * g),
             cgroup_limit: None,
             cgroup_used: None,
         };
-        assert_eq!(budget_from(&m, 4 * g), Some(0));
-        assert_eq!(budget_from(&MemInfo::default(), 0), None);
+        assert_eq!(split_from(&m, 0), Some((3 * g / 2, 0)));
+        assert_eq!(split_from(&MemInfo::default(), 0), None);
         // The real system answers something on Linux.
         #[cfg(target_os = "linux")]
         assert!(MemInfo::read().available.is_some());
+    }
+
+    /// Writes `files` (path, contents) under a fresh temporary root.
+    fn tree(name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("dwarfstar-cg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (p, v) in files {
+            let f = root.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, v).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn cgroup_v2_memory_max_is_read_up_the_hierarchy() {
+        let root = tree(
+            "v2",
+            &[
+                ("memory.max", "max\n"),
+                ("box/memory.max", "1073741824\n"),
+                ("box/app/memory.max", "max\n"),
+                ("box/app/memory.current", "300000\n"),
+                ("box/app/memory.stat", "anon 1\ninactive_file 100000\n"),
+            ],
+        );
+        let got = cgroup_memory_at("0::/box/app\n", &root);
+        assert_eq!(got, Some((Some(1 << 30), Some(200_000))));
+        // A container that sees only its own group at the mount's root,
+        // named by the host's path in /proc/self/cgroup.
+        let root2 = tree(
+            "v2c",
+            &[("memory.max", "536870912\n"), ("memory.current", "1000\n")],
+        );
+        let got = cgroup_memory_at("0::/system.slice/docker-abc.scope\n", &root2);
+        assert_eq!(got, Some((Some(512 << 20), Some(1000))));
+        // No memory files at all: no cgroup figures.
+        let root3 = tree("none", &[("cgroup.procs", "")]);
+        assert_eq!(cgroup_memory_at("0::/\n", &root3), None);
+        for r in [root, root2, root3] {
+            let _ = std::fs::remove_dir_all(r);
+        }
+    }
+
+    #[test]
+    fn cgroup_v1_limit_is_the_smallest_on_the_path() {
+        let root = tree(
+            "v1",
+            &[
+                ("memory/memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory/a/memory.limit_in_bytes", "2147483648\n"),
+                ("memory/a/b/memory.limit_in_bytes", "4294967296\n"),
+                ("memory/a/b/memory.usage_in_bytes", "5000\n"),
+                ("memory/a/b/memory.stat", "total_inactive_file 1000\n"),
+            ],
+        );
+        let got = cgroup_memory_at("4:memory:/a/b\n0::/\n", &root);
+        assert_eq!(got, Some((Some(2 << 30), Some(4000))));
+        let _ = std::fs::remove_dir_all(root);
     }
 }

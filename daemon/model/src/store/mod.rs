@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use dwarfstar_gguf::{GgufFile, TensorInfo};
 
-pub use budget::{budget_from, default_budget, format_size, parse_size, MemInfo, DEFAULT_SHARE};
+pub use budget::{
+    default_split, format_size, parse_size, split_from, MemInfo, DEFAULT_SHARE, KV_PART_OF_SHARE,
+};
 pub use io::IoMode;
 pub use plan::{ByteRange, ExpertLayout, Plan, StackRange};
 pub(crate) use plans::{deepseek2_plan, dense_plan};
