@@ -1,6 +1,7 @@
 //! A model split across "nodes" in one process: pipeline stages over layer
 //! ranges, and routed experts run by another model instance through
-//! `ExpertDispatch`, give the whole model's logits bit for bit.
+//! `ExpertDispatch`, give the whole model's logits bit for bit (SmolLM2,
+//! tiny DeepSeek V3 and V4).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,11 @@ fn tiny_v3(name: &str) -> Model {
     Model::open(&p, &[]).expect("tiny DeepSeek V3 loads").0
 }
 
+fn tiny_v4(name: &str) -> Model {
+    let p = fixtures().join("tiny-deepseek-v4").join(name);
+    Model::open(&p, &[]).expect("tiny DeepSeek V4 loads").0
+}
+
 const TOKENS: [u32; 12] = [1, 504, 2933, 22, 1392, 3240, 288, 17, 99, 1001, 7, 42];
 
 /// Runs `tokens` as two pipeline stages with separate states, as two nodes
@@ -25,10 +31,10 @@ fn two_stages(m: &Model, split: usize, tokens: &[u32], next: u32) -> (Vec<f32>, 
     let step = |toks: &[u32], s0: &mut SeqState, s1: &mut SeqState| {
         let mut x = m.embed(toks).unwrap();
         let n = toks.len();
-        let mut a = [(n, &mut *s0)];
+        let mut a = [(toks, &mut *s0)];
         m.forward_layers(0..split, &mut x, &mut a).unwrap();
         m.finish_step(&mut a);
-        let mut b = [(n, &mut *s1)];
+        let mut b = [(toks, &mut *s1)];
         m.forward_layers(split..n_layer, &mut x, &mut b).unwrap();
         m.finish_step(&mut b);
         let e = m.n_embd();
@@ -62,6 +68,25 @@ fn pipeline_stages_equal_the_whole_model_deepseek_v3() {
     let want = whole(&m, &TOKENS, 77);
     for split in 1..m.n_layer() {
         assert_eq!(two_stages(&m, split, &TOKENS, 77), want, "split at {split}");
+    }
+}
+
+/// DeepSeek V4's stages pass its hyper-connection streams and the token ids
+/// its hash-routed layers read; every split equals the whole model.
+#[test]
+fn pipeline_stages_equal_the_whole_model_deepseek_v4() {
+    for file in ["tiny-dsv4-f32.gguf", "tiny-dsv4-Q8_0.gguf"] {
+        let m = tiny_v4(file);
+        assert_eq!(m.n_embd() % m.expert_width(), 0);
+        assert!(m.n_embd() > m.expert_width(), "the streams travel");
+        let want = whole(&m, &TOKENS, 77);
+        for split in 1..m.n_layer() {
+            assert_eq!(
+                two_stages(&m, split, &TOKENS, 77),
+                want,
+                "{file}: split at {split}"
+            );
+        }
     }
 }
 
@@ -115,6 +140,29 @@ fn remote_experts_equal_local_experts_deepseek_v3() {
     }
 }
 
+/// V4's routed experts on another instance (hash-routed layers included)
+/// equal local ones bit for bit; the shared expert stays here.
+#[test]
+fn remote_experts_equal_local_experts_deepseek_v4() {
+    for file in ["tiny-dsv4-f32.gguf", "tiny-dsv4-Q8_0.gguf"] {
+        let local = tiny_v4(file);
+        let want = whole(&local, &TOKENS, 77);
+        let mut split = tiny_v4(file);
+        let other = Arc::new(OtherNode {
+            holder: tiny_v4(file),
+            calls: AtomicUsize::new(0),
+        });
+        split.set_expert_dispatch(Some(other.clone())).unwrap();
+        assert_eq!(whole(&split, &TOKENS, 77), want, "{file}");
+        // Every layer of the prompt sends its odd experts, and one more
+        // token does again.
+        let calls = other.calls.load(Ordering::Relaxed);
+        assert!(calls >= split.n_layer(), "{calls} remote batches");
+        // Pipeline stages and remote experts together.
+        assert_eq!(two_stages(&split, 1, &TOKENS, 77), want, "{file}");
+    }
+}
+
 #[test]
 fn bad_expert_batches_are_refused() {
     let m = tiny_v3("tiny-dsv3-f32.gguf");
@@ -146,4 +194,27 @@ fn bad_expert_batches_are_refused() {
     assert!(m.run_experts(0, &dense_layer).is_err() || m.is_moe_layer(0));
     let l = load(SMOLLM2);
     assert!(l.model.run_experts(0, &dense_layer).is_err());
+    // V4's expert rows are n_embd wide, not the hyper-connection streams.
+    let v4 = tiny_v4("tiny-dsv4-Q8_0.gguf");
+    let e = v4.expert_width();
+    let streams = ExpertBatch {
+        d: v4.n_embd(),
+        experts: vec![0],
+        counts: vec![1],
+        rows: vec![0.0; v4.n_embd()],
+    };
+    assert!(v4.run_experts(0, &streams).is_err());
+    let ok = ExpertBatch {
+        d: e,
+        experts: vec![0],
+        counts: vec![1],
+        rows: vec![0.01; e],
+    };
+    assert_eq!(v4.run_experts(0, &ok).unwrap().len(), e);
+    assert!(v4.run_experts(v4.n_layer(), &ok).is_err());
+    let bad_expert = ExpertBatch {
+        experts: vec![v4.n_expert() as u32],
+        ..ok
+    };
+    assert!(v4.run_experts(0, &bad_expert).is_err());
 }

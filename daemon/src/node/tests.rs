@@ -33,6 +33,11 @@ fn smollm2() -> Option<Arc<Model>> {
     Some(Arc::new(Model::open(&p, &[]).ok()?.0))
 }
 
+fn tiny_v4() -> Arc<Model> {
+    let p = repo().join("tests/fixtures/tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf");
+    Arc::new(Model::open(&p, &[]).expect("fixture loads").0)
+}
+
 fn tiny_v3() -> Arc<Model> {
     let p = repo().join("tests/fixtures/tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");
     Arc::new(Model::open(&p, &[]).expect("fixture loads").0)
@@ -111,12 +116,24 @@ fn split_pipeline_matches_one_node_deepseek_v3() {
     same_as_local(&m, 1, 2);
 }
 
+/// DeepSeek V4: hyper-connection rows and token ids travel between stages;
+/// its rewinds and clones replay the kept tokens through every stage.
+#[test]
+fn split_pipeline_matches_one_node_deepseek_v4() {
+    let m = tiny_v4();
+    let n = m.n_layer();
+    assert!(n >= 3, "{n} layers");
+    same_as_local(&m, 1, n - 1);
+    same_as_local(&m, 0, n / 2);
+}
+
 fn step(m: &Model, layer: u32, spans: Vec<Span>) -> Step {
     let rows: u32 = spans.iter().map(|s| s.rows).sum();
     Step {
         plan_version: 7,
         layer,
         spans,
+        tokens: vec![1; rows as usize],
         x: vec![0.01; rows as usize * m.n_embd()],
     }
 }
@@ -145,6 +162,13 @@ fn stages_refuse_bad_steps() {
     let mut s = step(&m, 1, vec![span(1, 2, 0)]);
     s.x.pop();
     assert!(bad(&mut h, s).contains("rows"));
+    // Rows without their token ids, or with ids outside the vocabulary.
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.tokens.pop();
+    assert!(bad(&mut h, s).contains("token ids"));
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.tokens[1] = m.n_vocab() as u32;
+    assert!(bad(&mut h, s).contains("vocabulary"));
     // A gap in positions, past the context, a repeated sequence, empty spans.
     assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 3)])).contains("holds 0"));
     assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 255)])).contains("context"));
