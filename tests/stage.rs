@@ -163,6 +163,79 @@ fn remote_experts_equal_local_experts_deepseek_v4() {
     }
 }
 
+/// Runs every expert locally but fails the `fail_at`-th remote call (as a
+/// lost peer would), counting from 1.
+struct FlakyNode {
+    holder: Model,
+    calls: AtomicUsize,
+    fail_at: AtomicUsize,
+}
+
+impl ExpertDispatch for FlakyNode {
+    fn owner(&self, _il: usize, e: usize) -> Option<u32> {
+        (e % 2 == 1).then_some(1)
+    }
+    fn submit(
+        &self,
+        _node: u32,
+        il: usize,
+        batch: ExpertBatch,
+    ) -> dwarfstar_model::Result<Box<dyn ExpertTicket>> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_at.load(Ordering::Relaxed) {
+            return Err(ModelError::Invalid("the expert holder went away".into()));
+        }
+        Ok(Box::new(Done(self.holder.run_experts(il, &batch))))
+    }
+}
+
+/// A V4 step that fails midway (some layers already wrote their windows
+/// and compressors) leaves no half-written state: the retry recomputes,
+/// and it and the steps after it (a compressed block completes in them)
+/// give the whole model's logits.
+#[test]
+fn a_failed_deepseek_v4_step_leaves_no_half_written_state() {
+    let file = "tiny-dsv4-Q8_0.gguf";
+    let next: [u32; 4] = [77, 5, 6, 7];
+    let reference = tiny_v4(file);
+    let mut r = reference.new_state(64);
+    reference.forward(&TOKENS, &mut r, false).unwrap();
+    let want_next = reference.forward(&next, &mut r, true).unwrap();
+    let want_after = reference.forward(&[8], &mut r, false).unwrap();
+
+    let mut m = tiny_v4(file);
+    let flaky = Arc::new(FlakyNode {
+        holder: tiny_v4(file),
+        calls: AtomicUsize::new(0),
+        fail_at: AtomicUsize::new(0),
+    });
+    m.set_expert_dispatch(Some(flaky.clone())).unwrap();
+    let fail_second_call = || {
+        let done = flaky.calls.load(Ordering::Relaxed);
+        flaky.fail_at.store(done + 2, Ordering::Relaxed);
+    };
+    // Whole-model calls.
+    let mut s = m.new_state(64);
+    m.forward(&TOKENS, &mut s, false).unwrap();
+    fail_second_call();
+    assert!(m.forward(&next, &mut s, true).is_err());
+    assert_eq!(s.len(), TOKENS.len(), "the failed tokens did not join");
+    assert_eq!(m.forward(&next, &mut s, true).unwrap(), want_next);
+    assert_eq!(m.forward(&[8], &mut s, false).unwrap(), want_after);
+    // A stage's call.
+    let mut s = m.new_state(64);
+    m.forward(&TOKENS, &mut s, false).unwrap();
+    fail_second_call();
+    let mut x = m.embed(&next).unwrap();
+    assert!(m
+        .forward_layers(0..m.n_layer(), &mut x, &mut [(&next[..], &mut s)])
+        .is_err());
+    assert_eq!(s.held(), 0, "the state was dropped");
+    assert_eq!(s.pending(), &TOKENS[..], "its tokens are kept");
+    assert_eq!(m.forward(&next, &mut s, true).unwrap(), want_next);
+    assert_eq!(m.forward(&[8], &mut s, false).unwrap(), want_after);
+}
+
 #[test]
 fn bad_expert_batches_are_refused() {
     let m = tiny_v3("tiny-dsv3-f32.gguf");

@@ -67,6 +67,10 @@ pub trait SeqCache {
     /// Commits the positions of `run` (the pending tokens, then the new
     /// ones), once every layer of a step has written them.
     fn advance(&mut self, run: &[u32]);
+    /// Forgets whatever a failed step wrote. Caches whose rows sit at
+    /// fixed positions need nothing; running state (DeepSeek V4's windows
+    /// and compressors) is dropped, its tokens kept for recomputation.
+    fn abort_step(&mut self) {}
 }
 
 /// One architecture's forward pass and switches. See the module doc.

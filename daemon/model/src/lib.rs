@@ -259,11 +259,18 @@ impl Model {
 
     /// Runs several sequences in one pass (continuous batching): each item
     /// is `(tokens, state, all_logits)`. Returns each sequence's logits as
-    /// [`Model::forward`] would.
+    /// [`Model::forward`] would. On an error no state is left half written
+    /// ([`SeqCache::abort_step`]).
     pub fn forward_batch(
         &self,
         items: &mut [(&[u32], &mut SeqState, bool)],
     ) -> Result<Vec<Vec<f32>>> {
-        self.architecture().forward_batch(items)
+        let r = self.architecture().forward_batch(items);
+        if r.is_err() {
+            for (_, s, _) in items.iter_mut() {
+                s.cache_mut().abort_step();
+            }
+        }
+        r
     }
 }

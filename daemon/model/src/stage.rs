@@ -87,14 +87,21 @@ impl Model {
     /// back: `seqs[i]` owns one row per token of `seqs[i].0`, at positions
     /// [`SeqState::held`]`..` (a truncated state's [`SeqState::pending`]
     /// tokens come first). Call [`Model::finish_step`] once the last layer
-    /// of the step has run on this node.
+    /// of the step has run on this node. On an error no state is left half
+    /// written ([`crate::SeqCache::abort_step`]).
     pub fn forward_layers(
         &self,
         layers: Range<usize>,
         x: &mut [f32],
         seqs: &mut [(&[u32], &mut SeqState)],
     ) -> Result<()> {
-        self.architecture().forward_layers(layers, x, seqs)
+        let r = self.architecture().forward_layers(layers, x, seqs);
+        if r.is_err() {
+            for (_, s) in seqs.iter_mut() {
+                s.cache_mut().abort_step();
+            }
+        }
+        r
     }
 
     /// Commits the positions a step wrote into each state.

@@ -137,6 +137,13 @@ impl DistBackend {
             Some(next) => {
                 let r = next.call(step).map_err(|e| e.to_string());
                 self.flush_released();
+                if r.is_err() {
+                    // The step did not happen downstream: take it back here
+                    // too (a V4 state replays its kept tokens next time).
+                    for (_, s, _) in items.iter_mut() {
+                        s.local.truncate(s.len);
+                    }
+                }
                 let rows = r?;
                 if self.holds_output {
                     self.model.logits(&rows).map_err(|e| e.to_string())?

@@ -102,6 +102,83 @@ fn same_as_local(m: &Arc<Model>, a: usize, b: usize) {
     assert_eq!(got, want);
 }
 
+/// A hop that fails its `fail_at`-th call (counting from 1), as a lost
+/// peer would, after the stages before it already ran.
+struct FlakyHop {
+    inner: Arc<dyn Hop>,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+impl Hop for FlakyHop {
+    fn call(&self, step: Step) -> super::error::Result<Vec<f32>> {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n == self.fail_at {
+            return Err(super::error::NodeError::NotReady(
+                "the peer went away".into(),
+            ));
+        }
+        self.inner.call(step)
+    }
+
+    fn release(&self, seqs: &[u64]) {
+        self.inner.release(seqs)
+    }
+}
+
+/// A step that fails past the first stage is taken back everywhere: the
+/// retry (and the steps after it) give the single-node logits. DeepSeek V4
+/// replays its kept tokens; the others rewind.
+#[test]
+fn a_failed_step_is_retried_exactly() {
+    for m in [tiny_v3(), tiny_v4()] {
+        let n = m.n_layer();
+        let last = StageWorker {
+            host: Mutex::new(StageHost::new(m.clone(), 2..n, true, 7, LIMITS).unwrap()),
+            next: None,
+        };
+        let mid = StageWorker {
+            host: Mutex::new(StageHost::new(m.clone(), 1..2, false, 7, LIMITS).unwrap()),
+            next: Some(Arc::new(FlakyHop {
+                inner: Arc::new(last),
+                calls: Default::default(),
+                fail_at: 2,
+            })),
+        };
+        let d = DistBackend::new(m.clone(), 0..1, Some(Arc::new(mid)), false, 7);
+        let prompt: Vec<u32> = vec![1, 504, 2933, 22, 1392, 3240];
+        let mut l = m.new_state(256);
+        let mut s = d.new_state(256);
+        let local = |t: &[u32], st: &mut dwarfstar_model::SeqState| {
+            Backend::forward_batch(&*m, &mut [(t, st, true)]).unwrap()
+        };
+        assert_eq!(
+            d.forward_batch(&mut [(&prompt, &mut s, true)]).unwrap(),
+            local(&prompt, &mut l)
+        );
+        let next: Vec<u32> = vec![42, 43, 44];
+        assert!(d.forward_batch(&mut [(&next, &mut s, true)]).is_err());
+        assert_eq!(d.state_len(&s), prompt.len());
+        let want = local(&next, &mut l);
+        assert_eq!(
+            d.forward_batch(&mut [(&next, &mut s, true)]).unwrap(),
+            want,
+            "{}",
+            m.arch()
+        );
+        let want = local(&[7], &mut l);
+        assert_eq!(
+            d.forward_batch(&mut [(&[7], &mut s, true)]).unwrap(),
+            want,
+            "{}",
+            m.arch()
+        );
+    }
+}
+
 #[test]
 fn split_pipeline_matches_one_node_smollm2() {
     let m = smollm2().unwrap();

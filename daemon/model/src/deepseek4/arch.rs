@@ -44,6 +44,10 @@ impl SeqCache for Ds4Cache {
     fn advance(&mut self, run: &[u32]) {
         Ds4Cache::advance(self, run)
     }
+
+    fn abort_step(&mut self) {
+        self.drop_state()
+    }
 }
 
 fn ds4(s: &mut SeqState) -> Result<&mut Ds4Cache> {

@@ -280,18 +280,25 @@ impl Ds4Cache {
         self.tokens.truncate(len);
         self.selections.retain(|s| s.pos < len);
         if len < self.held {
-            self.held = 0;
-            for l in &mut self.layers {
-                l.raw.iter_mut().for_each(|v| *v = 0.0);
-                if let Some(c) = &mut l.comp {
-                    c.clear();
-                }
-                if let Some(c) = &mut l.idx {
-                    c.clear();
-                }
-                l.entries.clear();
-                l.keys.clear();
+            self.drop_state();
+        }
+    }
+
+    /// Drops every layer's state, keeping the tokens: the next pass
+    /// recomputes them (after a truncation, or a pass that failed midway
+    /// and left some layers ahead of the others).
+    pub fn drop_state(&mut self) {
+        self.held = 0;
+        for l in &mut self.layers {
+            l.raw.iter_mut().for_each(|v| *v = 0.0);
+            if let Some(c) = &mut l.comp {
+                c.clear();
             }
+            if let Some(c) = &mut l.idx {
+                c.clear();
+            }
+            l.entries.clear();
+            l.keys.clear();
         }
     }
 
