@@ -172,3 +172,32 @@ fn smollm2_kv_bytes_per_token() {
         .iter()
         .all(|l| u(&l["n_experts"]) == 0));
 }
+
+/// Each architecture reports what it supports; stages and (for MoE
+/// models) expert parallelism hold for every one of them.
+#[test]
+fn capabilities_are_reported_per_architecture() {
+    let v4 = fixtures()
+        .join("tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf")
+        .to_string_lossy()
+        .into_owned();
+    let smol = model_path(SMOLLM2).to_string_lossy().into_owned();
+    for (path, moe) in [
+        (smol.as_str(), false),
+        (&tiny_v3("tiny-dsv3-q8_0.gguf"), true),
+        (v4.as_str(), true),
+    ] {
+        let (v, text) = inspect(&["--model", path, "--json"]);
+        let c = &v["capabilities"];
+        assert_eq!(c["stages"], true, "{path}: {c}");
+        assert_eq!(c["expert_parallel"], moe, "{path}: {c}");
+        let kv = c["kv_types"].as_array().unwrap();
+        assert!(kv.iter().any(|t| t == "f32"), "{path}: {c}");
+        for k in ["paging", "kv_save"] {
+            assert!(c[k].is_boolean(), "{path}: {k} in {c}");
+        }
+        assert!(text.contains("\"capabilities\""));
+        let (_, plain) = inspect(&["--model", path]);
+        assert!(plain.contains("capabilities:  paging"), "{plain}");
+    }
+}

@@ -207,6 +207,16 @@ const LONG_PROMPT: &str = "You are a helpful assistant for a small team. Answer 
 /// `n_nodes` daemons, the coordinator dialing the others, `extra` flags on
 /// the coordinator; the split model's greedy text equals one machine's.
 fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> String {
+    mesh_matches_one_machine_and(model, n_nodes, extra, |_| {})
+}
+
+/// [`mesh_matches_one_machine`], then `check` on the running coordinator.
+fn mesh_matches_one_machine_and(
+    model: &Path,
+    n_nodes: usize,
+    extra: &[&str],
+    check: impl FnOnce(&Daemon),
+) -> String {
     let dir = model.parent().unwrap();
     let workers: Vec<Daemon> = (1..n_nodes)
         .map(|i| start(&format!("w{i}"), "team-secret", dir, None, &[]))
@@ -248,7 +258,53 @@ fn mesh_matches_one_machine(model: &Path, n_nodes: usize, extra: &[&str]) -> Str
         frames_sent(grpc) > before,
         "Generate did not go through the mesh"
     );
+    check(&coord);
     coord.plan.clone().unwrap()
+}
+
+/// The top logits of every greedy step through the mesh (Control's
+/// Generate) are within `tol` of one machine's (`dwarfstar run --logits`),
+/// token for token.
+fn top_logits_match_one_machine(coord: &Daemon, model: &Path, tol: f64) {
+    let (n, k) = (8, 5);
+    let out = Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args(["run", "--temp", "0", "--json", "--threads", "1"])
+        .args(["--ignore-eos", "--logits", &k.to_string()])
+        .arg("--model")
+        .arg(model)
+        .args(["-n", &n.to_string(), "--prompt", PROMPT])
+        .env("DWARFSTAR_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let req = dwarfstar_proto::v1::GenerateRequest {
+        prompt: Some(PROMPT.into()),
+        n: Some(n),
+        temp: Some(0.0),
+        ignore_eos: true,
+        logits: k,
+        ..Default::default()
+    };
+    let got = generate_with(&coord.grpc, req);
+    assert_eq!(got["tokens"], want["tokens"], "{got}\n{want}");
+    let steps = |v: &Value| v["top_logits"].as_array().cloned().unwrap_or_default();
+    let (g, w) = (steps(&got), steps(&want));
+    assert_eq!(g.len(), n as usize, "{got}");
+    assert_eq!(g.len(), w.len());
+    let mut worst = 0f64;
+    for (gs, ws) in g.iter().zip(&w) {
+        for (a, b) in gs.as_array().unwrap().iter().zip(ws.as_array().unwrap()) {
+            assert_eq!(a[0], b[0], "top ids differ: {gs} vs {ws}");
+            worst = worst.max((a[1].as_f64().unwrap() - b[1].as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!("top-{k} logits over {n} steps: max |Δ| {worst:.3e}");
+    assert!(worst <= tol, "max |Δ| {worst} > {tol}");
 }
 
 /// Request frames the daemon at `grpc` has sent to its peers.
@@ -264,14 +320,19 @@ fn frames_sent(grpc: &str) -> u64 {
 
 /// A greedy Control Generate of `n` tokens: its Done JSON.
 fn generate_json(grpc: &str, prompt: &str, n: u32) -> Value {
-    use dwarfstar_proto::v1::{generate_event::Event, GenerateRequest};
-    let req = GenerateRequest {
+    let req = dwarfstar_proto::v1::GenerateRequest {
         prompt: Some(prompt.into()),
         n: Some(n),
         temp: Some(0.0),
         ignore_eos: true,
         ..Default::default()
     };
+    generate_with(grpc, req)
+}
+
+/// Control's Generate to the end: the Done event's JSON.
+fn generate_with(grpc: &str, req: dwarfstar_proto::v1::GenerateRequest) -> Value {
+    use dwarfstar_proto::v1::generate_event::Event;
     control(grpc, async |c| {
         let mut events = c.generate(req).await?.into_inner();
         while let Some(ev) = events.message().await? {
@@ -457,6 +518,36 @@ fn deepseek_v3_with_experts_on_two_daemons_matches_one_machine() {
     assert!(plan.contains("experts on 2 node(s)"), "{plan}");
 }
 
+fn tiny_v4() -> PathBuf {
+    fixtures().join("tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf")
+}
+
+/// DeepSeek V4 over two daemons' pipeline stages: the hyper-connection
+/// streams and token ids travel, the prefix cache's fork replays on every
+/// stage, and the text is one machine's.
+#[test]
+fn deepseek_v4_in_two_pipeline_stages_matches_one_machine() {
+    let m = tiny_v4();
+    let check = |c: &Daemon| top_logits_match_one_machine(c, &m, 1e-5);
+    let plan = mesh_matches_one_machine_and(&m, 2, &["--stages", "2"], check);
+    assert_eq!(stages(&plan), 2, "{plan}");
+}
+
+#[test]
+fn deepseek_v4_with_experts_on_two_daemons_matches_one_machine() {
+    let m = tiny_v4();
+    let check = |c: &Daemon| top_logits_match_one_machine(c, &m, 1e-5);
+    let extra = ["--stages", "1", "--expert-parallel"];
+    let plan = mesh_matches_one_machine_and(&m, 2, &extra, check);
+    assert!(plan.contains("experts on 2 node(s)"), "{plan}");
+}
+
+/// A V4 worker with an empty models folder fetches its stage's layers.
+#[test]
+fn a_deepseek_v4_worker_without_the_model_fetches_only_its_share() {
+    stage_share_is_fetched(&tiny_v4());
+}
+
 #[test]
 fn a_daemon_with_the_wrong_secret_is_not_admitted() {
     let model = model_path(SMOLLM2);
@@ -555,8 +646,13 @@ fn worker_fetches_its_share(
 /// under `.shards/`), and the split model still answers as one machine does.
 #[test]
 fn a_worker_without_the_model_fetches_only_its_share() {
-    let model = model_path(SMOLLM2);
-    let (plan, fetched, size) = worker_fetches_its_share(&model, &["--stages", "2"], &[]);
+    stage_share_is_fetched(&model_path(SMOLLM2));
+}
+
+/// A 2-stage mesh of `model` whose worker starts without it: it fetches
+/// at least its layers and less than the file.
+fn stage_share_is_fetched(model: &Path) {
+    let (plan, fetched, size) = worker_fetches_its_share(model, &["--stages", "2"], &[]);
     assert_eq!(stages(&plan), 2, "{plan}");
     // At least the header and the worker's layers (the second stage), less
     // than the file (the first stage's layers are never fetched).
@@ -567,7 +663,7 @@ fn a_worker_without_the_model_fetches_only_its_share() {
         .and_then(|r| r.split_once(".."))
         .map(|(a, b)| a.parse::<u32>().unwrap()..b.parse::<u32>().unwrap())
         .unwrap_or_else(|| panic!("no second stage in {plan}"));
-    let f = dwarfstar_gguf::GgufFile::open(&model).unwrap();
+    let f = dwarfstar_gguf::GgufFile::open(model).unwrap();
     let of_layers: u64 = f
         .tensors()
         .iter()
@@ -596,6 +692,19 @@ fn an_expert_holder_without_the_model_fetches_only_its_experts() {
     // would otherwise weigh two equal machines' benchmark noise.
     let (plan, fetched, size) = worker_fetches_its_share(
         &m,
+        &["--stages", "1", "--expert-parallel"],
+        &["--node-budget", "2MB"],
+    );
+    assert!(plan.contains("experts on 2 node(s)"), "{plan}");
+    assert!(fetched < size / 2, "{fetched} of {size}");
+}
+
+/// A V4 expert holder with an empty models folder fetches its routed
+/// experts' slices, not the layers the coordinator runs.
+#[test]
+fn a_deepseek_v4_expert_holder_without_the_model_fetches_only_its_experts() {
+    let (plan, fetched, size) = worker_fetches_its_share(
+        &tiny_v4(),
         &["--stages", "1", "--expert-parallel"],
         &["--node-budget", "2MB"],
     );

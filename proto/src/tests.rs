@@ -77,6 +77,7 @@ fn frame_header_round_trip() {
                 fork: 11,
             },
         ],
+        tokens: vec![0, 7, 129_279, 4],
     };
     round_trip(&h);
     assert_eq!(h.expected_payload_len(), Some(h.payload_len));

@@ -1,6 +1,9 @@
 //! DwarfStar's model layer: everything between a GGUF file and logits.
 //!
-//! - [`arch`]: the architecture registry (tensor names, per-arch choices);
+//! - [`arch`]: the dense architecture table (tensor names, per-arch choices);
+//! - [`architecture`]: the interface every architecture implements (its
+//!   state, a forward over any layer range, its expert hook); [`Model`] is
+//!   the registry that picks one;
 //! - [`hparams`]: hyper-parameters from metadata, checked;
 //! - [`weights`]: tensors bound to roles, shapes checked;
 //! - [`dense`]: the forward pass of dense transformers over a layer range;
@@ -16,10 +19,12 @@
 //! contiguous range, which is how a pipeline stage runs its share.
 
 pub mod arch;
+pub mod architecture;
 mod batch;
 pub mod deepseek2;
 pub mod deepseek4;
 pub mod dense;
+mod dense_arch;
 pub mod error;
 pub mod generate;
 
@@ -41,6 +46,7 @@ use std::sync::Arc;
 
 use dwarfstar_gguf::GgufFile;
 
+pub use architecture::{Architecture, Capabilities, SeqCache};
 pub use dense::{DenseModel, SeqBatch};
 pub use error::{ModelError, Result};
 pub use generate::Forward;
@@ -49,14 +55,16 @@ pub use observe::{MatIndex, MatmulObserver};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
 
-/// A loaded model of any supported architecture.
+/// A loaded model of any supported architecture: the registry of
+/// [`Architecture`] implementations, picked by `general.architecture`.
 pub enum Model {
     Dense(DenseModel),
     Deepseek2(deepseek2::Deepseek2Model),
     Deepseek4(Box<deepseek4::Deepseek4Model>),
 }
 
-/// The per-sequence state a model keeps between calls.
+/// The per-sequence state a model keeps between calls, one variant per
+/// architecture (each a [`SeqCache`]).
 #[derive(Clone, Debug)]
 pub enum SeqState {
     Dense(KvCache),
@@ -65,35 +73,51 @@ pub enum SeqState {
 }
 
 impl SeqState {
-    /// Positions processed so far.
-    pub fn len(&self) -> usize {
+    /// The architecture's state behind the generic interface.
+    pub fn cache(&self) -> &dyn SeqCache {
         match self {
-            SeqState::Dense(kv) => kv.len(),
-            SeqState::Mla(c) => c.len(),
-            SeqState::Ds4(c) => c.len(),
+            SeqState::Dense(kv) => kv,
+            SeqState::Mla(c) => c,
+            SeqState::Ds4(c) => c,
         }
+    }
+
+    pub fn cache_mut(&mut self) -> &mut dyn SeqCache {
+        match self {
+            SeqState::Dense(kv) => kv,
+            SeqState::Mla(c) => c,
+            SeqState::Ds4(c) => c,
+        }
+    }
+
+    /// Positions in the sequence (held, or pending recomputation).
+    pub fn len(&self) -> usize {
+        self.cache().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Positions whose state is held: the next layer call starts here.
+    pub fn held(&self) -> usize {
+        self.cache().held()
+    }
+
+    /// Tokens a truncation kept whose state must be recomputed first (see
+    /// [`SeqCache::pending`]).
+    pub fn pending(&self) -> &[u32] {
+        self.cache().pending()
+    }
+
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
-        match self {
-            SeqState::Dense(kv) => kv.truncate(len),
-            SeqState::Mla(c) => c.truncate(len),
-            SeqState::Ds4(c) => c.truncate(len),
-        }
+        self.cache_mut().truncate(len)
     }
 
     /// Bytes of cache held.
     pub fn bytes(&self) -> usize {
-        match self {
-            SeqState::Dense(kv) => kv.bytes(),
-            SeqState::Mla(c) => c.bytes(),
-            SeqState::Ds4(c) => c.bytes(),
-        }
+        self.cache().bytes()
     }
 }
 
@@ -127,44 +151,48 @@ impl Model {
         Err(ModelError::UnsupportedArch(arch))
     }
 
-    pub fn arch(&self) -> &str {
+    /// The architecture's implementation.
+    pub fn architecture(&self) -> &dyn Architecture {
         match self {
-            Model::Dense(m) => m.spec.name,
-            Model::Deepseek2(_) => deepseek2::hparams::ARCH,
-            Model::Deepseek4(_) => deepseek4::hparams::ARCH,
+            Model::Dense(m) => m,
+            Model::Deepseek2(m) => m,
+            Model::Deepseek4(m) => &**m,
         }
+    }
+
+    pub fn architecture_mut(&mut self) -> &mut dyn Architecture {
+        match self {
+            Model::Dense(m) => m,
+            Model::Deepseek2(m) => m,
+            Model::Deepseek4(m) => &mut **m,
+        }
+    }
+
+    pub fn arch(&self) -> &str {
+        self.architecture().name()
+    }
+
+    /// What this model's architecture supports.
+    pub fn capabilities(&self) -> Capabilities {
+        self.architecture().capabilities()
     }
 
     /// Reproduce llama.cpp's x86 summation orders (repacked kernels, its
     /// vector `exp`) so logits agree to the last bits; slower.
     pub fn set_llama_exact(&mut self, on: bool) {
-        match self {
-            Model::Dense(m) => m.llama_exact = on,
-            Model::Deepseek2(m) => m.llama_exact = on,
-            Model::Deepseek4(m) => m.set_llama_exact(on),
-        }
+        self.architecture_mut().set_llama_exact(on)
     }
 
     /// How new dense KV caches store their rows. DeepSeek's compressed
     /// latent caches stay f32 (they are already a small fraction of a
     /// dense cache): any other type is an error for them.
     pub fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
-        match self {
-            Model::Dense(m) => m.set_kv_type(ty),
-            _ if ty == KvType::F32 => Ok(()),
-            _ => Err(ModelError::Invalid(format!(
-                "KV cache type {ty} is for dense models; {}'s compressed latent cache stays f32",
-                self.arch()
-            ))),
-        }
+        self.architecture_mut().set_kv_type(ty)
     }
 
     /// The type new KV caches store rows as.
     pub fn kv_type(&self) -> KvType {
-        match self {
-            Model::Dense(m) => m.kv_type,
-            _ => KvType::F32,
-        }
+        self.architecture().kv_type()
     }
 
     /// Holds the weights within `cfg.budget` bytes: the mapped file when
@@ -172,99 +200,46 @@ impl Model {
     /// streamed layers, cached routed experts. Outputs are bit-identical
     /// either way.
     pub fn set_memory_budget(&mut self, cfg: &store::StoreConfig) -> Result<()> {
-        match self {
-            Model::Dense(m) => {
-                let plan = store::dense_plan(&m.w);
-                m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
-            }
-            Model::Deepseek2(m) => {
-                let k = m.hp.moe.as_ref().map_or(0, |p| p.n_expert_used);
-                let plan = store::deepseek2_plan(&m.w, k);
-                m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
-            }
-            Model::Deepseek4(m) => {
-                // Not paged yet: the mapped file must fit.
-                if m.weight_bytes() > cfg.budget {
-                    return Err(ModelError::Invalid(format!(
-                        "deepseek4 weights ({} bytes) cannot be paged yet; the budget is {} bytes",
-                        m.weight_bytes(),
-                        cfg.budget
-                    )));
-                }
-            }
-        }
-        Ok(())
+        self.architecture_mut().set_memory_budget(cfg)
     }
 
     /// Bytes of the weights the model reads (what a budget is held to).
     pub fn weight_bytes(&self) -> u64 {
-        match self {
-            Model::Dense(m) => store::dense_plan(&m.w).total_bytes(),
-            Model::Deepseek2(m) => store::deepseek2_plan(&m.w, 0).total_bytes(),
-            Model::Deepseek4(m) => m.weight_bytes(),
-        }
+        self.architecture().weight_bytes()
     }
 
     /// What the weight store did and holds (expert hit rate, bytes read,
     /// I/O stalls, resident bytes).
     pub fn store_stats(&self) -> store::StoreStats {
-        match self {
-            Model::Dense(m) => m.store.stats(),
-            Model::Deepseek2(m) => m.store.stats(),
-            Model::Deepseek4(m) => store::WeightStore::mapped(m.file.clone()).stats(),
-        }
+        self.architecture().store_stats()
     }
 
     /// Shows the input of every weight product to `observer` (None: stop).
     pub fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
-        match self {
-            Model::Dense(m) => m.observer = observer,
-            Model::Deepseek2(m) => m.observer = observer,
-            Model::Deepseek4(m) => m.observer = observer,
-        }
+        self.architecture_mut().set_observer(observer)
     }
 
     pub fn n_vocab(&self) -> usize {
-        match self {
-            Model::Dense(m) => m.hp.n_vocab,
-            Model::Deepseek2(m) => m.hp.n_vocab,
-            Model::Deepseek4(m) => m.hp.n_vocab,
-        }
+        self.architecture().n_vocab()
     }
 
     pub fn n_layer(&self) -> usize {
-        match self {
-            Model::Dense(m) => m.hp.n_layer,
-            Model::Deepseek2(m) => m.hp.n_layer,
-            Model::Deepseek4(m) => m.hp.n_layer,
-        }
+        self.architecture().n_layer()
     }
 
     /// The context length the model was trained for.
     pub fn n_ctx_train(&self) -> usize {
-        match self {
-            Model::Dense(m) => m.hp.n_ctx_train,
-            Model::Deepseek2(m) => m.hp.n_ctx_train,
-            Model::Deepseek4(m) => m.hp.n_ctx_train,
-        }
+        self.architecture().n_ctx_train()
     }
 
     /// KV bytes one position costs.
     pub fn kv_bytes_per_token(&self) -> usize {
-        match self {
-            Model::Dense(m) => m.kv_bytes_per_token(),
-            Model::Deepseek2(m) => m.kv_bytes_per_token(),
-            Model::Deepseek4(m) => m.kv_bytes_per_token(),
-        }
+        self.architecture().kv_bytes_per_token()
     }
 
     /// A fresh sequence state able to hold `capacity` positions.
     pub fn new_state(&self, capacity: usize) -> SeqState {
-        match self {
-            Model::Dense(m) => SeqState::Dense(m.new_cache(capacity)),
-            Model::Deepseek2(m) => SeqState::Mla(m.new_cache(capacity)),
-            Model::Deepseek4(m) => SeqState::Ds4(m.new_cache(capacity)),
-        }
+        self.architecture().new_state(capacity)
     }
 
     /// Runs `tokens` after what `state` holds; returns the last token's
@@ -278,72 +253,24 @@ impl Model {
         if tokens.is_empty() {
             return Err(ModelError::Invalid("no tokens to run".into()));
         }
-        match (self, state) {
-            (Model::Dense(m), SeqState::Dense(kv)) => m.forward(tokens, kv, all_logits),
-            (Model::Deepseek2(m), SeqState::Mla(c)) => m.forward(tokens, c, all_logits),
-            (Model::Deepseek4(m), SeqState::Ds4(c)) => m.forward(tokens, c, all_logits),
-            _ => Err(ModelError::Invalid(
-                "sequence state of another architecture".into(),
-            )),
-        }
+        let mut out = self.forward_batch(&mut [(tokens, state, all_logits)])?;
+        Ok(out.pop().unwrap_or_default())
     }
 
     /// Runs several sequences in one pass (continuous batching): each item
     /// is `(tokens, state, all_logits)`. Returns each sequence's logits as
-    /// [`Model::forward`] would.
+    /// [`Model::forward`] would. On an error no state is left half written
+    /// ([`SeqCache::abort_step`]).
     pub fn forward_batch(
         &self,
         items: &mut [(&[u32], &mut SeqState, bool)],
     ) -> Result<Vec<Vec<f32>>> {
-        match self {
-            Model::Dense(m) => {
-                let mut batch = Vec::with_capacity(items.len());
-                for (tokens, state, all_logits) in items.iter_mut() {
-                    let SeqState::Dense(kv) = &mut **state else {
-                        return Err(ModelError::Invalid(
-                            "sequence state of another architecture".into(),
-                        ));
-                    };
-                    batch.push(SeqBatch {
-                        tokens,
-                        kv,
-                        all_logits: *all_logits,
-                    });
-                }
-                m.forward_batch(&mut batch)
-            }
-            Model::Deepseek2(m) => {
-                let mut batch = Vec::with_capacity(items.len());
-                for (tokens, state, all_logits) in items.iter_mut() {
-                    let SeqState::Mla(cache) = &mut **state else {
-                        return Err(ModelError::Invalid(
-                            "sequence state of another architecture".into(),
-                        ));
-                    };
-                    batch.push(deepseek2::MlaSeqBatch {
-                        tokens,
-                        cache,
-                        all_logits: *all_logits,
-                    });
-                }
-                m.forward_batch(&mut batch)
-            }
-            Model::Deepseek4(m) => {
-                let mut batch = Vec::with_capacity(items.len());
-                for (tokens, state, all_logits) in items.iter_mut() {
-                    let SeqState::Ds4(cache) = &mut **state else {
-                        return Err(ModelError::Invalid(
-                            "sequence state of another architecture".into(),
-                        ));
-                    };
-                    batch.push(deepseek4::Ds4SeqBatch {
-                        tokens,
-                        cache,
-                        all_logits: *all_logits,
-                    });
-                }
-                m.forward_batch(&mut batch)
+        let r = self.architecture().forward_batch(items);
+        if r.is_err() {
+            for (_, s, _) in items.iter_mut() {
+                s.cache_mut().abort_step();
             }
         }
+        r
     }
 }

@@ -2,8 +2,9 @@
 //! holder makes when the model is split across machines.
 //!
 //! - [`Model::embed`], [`Model::forward_layers`], [`Model::finish_step`] and
-//!   [`Model::logits`] run any contiguous range of layers over hidden rows,
-//!   so a stage never needs the layers it does not hold;
+//!   [`Model::logits`] run any contiguous range of layers over hidden rows
+//!   (each row with its token id, which hash-routed layers read), so a
+//!   stage never needs the layers it does not hold;
 //! - [`ExpertDispatch`] lets a MoE layer hand the routed experts it does not
 //!   hold to whoever does (expert parallelism), and
 //!   [`Model::run_experts`] is what that holder runs.
@@ -66,137 +67,76 @@ pub trait ExpertDispatch: Send + Sync {
 }
 
 impl Model {
-    /// Width of a hidden row.
+    /// Width of a hidden row between layers (DeepSeek V4: its
+    /// hyper-connection streams).
     pub fn n_embd(&self) -> usize {
-        match self {
-            Model::Dense(m) => m.hp.n_embd,
-            Model::Deepseek2(m) => m.hp.n_embd,
-            // The hyper-connection streams travel between layers.
-            Model::Deepseek4(m) => m.hp.n_embd * m.hp.hc_mult,
-        }
+        self.architecture().n_embd()
+    }
+
+    /// Width of a row into the routed experts ([`ExpertBatch::d`]).
+    pub fn expert_width(&self) -> usize {
+        self.architecture().expert_width()
     }
 
     /// Embeds `tokens` into `n × n_embd` hidden rows.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        match self {
-            Model::Dense(m) => m.embed(tokens),
-            Model::Deepseek2(m) => m.embed(tokens),
-            Model::Deepseek4(m) => m.embed(tokens),
-        }
+        self.architecture().embed(tokens)
     }
 
     /// Runs `layers` over the hidden rows `x` of several sequences back to
-    /// back (`seqs[i]` owns the next `seqs[i].0` rows, at positions
-    /// `state.len()..`). Call [`Model::finish_step`] once the last layer of
-    /// the step has run on this node.
+    /// back: `seqs[i]` owns one row per token of `seqs[i].0`, at positions
+    /// [`SeqState::held`]`..` (a truncated state's [`SeqState::pending`]
+    /// tokens come first). Call [`Model::finish_step`] once the last layer
+    /// of the step has run on this node. On an error no state is left half
+    /// written ([`crate::SeqCache::abort_step`]).
     pub fn forward_layers(
         &self,
         layers: Range<usize>,
         x: &mut [f32],
-        seqs: &mut [(usize, &mut SeqState)],
+        seqs: &mut [(&[u32], &mut SeqState)],
     ) -> Result<()> {
-        match self {
-            Model::Dense(m) => {
-                let mut segs = Vec::with_capacity(seqs.len());
-                for (n, s) in seqs.iter_mut() {
-                    let SeqState::Dense(kv) = &mut **s else {
-                        return Err(wrong_state());
-                    };
-                    segs.push((*n, kv));
-                }
-                m.forward_layers(layers, x, &mut segs)
+        let r = self.architecture().forward_layers(layers, x, seqs);
+        if r.is_err() {
+            for (_, s) in seqs.iter_mut() {
+                s.cache_mut().abort_step();
             }
-            Model::Deepseek2(m) => {
-                let mut segs = Vec::with_capacity(seqs.len());
-                for (n, s) in seqs.iter_mut() {
-                    let SeqState::Mla(c) = &mut **s else {
-                        return Err(wrong_state());
-                    };
-                    segs.push((*n, c));
-                }
-                m.forward_layers(layers, x, &mut segs)
-            }
-            Model::Deepseek4(_) => Err(ModelError::Invalid(
-                "deepseek4 runs as a whole model: its hash-routed layers need token ids, which a stage step does not carry".into(),
-            )),
         }
+        r
     }
 
     /// Commits the positions a step wrote into each state.
-    pub fn finish_step(&self, seqs: &mut [(usize, &mut SeqState)]) {
-        for (n, s) in seqs.iter_mut() {
-            match s {
-                SeqState::Dense(kv) => kv.advance(*n),
-                SeqState::Mla(c) => c.advance(*n),
-                // Never stepped by stages (see forward_layers).
-                SeqState::Ds4(_) => {}
-            }
+    pub fn finish_step(&self, seqs: &mut [(&[u32], &mut SeqState)]) {
+        for (run, s) in seqs.iter_mut() {
+            s.cache_mut().advance(run);
         }
     }
 
     /// Final norm and output head over `m × n_embd` rows: `m × n_vocab`.
     pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
-        match self {
-            Model::Dense(m) => m.logits(x),
-            Model::Deepseek2(m) => m.logits(x),
-            Model::Deepseek4(m) => m.logits(x),
-        }
+        self.architecture().logits(x)
     }
 
     /// Whether layer `il` has routed experts.
     pub fn is_moe_layer(&self, il: usize) -> bool {
-        match self {
-            Model::Dense(_) => false,
-            Model::Deepseek2(m) => m.is_moe_layer(il),
-            Model::Deepseek4(m) => il < m.hp.n_layer,
-        }
+        self.architecture().is_moe_layer(il)
     }
 
     /// Routed experts per MoE layer (0 for dense models).
     pub fn n_expert(&self) -> usize {
-        match self {
-            Model::Dense(_) => 0,
-            Model::Deepseek2(m) => m.hp.moe.as_ref().map_or(0, |p| p.n_expert),
-            Model::Deepseek4(m) => m.hp.n_expert,
-        }
+        self.architecture().n_expert()
     }
 
     /// Sends the experts this node does not hold elsewhere (`None`: every
     /// expert runs here).
     pub fn set_expert_dispatch(&mut self, d: Option<Arc<dyn ExpertDispatch>>) -> Result<()> {
-        match self {
-            Model::Dense(_) if d.is_some() => Err(ModelError::Invalid(
-                "expert parallelism needs a mixture-of-experts model".into(),
-            )),
-            Model::Dense(_) => Ok(()),
-            Model::Deepseek2(m) => {
-                m.remote = d;
-                Ok(())
-            }
-            Model::Deepseek4(_) if d.is_some() => Err(ModelError::Invalid(
-                "expert parallelism is not implemented for deepseek4 yet".into(),
-            )),
-            Model::Deepseek4(_) => Ok(()),
-        }
+        self.architecture_mut().set_expert_dispatch(d)
     }
 
     /// Runs the routed experts of layer `il` on `batch`'s rows (what an
     /// expert holder does for the node running the layer); unweighted
-    /// outputs, `n_embd` per row, in row order.
+    /// outputs, [`Model::expert_width`] per row, in row order.
     pub fn run_experts(&self, il: usize, batch: &ExpertBatch) -> Result<Vec<f32>> {
         batch.check()?;
-        match self {
-            Model::Dense(_) => Err(ModelError::Invalid(
-                "this model has no routed experts".into(),
-            )),
-            Model::Deepseek2(m) => m.run_experts(il, batch),
-            Model::Deepseek4(_) => Err(ModelError::Invalid(
-                "expert parallelism is not implemented for deepseek4 yet".into(),
-            )),
-        }
+        self.architecture().run_experts(il, batch)
     }
-}
-
-fn wrong_state() -> ModelError {
-    ModelError::Invalid("sequence state of another architecture".into())
 }

@@ -2,7 +2,9 @@
 //! tensors with types and sizes, bytes and bits per weight by tensor class,
 //! the model's shape as the planner sees it (per layer: dense, shared-expert
 //! and routed-expert bytes, expert counts, KV bytes), the KV bytes a
-//! position costs and the weight bytes one decoded token reads.
+//! position costs, the weight bytes one decoded token reads, and what the
+//! architecture supports (paging, pipeline stages, expert parallelism, KV
+//! cache types, KV files).
 //!
 //! Classes and the per-layer split come from `dwarfstar_model::shape`
 //! (see its doc for which tensor goes where).
@@ -14,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dwarfstar_gguf::{GgufFile, TensorInfo};
 use dwarfstar_model::shape::{model_shape, tensor_class, LayerShape, ModelShape, TensorClass};
-use dwarfstar_model::Model;
+use dwarfstar_model::{Capabilities, Model};
 use serde_json::json;
 
 #[derive(Args, Debug)]
@@ -95,9 +97,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Err(e) => (None, Some(e.to_string())),
     };
     let file = std::sync::Arc::new(file);
-    let (model_kv, model_err) = match Model::load(file.clone()) {
-        Ok(m) => (Some(m.kv_bytes_per_token() as u64), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (model_kv, caps, model_err) = match Model::load(file.clone()) {
+        Ok(m) => (
+            Some(m.kv_bytes_per_token() as u64),
+            Some(m.capabilities()),
+            None,
+        ),
+        Err(e) => (None, None, Some(e.to_string())),
     };
     let kv_per_token = shape.as_ref().map(|s| s.kv_bytes_per_token).or(model_kv);
     let active = shape.as_ref().map(|s| s.active_bytes_per_token);
@@ -143,6 +149,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "shape": shape,
             "shape_error": shape_err,
             "model_error": model_err,
+            "capabilities": caps.as_ref().map(caps_json),
             "tensors": tensors,
         });
         println!("{}", serde_json::to_string_pretty(&obj)?);
@@ -173,6 +180,17 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     if let Some(e) = &model_err {
         println!("model:         cannot run: {e}");
+    }
+    if let Some(c) = &caps {
+        let kv: Vec<&str> = c.kv_types.iter().map(|t| t.name()).collect();
+        println!(
+            "capabilities:  paging {}, stages {}, expert_parallel {}, kv_save {}, kv_types {}",
+            c.paging,
+            c.stages,
+            c.expert_parallel,
+            c.kv_save,
+            kv.join(",")
+        );
     }
     if let Some(e) = &shape_err {
         println!("shape:         unavailable: {e}");
@@ -218,6 +236,18 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the architecture supports, as `--json` reports it.
+fn caps_json(c: &Capabilities) -> serde_json::Value {
+    let kv: Vec<&str> = c.kv_types.iter().map(|t| t.name()).collect();
+    json!({
+        "paging": c.paging,
+        "stages": c.stages,
+        "expert_parallel": c.expert_parallel,
+        "kv_types": kv,
+        "kv_save": c.kv_save,
+    })
 }
 
 /// The per-layer table; runs of identical layers print as one row.

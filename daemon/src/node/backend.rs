@@ -5,7 +5,9 @@
 //! Each sequence has an id the other stages key their caches by. Stages
 //! truncate to the step's start position themselves, so rewinding a state
 //! here costs no message; a clone becomes a *fork* the next step carries;
-//! dropping a state releases its caches downstream.
+//! dropping a state releases its caches downstream. A state that cannot
+//! rewind exactly (DeepSeek V4's) keeps the tokens it dropped, and the next
+//! step replays them from position 0 through every stage.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,15 +92,31 @@ impl DistBackend {
         if items.iter().any(|(t, _, _)| t.is_empty()) {
             return Err("a sequence in the batch has no tokens".into());
         }
-        let tokens: Vec<u32> = items
+        // Each sequence runs what a truncation left to recompute (states
+        // that cannot rewind exactly), then its new tokens; every stage
+        // dropped the same positions and starts where this state holds.
+        let runs: Vec<Vec<u32>> = items
             .iter()
-            .flat_map(|(t, _, _)| t.iter().copied())
+            .map(|(t, s, _)| [s.local.pending(), t].concat())
             .collect();
+        let spans: Vec<Span> = items
+            .iter()
+            .zip(&runs)
+            .map(|((_, s, all), run)| Span {
+                seq: s.id,
+                rows: run.len() as u32,
+                pos0: s.local.held() as u32,
+                want: if *all { Want::All } else { Want::Last },
+                fork: s.fork,
+            })
+            .collect();
+        let tokens: Vec<u32> = runs.concat();
         let mut x = self.model.embed(&tokens).map_err(|e| e.to_string())?;
         {
-            let mut refs: Vec<(usize, &mut SeqState)> = items
-                .iter_mut()
-                .map(|(t, s, _)| (t.len(), &mut s.local))
+            let mut refs: Vec<(&[u32], &mut SeqState)> = runs
+                .iter()
+                .zip(items.iter_mut())
+                .map(|(run, (_, s, _))| (run.as_slice(), &mut s.local))
                 .collect();
             if !self.local.is_empty() {
                 self.model
@@ -107,20 +125,11 @@ impl DistBackend {
             }
             self.model.finish_step(&mut refs);
         }
-        let spans: Vec<Span> = items
-            .iter()
-            .map(|(t, s, all)| Span {
-                seq: s.id,
-                rows: t.len() as u32,
-                pos0: s.len as u32,
-                want: if *all { Want::All } else { Want::Last },
-                fork: s.fork,
-            })
-            .collect();
         let step = Step {
             plan_version: self.plan_version,
             layer: self.local.end as u32,
             spans,
+            tokens,
             x,
         };
         let logits = match &self.next {
@@ -128,6 +137,13 @@ impl DistBackend {
             Some(next) => {
                 let r = next.call(step).map_err(|e| e.to_string());
                 self.flush_released();
+                if r.is_err() {
+                    // The step did not happen downstream: take it back here
+                    // too (a V4 state replays its kept tokens next time).
+                    for (_, s, _) in items.iter_mut() {
+                        s.local.truncate(s.len);
+                    }
+                }
                 let rows = r?;
                 if self.holds_output {
                     self.model.logits(&rows).map_err(|e| e.to_string())?
@@ -148,7 +164,8 @@ impl DistBackend {
         let v = self.model.n_vocab();
         let want: usize = items
             .iter()
-            .map(|(t, _, all)| if *all { t.len() } else { 1 })
+            .zip(&runs)
+            .map(|((_, _, all), run)| if *all { run.len() } else { 1 })
             .sum();
         if logits.len() != want * v {
             return Err(format!(
@@ -158,11 +175,16 @@ impl DistBackend {
         }
         let mut out = Vec::with_capacity(items.len());
         let mut off = 0;
-        for (t, s, all) in items.iter_mut() {
-            let n = if *all { t.len() } else { 1 };
-            out.push(logits[off * v..(off + n) * v].to_vec());
+        for ((t, s, all), run) in items.iter_mut().zip(&runs) {
+            // Replayed rows' logits were returned before: skip them.
+            let (n, skip) = if *all {
+                (run.len(), run.len() - t.len())
+            } else {
+                (1, 0)
+            };
+            out.push(logits[(off + skip) * v..(off + n) * v].to_vec());
             off += n;
-            s.len += t.len();
+            s.len = s.local.len();
             s.fork = None;
         }
         Ok(out)

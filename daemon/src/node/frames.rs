@@ -1,6 +1,7 @@
 //! Pipeline and expert messages as data-plane frames: a prost
 //! [`FrameHeader`] plus a raw little-endian payload, and back, with every
-//! field a peer sends checked before it is trusted.
+//! field a peer sends checked before it is trusted. A step's frame carries
+//! each row's token id beside the rows.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dwarfstar_model::ExpertBatch;
@@ -106,6 +107,7 @@ pub fn step_frame(
         })
         .collect();
     h.output_rows = step.output_rows();
+    h.tokens = step.tokens.clone();
     with_payload(h, step.rows(), width, &step.x, dtype)
 }
 
@@ -141,8 +143,16 @@ pub fn frame_step(h: &FrameHeader, payload: &[u8], width: usize) -> Result<Step>
         plan_version: h.plan_version,
         layer: h.layer,
         spans,
+        tokens: h.tokens.clone(),
         x,
     };
+    if step.tokens.len() != step.rows() {
+        return Err(NodeError::BadRequest(format!(
+            "{} token ids for {} rows",
+            step.tokens.len(),
+            step.rows()
+        )));
+    }
     if h.shape.len() != 2 || h.shape[1] != width as u64 || h.shape[0] != step.rows() as u64 {
         return Err(NodeError::BadRequest(format!(
             "step shape {:?} for {} rows of {width}",
@@ -272,6 +282,7 @@ mod tests {
                     fork: Some(9),
                 },
             ],
+            tokens: vec![5, 0, 4095],
             x: (0..12).map(|i| i as f32 * 0.25 - 1.0).collect(),
         }
     }
@@ -299,6 +310,9 @@ mod tests {
         let mut bad = h.clone();
         bad.spans[0].want = 7;
         assert!(frame_step(&bad, &p, 4).is_err());
+        let mut bad = h.clone();
+        bad.tokens.pop();
+        assert!(frame_step(&bad, &p, 4).is_err(), "a row without its token");
         let mut bad = h.clone();
         bad.spans[0].rows = 5;
         assert!(frame_step(&bad, &p, 4).is_err(), "rows disagree with shape");

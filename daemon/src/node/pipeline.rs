@@ -6,7 +6,10 @@
 //! [`StageHost`] keeps each sequence's cache for its layers, truncates it to
 //! the step's start position (so retries and prompt-cache rewinds need no
 //! extra message), runs its layer range, and either hands the rows on or,
-//! holding the output head, returns the logits the step asked for.
+//! holding the output head, returns the logits the step asked for. Every
+//! row travels with its token id (hash-routed MoE layers read it). A cache
+//! that cannot rewind exactly (DeepSeek V4's) starts over at 0, and the
+//! coordinator, whose own state dropped the same positions, replays them.
 //!
 //! Everything here is synchronous and socket-free: the transport adapts
 //! [`Hop`] to QUIC streams, and tests chain hosts in one process.
@@ -45,13 +48,15 @@ pub struct Span {
     pub fork: Option<u64>,
 }
 
-/// Rows of hidden state entering `layer`.
+/// Rows of hidden state entering `layer`, each with its token id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub plan_version: u64,
     pub layer: u32,
     pub spans: Vec<Span>,
-    /// `Σ rows × n_embd` values.
+    /// The token of each row (`Σ rows`): hash-routed MoE layers read it.
+    pub tokens: Vec<u32>,
+    /// `Σ rows × n_embd` values (the model's row width between layers).
     pub x: Vec<f32>,
 }
 
@@ -166,6 +171,18 @@ impl StageHost {
                 step.x.len()
             )));
         }
+        if step.tokens.len() != rows {
+            return Err(NodeError::BadRequest(format!(
+                "{} token ids for {rows} rows",
+                step.tokens.len()
+            )));
+        }
+        let n_vocab = self.model.n_vocab();
+        if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(NodeError::BadRequest(format!(
+                "token id {t} of a {n_vocab}-token vocabulary"
+            )));
+        }
         let mut new = 0;
         for (i, s) in step.spans.iter().enumerate() {
             if s.rows == 0 || step.spans[..i].iter().any(|o| o.seq == s.seq) {
@@ -221,19 +238,38 @@ impl StageHost {
             };
             states.push((s.rows as usize, st));
         }
+        // A state that cannot rewind exactly (DeepSeek V4's windows) drops
+        // what it held below `pos0`; the coordinator then replays from 0.
+        let mut lost = None;
         for ((_, st), s) in states.iter_mut().zip(&step.spans) {
             st.truncate(s.pos0 as usize);
-        }
-        let ran = {
-            let mut refs: Vec<(usize, &mut SeqState)> =
-                states.iter_mut().map(|(n, s)| (*n, s)).collect();
-            let r = self
-                .model
-                .forward_layers(self.layers.clone(), &mut step.x, &mut refs);
-            if r.is_ok() {
-                self.model.finish_step(&mut refs);
+            if st.held() != s.pos0 as usize {
+                lost = Some(NodeError::BadRequest(format!(
+                    "sequence {} cannot resume at position {} on this stage (it holds {}): replay it from {}",
+                    s.seq,
+                    s.pos0,
+                    st.held(),
+                    st.held()
+                )));
             }
-            r
+        }
+        let ran = match lost {
+            Some(e) => Err(e),
+            None => {
+                let mut at = 0;
+                let mut refs: Vec<(&[u32], &mut SeqState)> = Vec::with_capacity(states.len());
+                for (n, s) in states.iter_mut() {
+                    refs.push((&step.tokens[at..at + *n], s));
+                    at += *n;
+                }
+                let r = self
+                    .model
+                    .forward_layers(self.layers.clone(), &mut step.x, &mut refs);
+                if r.is_ok() {
+                    self.model.finish_step(&mut refs);
+                }
+                r.map_err(NodeError::from)
+            }
         };
         for ((_, st), s) in states.into_iter().zip(&step.spans) {
             self.seqs.insert(s.seq, st);

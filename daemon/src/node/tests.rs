@@ -33,6 +33,11 @@ fn smollm2() -> Option<Arc<Model>> {
     Some(Arc::new(Model::open(&p, &[]).ok()?.0))
 }
 
+fn tiny_v4() -> Arc<Model> {
+    let p = repo().join("tests/fixtures/tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf");
+    Arc::new(Model::open(&p, &[]).expect("fixture loads").0)
+}
+
 fn tiny_v3() -> Arc<Model> {
     let p = repo().join("tests/fixtures/tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");
     Arc::new(Model::open(&p, &[]).expect("fixture loads").0)
@@ -97,6 +102,83 @@ fn same_as_local(m: &Arc<Model>, a: usize, b: usize) {
     assert_eq!(got, want);
 }
 
+/// A hop that fails its `fail_at`-th call (counting from 1), as a lost
+/// peer would, after the stages before it already ran.
+struct FlakyHop {
+    inner: Arc<dyn Hop>,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+impl Hop for FlakyHop {
+    fn call(&self, step: Step) -> super::error::Result<Vec<f32>> {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n == self.fail_at {
+            return Err(super::error::NodeError::NotReady(
+                "the peer went away".into(),
+            ));
+        }
+        self.inner.call(step)
+    }
+
+    fn release(&self, seqs: &[u64]) {
+        self.inner.release(seqs)
+    }
+}
+
+/// A step that fails past the first stage is taken back everywhere: the
+/// retry (and the steps after it) give the single-node logits. DeepSeek V4
+/// replays its kept tokens; the others rewind.
+#[test]
+fn a_failed_step_is_retried_exactly() {
+    for m in [tiny_v3(), tiny_v4()] {
+        let n = m.n_layer();
+        let last = StageWorker {
+            host: Mutex::new(StageHost::new(m.clone(), 2..n, true, 7, LIMITS).unwrap()),
+            next: None,
+        };
+        let mid = StageWorker {
+            host: Mutex::new(StageHost::new(m.clone(), 1..2, false, 7, LIMITS).unwrap()),
+            next: Some(Arc::new(FlakyHop {
+                inner: Arc::new(last),
+                calls: Default::default(),
+                fail_at: 2,
+            })),
+        };
+        let d = DistBackend::new(m.clone(), 0..1, Some(Arc::new(mid)), false, 7);
+        let prompt: Vec<u32> = vec![1, 504, 2933, 22, 1392, 3240];
+        let mut l = m.new_state(256);
+        let mut s = d.new_state(256);
+        let local = |t: &[u32], st: &mut dwarfstar_model::SeqState| {
+            Backend::forward_batch(&*m, &mut [(t, st, true)]).unwrap()
+        };
+        assert_eq!(
+            d.forward_batch(&mut [(&prompt, &mut s, true)]).unwrap(),
+            local(&prompt, &mut l)
+        );
+        let next: Vec<u32> = vec![42, 43, 44];
+        assert!(d.forward_batch(&mut [(&next, &mut s, true)]).is_err());
+        assert_eq!(d.state_len(&s), prompt.len());
+        let want = local(&next, &mut l);
+        assert_eq!(
+            d.forward_batch(&mut [(&next, &mut s, true)]).unwrap(),
+            want,
+            "{}",
+            m.arch()
+        );
+        let want = local(&[7], &mut l);
+        assert_eq!(
+            d.forward_batch(&mut [(&[7], &mut s, true)]).unwrap(),
+            want,
+            "{}",
+            m.arch()
+        );
+    }
+}
+
 #[test]
 fn split_pipeline_matches_one_node_smollm2() {
     let m = smollm2().unwrap();
@@ -111,12 +193,24 @@ fn split_pipeline_matches_one_node_deepseek_v3() {
     same_as_local(&m, 1, 2);
 }
 
+/// DeepSeek V4: hyper-connection rows and token ids travel between stages;
+/// its rewinds and clones replay the kept tokens through every stage.
+#[test]
+fn split_pipeline_matches_one_node_deepseek_v4() {
+    let m = tiny_v4();
+    let n = m.n_layer();
+    assert!(n >= 3, "{n} layers");
+    same_as_local(&m, 1, n - 1);
+    same_as_local(&m, 0, n / 2);
+}
+
 fn step(m: &Model, layer: u32, spans: Vec<Span>) -> Step {
     let rows: u32 = spans.iter().map(|s| s.rows).sum();
     Step {
         plan_version: 7,
         layer,
         spans,
+        tokens: vec![1; rows as usize],
         x: vec![0.01; rows as usize * m.n_embd()],
     }
 }
@@ -145,6 +239,13 @@ fn stages_refuse_bad_steps() {
     let mut s = step(&m, 1, vec![span(1, 2, 0)]);
     s.x.pop();
     assert!(bad(&mut h, s).contains("rows"));
+    // Rows without their token ids, or with ids outside the vocabulary.
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.tokens.pop();
+    assert!(bad(&mut h, s).contains("token ids"));
+    let mut s = step(&m, 1, vec![span(1, 2, 0)]);
+    s.tokens[1] = m.n_vocab() as u32;
+    assert!(bad(&mut h, s).contains("vocabulary"));
     // A gap in positions, past the context, a repeated sequence, empty spans.
     assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 3)])).contains("holds 0"));
     assert!(bad(&mut h, step(&m, 1, vec![span(1, 2, 255)])).contains("context"));

@@ -252,7 +252,7 @@ fn answer(h: &FrameHeader, payload: &[u8], roles: &Roles) -> Result<(FrameHeader
                 .experts
                 .as_ref()
                 .ok_or_else(|| NodeError::NotReady("this node holds no experts".into()))?;
-            let b = frames::frame_expert_batch(h, payload, m.n_embd())?;
+            let b = frames::frame_expert_batch(h, payload, m.expert_width())?;
             let y = m.run_experts(h.layer as usize, &b)?;
             let rows = y.len() / b.d;
             let mut ah = FrameHeader {

@@ -13,6 +13,7 @@
 //! [`Deepseek2Model::forward_layers`] (any contiguous layer range) and
 //! [`Deepseek2Model::logits`].
 
+mod arch;
 pub mod ggml_simd;
 pub mod hparams;
 pub mod mla;

@@ -8,6 +8,9 @@
 //!   block, and the previous one's overlap halves);
 //! - CSA layers: the indexer's compressed keys and its compressor state.
 //!
+//! A layer's window is allocated when the layer first runs, so a pipeline
+//! stage's cache holds its own layers' state only.
+//!
 //! Only the compressed entries and indexer keys grow with the sequence
 //! (stored as f16 by default, see [`KvType`]), plus the token ids (4 bytes
 //! a position) that let [`Ds4Cache::truncate`] rewind: the window and the
@@ -104,7 +107,8 @@ impl Rows {
 /// One layer's state.
 #[derive(Clone, Debug)]
 pub struct LayerCache {
-    /// Position `p`'s key/value row at slot `p % raw_slots`.
+    /// Position `p`'s key/value row at slot `p % raw_slots`; empty until
+    /// the layer first runs (a pipeline stage holds only its own layers').
     pub raw: Vec<f32>,
     pub raw_slots: usize,
     pub comp: Option<CompState>,
@@ -164,6 +168,8 @@ pub fn fixed_kv_bytes(hp: &Ds4HParams) -> usize {
 #[derive(Clone, Debug)]
 pub struct Ds4Cache {
     layers: Vec<LayerCache>,
+    /// Values of a raw window row.
+    head_dim: usize,
     /// Every position's token, held or waiting to be recomputed.
     tokens: Vec<u32>,
     /// Positions whose state the layers hold (`≤ tokens.len()`).
@@ -181,7 +187,7 @@ impl Ds4Cache {
         let layers = hp.kinds[..hp.n_layer]
             .iter()
             .map(|&k| LayerCache {
-                raw: vec![0f32; slots * hp.head_dim],
+                raw: Vec::new(),
                 raw_slots: slots,
                 comp: (k != LayerKind::Sliding).then(|| CompState::new(k.ratio(), hp.head_dim)),
                 entries: Rows::new(ty),
@@ -191,6 +197,7 @@ impl Ds4Cache {
             .collect();
         Ds4Cache {
             layers,
+            head_dim: hp.head_dim,
             tokens: Vec::new(),
             held: 0,
             capacity,
@@ -237,6 +244,16 @@ impl Ds4Cache {
         Ok(())
     }
 
+    /// Allocates the raw windows of `layers` that have not run yet.
+    pub(crate) fn open_layers(&mut self, layers: std::ops::Range<usize>) {
+        let hd = self.head_dim;
+        for l in self.layers[layers].iter_mut() {
+            if l.raw.is_empty() {
+                l.raw = vec![0f32; l.raw_slots * hd];
+            }
+        }
+    }
+
     pub(crate) fn layer(&self, il: usize) -> &LayerCache {
         &self.layers[il]
     }
@@ -263,18 +280,25 @@ impl Ds4Cache {
         self.tokens.truncate(len);
         self.selections.retain(|s| s.pos < len);
         if len < self.held {
-            self.held = 0;
-            for l in &mut self.layers {
-                l.raw.iter_mut().for_each(|v| *v = 0.0);
-                if let Some(c) = &mut l.comp {
-                    c.clear();
-                }
-                if let Some(c) = &mut l.idx {
-                    c.clear();
-                }
-                l.entries.clear();
-                l.keys.clear();
+            self.drop_state();
+        }
+    }
+
+    /// Drops every layer's state, keeping the tokens: the next pass
+    /// recomputes them (after a truncation, or a pass that failed midway
+    /// and left some layers ahead of the others).
+    pub fn drop_state(&mut self) {
+        self.held = 0;
+        for l in &mut self.layers {
+            l.raw.iter_mut().for_each(|v| *v = 0.0);
+            if let Some(c) = &mut l.comp {
+                c.clear();
             }
+            if let Some(c) = &mut l.idx {
+                c.clear();
+            }
+            l.entries.clear();
+            l.keys.clear();
         }
     }
 

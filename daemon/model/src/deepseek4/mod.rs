@@ -19,6 +19,7 @@
 //! RoPE angles, and expert activations rounded to the weight type's
 //! `vec_dot_type` (Q8_0 for MXFP4) as ggml's `MUL_MAT_ID` does.
 
+mod arch;
 pub mod attention;
 pub mod cache;
 pub mod compressor;
@@ -41,6 +42,7 @@ use crate::deepseek2::repack;
 use crate::deepseek2::weights::Stack;
 use crate::error::{ModelError, Result};
 use crate::observe::{MatIndex, MatmulObserver};
+use crate::stage::ExpertDispatch;
 use crate::weights::Weight;
 
 pub use cache::{Ds4Cache, KvType, Selection};
@@ -59,6 +61,8 @@ pub(crate) struct Ctx<'a> {
     pub exact: bool,
     /// Sees the input of every weight product (importance matrices).
     pub obs: Option<&'a dyn MatmulObserver>,
+    /// Where the routed experts other nodes hold are run.
+    pub remote: Option<&'a dyn ExpertDispatch>,
 }
 
 impl Ctx<'_> {
@@ -135,6 +139,9 @@ pub struct Deepseek4Model {
     pub kv_type: KvType,
     /// Sees the input of every weight product (importance matrices).
     pub observer: Option<Arc<dyn MatmulObserver>>,
+    /// Where the routed experts other nodes hold are run (expert
+    /// parallelism); `None`: all here.
+    pub remote: Option<Arc<dyn ExpertDispatch>>,
 }
 
 /// One sequence of a batch: its new tokens, its cache, and whether every
@@ -174,6 +181,7 @@ impl Deepseek4Model {
             indexer: IndexerRule::DeepSeek,
             kv_type: KvType::F16,
             observer: None,
+            remote: None,
         })
     }
 
@@ -215,6 +223,7 @@ impl Deepseek4Model {
             file: &self.file,
             exact: self.llama_exact,
             obs: self.observer.as_deref(),
+            remote: self.remote.as_deref(),
         }
     }
 
@@ -236,7 +245,8 @@ impl Deepseek4Model {
 
     /// Runs `layers` over the streams `x` of one or more sequences back to
     /// back: `seqs[i]` owns the rows of its tokens, at positions
-    /// `cache.held()..` of its own cache. The caller advances the caches
+    /// `cache.held()..` of its own cache (a truncated cache's pending tokens
+    /// come first in `seqs[i].0`). The caller advances the caches
     /// ([`Ds4Cache::advance`] happens in [`Deepseek4Model::forward_batch`])
     /// once every layer has run.
     pub fn forward_layers(
@@ -275,6 +285,10 @@ impl Deepseek4Model {
             row += toks.len();
         }
         let mut caches: Vec<&mut Ds4Cache> = seqs.iter_mut().map(|s| &mut *s.1).collect();
+        // A stage's caches hold windows for its own layers only.
+        for c in caches.iter_mut() {
+            c.open_layers(layers.clone());
+        }
         let exact = self.llama_exact;
         let rot_main = Rotary::new(&hp.rope_main, hp.n_rot, exact);
         let rot_comp = Rotary::new(&hp.rope_compress, hp.n_rot, exact);
@@ -309,7 +323,7 @@ impl Deepseek4Model {
                 limit_exp: hp.swiglu_exp[il],
                 limit_shexp: hp.swiglu_shexp[il],
             };
-            let m = moe::moe(&cx, &cfg, &l.moe, &cur, &tokens)?;
+            let m = moe::moe(&cx, &cfg, &l.moe, il, &cur, &tokens)?;
             hc::post(x, &m, &mix, hc);
         }
         Ok(())

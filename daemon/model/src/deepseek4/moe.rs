@@ -11,9 +11,12 @@
 //! capped at `limit`, the up projection clamped to `±limit`. Tokens are
 //! grouped by expert, and each expert runs one product per projection over
 //! its slice of the stacked tensors; the shared expert runs on every token
-//! and is added to the weighted routed outputs.
+//! and is added to the weighted routed outputs. Routed experts another node
+//! holds (expert parallelism) are sent there first and their answers fill
+//! the same slots, so the sums equal the single-node ones bit for bit.
 
 use crate::error::{ModelError, Result};
+use crate::stage::{ExpertBatch, ExpertTicket};
 
 use super::weights::{MoeWeights, Router, SharedExpert};
 use super::Ctx;
@@ -113,11 +116,31 @@ pub struct MoeCfg {
     pub limit_shexp: f32,
 }
 
-/// The MoE FFN over the normalised rows `x` (`n × e`) of tokens `tokens`.
+/// Routed expert `e` over the gathered rows `x` (`m × e`): clamped SwiGLU,
+/// unweighted.
+fn expert(
+    cx: &Ctx<'_>,
+    w: &MoeWeights,
+    e: usize,
+    x: &[f32],
+    m: usize,
+    limit: f32,
+) -> Result<Vec<f32>> {
+    let mut g = cx.expert(&w.gate, e, x, m)?;
+    let u = cx.expert(&w.up, e, x, m)?;
+    swiglu_clamp(&mut g, &u, limit);
+    cx.expert(&w.down, e, &g, m)
+}
+
+/// The MoE FFN of layer `il` over the normalised rows `x` (`n × e`) of
+/// tokens `tokens`. Experts other nodes hold go to them first
+/// ([`Ctx::remote`]) and run while the local and shared ones do; every
+/// output keeps its slot, so the sums do not depend on where it ran.
 pub(crate) fn moe(
     cx: &Ctx<'_>,
     c: &MoeCfg,
     w: &MoeWeights,
+    il: usize,
     x: &[f32],
     tokens: &[u32],
 ) -> Result<Vec<f32>> {
@@ -148,28 +171,55 @@ pub(crate) fn moe(
                 .push((t, s));
         }
     }
-    let k = c.k;
-    let mut slots = vec![0f32; n * k * d];
-    let mut xe = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        if list.is_empty() {
-            continue;
-        }
-        xe.clear();
+    let gather = |list: &[(usize, usize)], xe: &mut Vec<f32>| {
         for &(t, _) in list {
             xe.extend_from_slice(&x[t * d..(t + 1) * d]);
         }
-        let m = list.len();
-        let mut g = cx.expert(&w.gate, e, &xe, m)?;
-        let u = cx.expert(&w.up, e, &xe, m)?;
-        swiglu_clamp(&mut g, &u, c.limit_exp);
-        let y = cx.expert(&w.down, e, &g, m)?;
+    };
+    let tickets = submit_remote(cx, il, d, &by_expert, gather)?;
+    let is_remote = |e: usize| tickets.iter().any(|(_, es)| es.contains(&e));
+
+    let k = c.k;
+    let mut slots = vec![0f32; n * k * d];
+    let place = |slots: &mut [f32], list: &[(usize, usize)], y: &[f32]| {
         for (i, &(t, s)) in list.iter().enumerate() {
             let wt = routes[t].weights[s];
             let dst = &mut slots[(t * k + s) * d..(t * k + s + 1) * d];
             for (o, &v) in dst.iter_mut().zip(&y[i * d..(i + 1) * d]) {
                 *o = v * wt;
             }
+        }
+    };
+    let mut xe = Vec::new();
+    for (e, list) in by_expert.iter().enumerate() {
+        if list.is_empty() || is_remote(e) {
+            continue;
+        }
+        xe.clear();
+        gather(list, &mut xe);
+        let y = expert(cx, w, e, &xe, list.len(), c.limit_exp)?;
+        place(&mut slots, list, &y);
+    }
+    // The shared expert runs while remote answers are on their way; its
+    // output is still added last.
+    let shared = match &w.shared {
+        Some(sh) => Some(shared_expert(cx, sh, x, n, c.limit_shexp)?),
+        None => None,
+    };
+    for (ticket, es) in tickets {
+        let y = ticket.wait()?;
+        let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
+        if y.len() != rows * d {
+            return Err(ModelError::Invalid(format!(
+                "a remote expert holder returned {} values for {rows} rows of {d}",
+                y.len()
+            )));
+        }
+        let mut off = 0;
+        for e in es {
+            let list = &by_expert[e];
+            place(&mut slots, list, &y[off..off + list.len() * d]);
+            off += list.len() * d;
         }
     }
     let mut out = vec![0f32; n * d];
@@ -179,9 +229,78 @@ pub(crate) fn moe(
             o.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
         }
     }
-    if let Some(sh) = &w.shared {
-        let y = shared_expert(cx, sh, x, n, c.limit_shexp)?;
+    if let Some(y) = shared {
         out.iter_mut().zip(&y).for_each(|(a, &b)| *a += b);
+    }
+    Ok(out)
+}
+
+/// A batch on its way to another node, and the experts it covers.
+type Sent = (Box<dyn ExpertTicket>, Vec<usize>);
+
+/// Sends the routed experts other nodes hold, one batch per holder, and
+/// returns the tickets with the experts each one covers (in batch order).
+fn submit_remote(
+    cx: &Ctx<'_>,
+    il: usize,
+    d: usize,
+    by_expert: &[Vec<(usize, usize)>],
+    gather: impl Fn(&[(usize, usize)], &mut Vec<f32>),
+) -> Result<Vec<Sent>> {
+    let Some(r) = cx.remote else {
+        return Ok(Vec::new());
+    };
+    let mut remote: Vec<(u32, ExpertBatch, Vec<usize>)> = Vec::new();
+    for (e, list) in by_expert.iter().enumerate() {
+        let Some(node) = (!list.is_empty()).then(|| r.owner(il, e)).flatten() else {
+            continue;
+        };
+        let i = match remote.iter().position(|b| b.0 == node) {
+            Some(i) => i,
+            None => {
+                let b = ExpertBatch {
+                    d,
+                    ..Default::default()
+                };
+                remote.push((node, b, Vec::new()));
+                remote.len() - 1
+            }
+        };
+        let (_, b, es) = &mut remote[i];
+        b.experts.push(e as u32);
+        b.counts.push(list.len() as u32);
+        gather(list, &mut b.rows);
+        es.push(e);
+    }
+    remote
+        .into_iter()
+        .map(|(node, batch, es)| Ok((r.submit(node, il, batch)?, es)))
+        .collect()
+}
+
+/// Runs `batch`'s experts of a layer over their rows, for the node that
+/// routed them: unweighted outputs in row order.
+pub(crate) fn run_experts(
+    cx: &Ctx<'_>,
+    w: &MoeWeights,
+    limit: f32,
+    batch: &ExpertBatch,
+) -> Result<Vec<f32>> {
+    let d = batch.d;
+    let mut out = Vec::with_capacity(batch.rows.len());
+    let mut off = 0;
+    for (&e, &c) in batch.experts.iter().zip(&batch.counts) {
+        let (e, c) = (e as usize, c as usize);
+        if e >= w.down.n {
+            return Err(ModelError::Invalid(format!(
+                "expert {e} requested, the layer has {}",
+                w.down.n
+            )));
+        }
+        if c > 0 {
+            out.extend(expert(cx, w, e, &batch.rows[off..off + c * d], c, limit)?);
+        }
+        off += c * d;
     }
     Ok(out)
 }
