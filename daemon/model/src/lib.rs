@@ -183,14 +183,8 @@ impl Model {
                 m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
             }
             Model::Deepseek4(m) => {
-                // Not paged yet: the mapped file must fit.
-                if m.weight_bytes() > cfg.budget {
-                    return Err(ModelError::Invalid(format!(
-                        "deepseek4 weights ({} bytes) cannot be paged yet; the budget is {} bytes",
-                        m.weight_bytes(),
-                        cfg.budget
-                    )));
-                }
+                let plan = store::deepseek4_plan(&m.w, m.hp.n_expert_used);
+                m.store = store::WeightStore::new(m.file.clone(), &plan, cfg)?;
             }
         }
         Ok(())
@@ -211,7 +205,7 @@ impl Model {
         match self {
             Model::Dense(m) => m.store.stats(),
             Model::Deepseek2(m) => m.store.stats(),
-            Model::Deepseek4(m) => store::WeightStore::mapped(m.file.clone()).stats(),
+            Model::Deepseek4(m) => m.store.stats(),
         }
     }
 

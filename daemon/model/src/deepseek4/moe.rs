@@ -111,6 +111,8 @@ pub struct MoeCfg {
     pub scale: f32,
     pub limit_exp: f32,
     pub limit_shexp: f32,
+    /// The layer (its experts' cache keys).
+    pub il: usize,
 }
 
 /// The MoE FFN over the normalised rows `x` (`n × e`) of tokens `tokens`.
@@ -151,10 +153,16 @@ pub(crate) fn moe(
     let k = c.k;
     let mut slots = vec![0f32; n * k * d];
     let mut xe = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        if list.is_empty() {
-            continue;
-        }
+    // Experts in memory first, then as their reads come in (the order
+    // does not change the sums: each output has its own slot).
+    let wanted: Vec<(usize, usize)> = by_expert
+        .iter()
+        .enumerate()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(e, list)| (e, list.len()))
+        .collect();
+    for e in cx.store.want_experts(c.il, &wanted) {
+        let list = &by_expert[e];
         xe.clear();
         for &(t, _) in list {
             xe.extend_from_slice(&x[t * d..(t + 1) * d]);
