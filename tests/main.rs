@@ -15,6 +15,7 @@ mod kv_file;
 mod kv_quant;
 mod mesh;
 mod paging;
+mod paging_mesh;
 mod paging_v4;
 mod quantize;
 mod reference;

@@ -278,23 +278,36 @@ impl Cgroup {
     /// None when cgroup v1 memory is not there or not writable (the only
     /// reason to skip).
     pub(crate) fn create(name: &str) -> Option<Cgroup> {
+        Cgroup::try_create(name)
+            .map_err(|why| eprintln!("SKIPPED: {why}"))
+            .ok()
+    }
+
+    /// The group, or why it cannot be made.
+    pub(crate) fn try_create(name: &str) -> Result<Cgroup, String> {
         let root = Path::new("/sys/fs/cgroup/memory");
         if !root.join("memory.limit_in_bytes").exists() {
-            eprintln!(
-                "SKIPPED: {} is not a cgroup v1 memory hierarchy",
+            return Err(format!(
+                "{} is not a cgroup v1 memory hierarchy",
                 root.display()
-            );
-            return None;
+            ));
         }
         let dir = root.join(name);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            eprintln!(
-                "SKIPPED: cannot create {}: {e} (cgroup v1 memory is not writable)",
+        std::fs::create_dir(&dir).map_err(|e| {
+            format!(
+                "cannot create {}: {e} (cgroup v1 memory is not writable)",
                 dir.display()
-            );
-            return None;
+            )
+        })?;
+        Ok(Cgroup(dir))
+    }
+
+    /// Caps the group's memory (and memory plus swap, where accounted).
+    pub(crate) fn limit(&self, bytes: u64) {
+        self.write("memory.limit_in_bytes", &bytes.to_string());
+        if self.0.join("memory.memsw.limit_in_bytes").exists() {
+            self.write("memory.memsw.limit_in_bytes", &bytes.to_string());
         }
-        Some(Cgroup(dir))
     }
 
     pub(crate) fn write(&self, file: &str, v: &str) {

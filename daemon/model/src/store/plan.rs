@@ -75,6 +75,9 @@ impl ExpertLayout {
 /// What a model needs held, by unit.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
+    /// Always resident. The first two ranges are the token embeddings and
+    /// the output head, in that order (a mesh node's [`Share`] may leave
+    /// either out).
     pub global: Vec<ByteRange>,
     pub layers: Vec<Vec<ByteRange>>,
     /// Per layer (same length as `layers`): its routed experts, if any.
@@ -101,10 +104,22 @@ impl Plan {
         ranges + experts
     }
 
-    /// The part of the plan a mesh node runs: the non-expert weights of
-    /// its layers, and its routed experts. The global set stays whole
-    /// (embeddings, head and routers are a small part of a large model).
+    /// The part of the plan a mesh node runs: the embeddings and the
+    /// output head if it uses them, the non-expert weights of its layers,
+    /// and its routed experts. The rest of the global set (routers and
+    /// the like, small) stays whole.
     pub fn restrict(&self, share: &Share) -> Plan {
+        let global = self
+            .global
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| match i {
+                0 => share.embed,
+                1 => share.output,
+                _ => true,
+            })
+            .map(|(_, r)| *r)
+            .collect();
         let layers = self
             .layers
             .iter()
@@ -129,7 +144,7 @@ impl Plan {
             })
             .collect();
         Plan {
-            global: self.global.clone(),
+            global,
             layers,
             experts,
             n_expert_used: self.n_expert_used,
@@ -140,6 +155,10 @@ impl Plan {
 /// What a mesh node runs of a model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Share {
+    /// It embeds tokens.
+    pub embed: bool,
+    /// It runs the output head.
+    pub output: bool,
     /// Per layer: whether the node runs its non-expert weights.
     pub layers: Vec<bool>,
     /// Per layer: the routed experts the node runs (empty: none).
