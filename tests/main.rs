@@ -13,6 +13,7 @@ mod deepseek4;
 mod inspect;
 mod kv_file;
 mod kv_quant;
+mod kv_v4;
 mod mesh;
 mod paging;
 mod paging_mesh;

@@ -145,15 +145,29 @@ impl Model {
         }
     }
 
-    /// How new dense KV caches store their rows. DeepSeek's compressed
-    /// latent caches stay f32 (they are already a small fraction of a
-    /// dense cache): any other type is an error for them.
+    /// How new KV caches store their rows: any type for dense caches;
+    /// f32, f16 or q8_0 for DeepSeek V4's compressed entries and indexer
+    /// keys (f16 unless set). DeepSeek V2/V3's latent cache stays f32 (it
+    /// is already a small fraction of a dense cache): any other type is an
+    /// error for it.
     pub fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
         match self {
             Model::Dense(m) => m.set_kv_type(ty),
+            Model::Deepseek4(m) => {
+                let t = deepseek4::KvType::from_kv(ty)
+                    .filter(|t| t.fits(m.hp.head_dim) && t.fits(m.hp.idx_dim))
+                    .ok_or_else(|| {
+                        ModelError::Invalid(format!(
+                            "KV cache type {ty} does not fit deepseek4's compressed cache (f32, f16 or q8_0 over rows of {} and {} values)",
+                            m.hp.head_dim, m.hp.idx_dim
+                        ))
+                    })?;
+                m.kv_type = t;
+                Ok(())
+            }
             _ if ty == KvType::F32 => Ok(()),
             _ => Err(ModelError::Invalid(format!(
-                "KV cache type {ty} is for dense models; {}'s compressed latent cache stays f32",
+                "KV cache type {ty} is for dense models and deepseek4; {}'s compressed latent cache stays f32",
                 self.arch()
             ))),
         }
@@ -163,6 +177,7 @@ impl Model {
     pub fn kv_type(&self) -> KvType {
         match self {
             Model::Dense(m) => m.kv_type,
+            Model::Deepseek4(m) => m.kv_type.to_kv(),
             _ => KvType::F32,
         }
     }
