@@ -521,7 +521,7 @@ mod tests {
                 bytes_served_out: 12 * 196_700,
                 ..Default::default()
             }),
-            paging: local.then(|| dwarfstar_proto::v1::Paging {
+            paging: local.then_some(dwarfstar_proto::v1::Paging {
                 paged: true,
                 budget_bytes: 1 << 30,
                 resident_bytes: 900 << 20,
