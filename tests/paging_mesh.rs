@@ -96,10 +96,11 @@ fn two_daemons_page_their_shares_under_cgroup_limits() {
         "synth",
     );
     let size = std::fs::metadata(&model).expect("model").len();
-    // 350 MB, nearly all routed experts: each node's share is well above
-    // a third of the file (checked below), the cgroups allow a third, the
-    // weights 15% (the rest is the daemon's own memory).
-    let limit = size / 3;
+    // 350 MB, nearly all routed experts: each node's share is above a
+    // third of the file (checked below; 36% to 68% in the plans seen), the
+    // cgroups allow 32%, the weights 15% (the rest is the daemon's own
+    // memory: the coordinator peaked at 29% of the file).
+    let limit = size * 8 / 25;
     let budget = size * 3 / 20;
     cg_c.limit(limit);
     cg_w.limit(limit);
