@@ -179,23 +179,7 @@ impl Drop for Cgroup {
     }
 }
 
-fn dwarfstar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
-        .args(args)
-        .env("DWARFSTAR_LOG", "error")
-        .output()
-        .expect("dwarfstar runs")
-}
 
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

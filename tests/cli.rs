@@ -4,13 +4,6 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
-fn dwarfstar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
-        .args(args)
-        .env("DWARFSTAR_LOG", "error")
-        .output()
-        .expect("dwarfstar runs")
-}
 
 fn ok_json(args: &[&str]) -> serde_json::Value {
     let out = dwarfstar(args);

@@ -126,3 +126,23 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|t| t.as_u64().expect("id") as u32)
         .collect()
 }
+
+/// Runs the `dwarfstar` binary with `args`, quietly.
+pub fn dwarfstar(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+        .args(args)
+        .env("DWARFSTAR_LOG", "error")
+        .output()
+        .expect("dwarfstar runs")
+}
+
+/// `out`, after asserting that it succeeded (else its stderr is shown).
+pub fn ok(out: std::process::Output, what: &str) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -546,13 +546,6 @@ fn dsv4_mtp_block_is_bound() {
     assert_eq!(all_logits(&m, toks), all_logits(&mt, toks));
 }
 
-fn dwarfstar(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
-        .args(args)
-        .env("DWARFSTAR_LOG", "error")
-        .output()
-        .expect("dwarfstar runs")
-}
 
 /// `dwarfstar run` and `dwarfstar bench` work on the tiny model.
 #[test]

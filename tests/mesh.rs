@@ -13,16 +13,16 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 /// A running daemon, killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     /// Its mesh (libp2p) address, HOST:PORT.
-    mesh: String,
+    pub mesh: String,
     /// The HTTP base URL, for coordinators and workers given an address.
-    http: Option<String>,
+    pub http: Option<String>,
     /// The plan line a coordinator printed.
-    plan: Option<String>,
+    pub plan: Option<String>,
     /// Its gRPC Control address, http://HOST:PORT.
-    grpc: String,
+    pub grpc: String,
     _state: TempDir,
 }
 
@@ -86,9 +86,46 @@ fn start(
     model: Option<&Path>,
     extra: &[&str],
 ) -> Daemon {
+    start_in(None, tag, secret, models_dir, model, extra)
+}
+
+/// Starts a daemon, inside the v1 memory cgroup `cgroup` when given.
+pub(crate) fn start_in(
+    cgroup: Option<&Path>,
+    tag: &str,
+    secret: &str,
+    models_dir: &Path,
+    model: Option<&Path>,
+    extra: &[&str],
+) -> Daemon {
     let state = TempDir::new(tag);
     let sf = secret_file(&state.0, secret);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dwarfstar"));
+    if cgroup.is_some() {
+        // Speeds as if measured before: the memory benchmark's 128 MiB of
+        // buffers are not what a memory limit is about.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bench = json!({
+            "key": format!("{}-{cores}", env!("CARGO_PKG_VERSION")),
+            "matmul_gflops": 20.0,
+            "mem_bw_gbs": 10.0,
+            "disk_read_gbs": 1.0,
+        });
+        std::fs::write(state.0.join("bench.json"), bench.to_string()).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_dwarfstar");
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                    cg.display()
+                ))
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args([
         "serve",
         "--threads",
@@ -152,7 +189,7 @@ fn start(
     }
 }
 
-fn complete(base: &str, model: &str, prompt: &str, n: usize) -> Value {
+pub(crate) fn complete(base: &str, model: &str, prompt: &str, n: usize) -> Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(300)))
@@ -169,7 +206,7 @@ fn complete(base: &str, model: &str, prompt: &str, n: usize) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn run_greedy(model: &Path, prompt: &str, n: usize) -> String {
+pub(crate) fn run_greedy(model: &Path, prompt: &str, n: usize) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
         .args([
             "run",
@@ -346,7 +383,7 @@ fn generate_with(grpc: &str, req: dwarfstar_proto::v1::GenerateRequest) -> Value
 }
 
 /// One Control call on a daemon, on a runtime of its own.
-fn control<T>(
+pub(crate) fn control<T>(
     grpc: &str,
     call: impl AsyncFnOnce(
         &mut dwarfstar_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
@@ -364,7 +401,7 @@ fn control<T>(
     })
 }
 
-fn status(grpc: &str) -> dwarfstar_proto::v1::StatusReply {
+pub(crate) fn status(grpc: &str) -> dwarfstar_proto::v1::StatusReply {
     control(grpc, async |c| {
         c.status(dwarfstar_proto::v1::StatusRequest {}).await
     })

@@ -26,14 +26,14 @@ fn prompt() -> Vec<u32> {
     ids(&j["tokens"])
 }
 
-fn open(path: &Path, exact: bool) -> Model {
+pub(crate) fn open(path: &Path, exact: bool) -> Model {
     let mut m = Model::open(path, &[]).expect("model loads").0;
     m.set_llama_exact(exact);
     m
 }
 
 /// Every prompt position's logits, then `steps` greedy decode steps' logits.
-fn trace(m: &Model, toks: &[u32], steps: usize) -> Vec<Vec<f32>> {
+pub(crate) fn trace(m: &Model, toks: &[u32], steps: usize) -> Vec<Vec<f32>> {
     let mut st = m.new_state(toks.len() + steps + 1);
     let mut out = vec![m.forward(toks, &mut st, true).expect("prompt")];
     for _ in 0..steps {
@@ -45,14 +45,14 @@ fn trace(m: &Model, toks: &[u32], steps: usize) -> Vec<Vec<f32>> {
 }
 
 /// Two sequences in one batched pass.
-fn batched(m: &Model, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
+pub(crate) fn batched(m: &Model, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
     let mut sa = m.new_state(a.len() + 1);
     let mut sb = m.new_state(b.len() + 1);
     m.forward_batch(&mut [(a, &mut sa, true), (b, &mut sb, false)])
         .expect("batch")
 }
 
-fn assert_bits_equal(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
+pub(crate) fn assert_bits_equal(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
     assert_eq!(a.len(), b.len(), "{what}: steps");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.len(), y.len(), "{what}: step {i} length");
@@ -71,7 +71,7 @@ fn assert_bits_equal(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
 }
 
 /// Bytes of the routed-expert stacks in `path`.
-fn expert_bytes(path: &Path) -> u64 {
+pub(crate) fn expert_bytes(path: &Path) -> u64 {
     let f = GgufFile::open(path).expect("gguf");
     f.tensors()
         .iter()
@@ -82,7 +82,7 @@ fn expert_bytes(path: &Path) -> u64 {
 
 /// The smallest budget (in 16 KiB steps above the non-expert weights)
 /// that `m` accepts: the expert cache holds only its minimum.
-fn tightest_budget(m: &mut Model, path: &Path) -> StoreConfig {
+pub(crate) fn tightest_budget(m: &mut Model, path: &Path) -> StoreConfig {
     let mut b = m.weight_bytes() - expert_bytes(path);
     loop {
         let cfg = StoreConfig::new(b);
@@ -98,7 +98,7 @@ fn tightest_budget(m: &mut Model, path: &Path) -> StoreConfig {
     }
 }
 
-fn sane(s: &StoreStats, what: &str) {
+pub(crate) fn sane(s: &StoreStats, what: &str) {
     assert!(s.paged, "{what}: {s:?}");
     assert!(s.resident_bytes <= s.budget_bytes, "{what}: {s:?}");
     assert!(
@@ -207,23 +207,7 @@ fn too_small_a_budget_is_a_clear_error() {
         .expect("runs");
 }
 
-fn dwarfstar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
-        .args(args)
-        .env("DWARFSTAR_LOG", "error")
-        .output()
-        .expect("dwarfstar runs")
-}
 
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 #[test]
 fn bench_json_reports_paging() {

@@ -152,6 +152,15 @@ fn node_json(n: &NodeStatus) -> Value {
             "bytes_served_in": t.bytes_served_in,
             "bytes_served_out": t.bytes_served_out,
         })),
+        "paging": n.paging.as_ref().map(|p| json!({
+            "paged": p.paged,
+            "budget_bytes": p.budget_bytes,
+            "resident_bytes": p.resident_bytes,
+            "expert_hit_rate": p.expert_hit_rate,
+            "bytes_read": p.bytes_read,
+            "tokens": p.tokens,
+            "bytes_read_per_token": p.bytes_read_per_token,
+        })),
     })
 }
 
@@ -238,6 +247,22 @@ pub fn status_text(r: &StatusReply) -> String {
                 tr.frames_served,
                 human_bytes(tr.bytes_served_in),
                 human_bytes(tr.bytes_served_out),
+            ));
+        }
+    }
+    if let Some(p) = local.and_then(|n| n.paging.as_ref()) {
+        if p.paged {
+            out.push_str(&format!(
+                "weights here: paged, {} resident of a {} budget; expert hit rate {:.3}, {} read per token\n",
+                human_bytes(p.resident_bytes),
+                human_bytes(p.budget_bytes),
+                p.expert_hit_rate,
+                human_bytes(p.bytes_read_per_token as u64),
+            ));
+        } else {
+            out.push_str(&format!(
+                "weights here: {} resident (not paged)\n",
+                human_bytes(p.resident_bytes)
             ));
         }
     }
@@ -496,6 +521,15 @@ mod tests {
                 bytes_served_out: 12 * 196_700,
                 ..Default::default()
             }),
+            paging: local.then_some(dwarfstar_proto::v1::Paging {
+                paged: true,
+                budget_bytes: 1 << 30,
+                resident_bytes: 900 << 20,
+                expert_hit_rate: 0.75,
+                bytes_read: 3 << 20,
+                tokens: 3,
+                bytes_read_per_token: (1 << 20) as f64,
+            }),
             ..Default::default()
         };
         let r = StatusReply {
@@ -519,6 +553,7 @@ mod tests {
             "loading",
             "plan v7",
             "served 12 frames",
+            "paged, 900.0 MiB resident of a 1.0 GiB budget; expert hit rate 0.750, 1.0 MiB read per token",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
@@ -526,6 +561,8 @@ mod tests {
         assert_eq!(j["nodes"].as_array().unwrap().len(), 2);
         assert_eq!(j["nodes"][1]["state"], "loading");
         assert_eq!(j["nodes"][1]["traffic"], Value::Null);
+        assert_eq!(j["nodes"][1]["paging"], Value::Null);
+        assert_eq!(j["nodes"][0]["paging"]["expert_hit_rate"], 0.75);
         assert_eq!(j["nodes"][0]["traffic"]["frames_served"], 12);
     }
 }

@@ -8,16 +8,21 @@
 //! 0   magic        b"DSKV"
 //! 4   version      u32 (= 1)
 //! 8   fingerprint  [u8; 32]  the model's (see `fingerprint`)
-//! 40  kind         u8        0: dense KvCache, 1: DeepSeek2 latent cache
+//! 40  kind         u8        0: dense KvCache, 1: DeepSeek2 latent cache,
+//!                            2: DeepSeek V4 compressed cache
 //! 41  kv type      u8        KvType::id
 //! 42  reserved     [u8; 2]   zero
 //! 44  n_layer      u32
-//! 48  k_dim        u32       values per position and layer (latent row for kind 1)
-//! 52  v_dim        u32       (0 for kind 1)
+//! 48  k_dim        u32       values per position and layer (latent row for kind 1;
+//!                            kind 2: the low 32 bits of the state's byte length)
+//! 52  v_dim        u32       (0 for kind 1; kind 2: the high 32 bits)
 //! 56  n_tokens     u32       positions held = the prefix's token ids
 //! 60  tokens       n_tokens × u32
 //!     layers       per layer: n_tokens key rows, then n_tokens value rows,
-//!                  each row as the cache stores it (f32, or blocks of the type)
+//!                  each row as the cache stores it (f32, or blocks of the type);
+//!                  kind 2: the state as `Ds4Cache::state_bytes` writes it
+//!                  (windows, compressor states, compressed rows), whose
+//!                  windows cannot be cut to a prefix, so it is saved whole
 //!     checksum     blake3 of every byte before it, 32 bytes
 //! ```
 //!
@@ -39,6 +44,7 @@ pub const HEADER_BYTES: u64 = 60;
 const CHECKSUM_BYTES: u64 = 32;
 const KIND_DENSE: u8 = 0;
 const KIND_MLA: u8 = 1;
+const KIND_DS4: u8 = 2;
 
 /// What identifies a model's weights and how it computes: two models with
 /// the same fingerprint give the same KV for the same tokens.
@@ -125,7 +131,7 @@ pub fn fingerprint(model: &Model) -> Fingerprint {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvHeader {
     pub fingerprint: Fingerprint,
-    /// 0: dense, 1: DeepSeek2 latent.
+    /// 0: dense, 1: DeepSeek2 latent, 2: DeepSeek V4 compressed.
     pub kind: u8,
     pub kv_type: KvType,
     pub n_layer: usize,
@@ -152,8 +158,20 @@ impl KvHeader {
         }
     }
 
+    /// Bytes of a V4 state (kind 2).
+    fn state_len(&self) -> u64 {
+        self.k_dim as u64 | (self.v_dim as u64) << 32
+    }
+
     /// The file length this header implies (None on overflow).
     fn file_len(&self) -> Result<u64> {
+        if self.kind == KIND_DS4 {
+            let n = self.tokens.len() as u128;
+            let total =
+                HEADER_BYTES as u128 + 4 * n + self.state_len() as u128 + CHECKSUM_BYTES as u128;
+            return u64::try_from(total)
+                .map_err(|_| KvFileError::Mismatch("impossible sizes".into()));
+        }
         let (kr, vr) = self.row_bytes()?;
         let n = self.tokens.len() as u128;
         let total = HEADER_BYTES as u128
@@ -196,7 +214,7 @@ fn header_of(fp: &Fingerprint, state: &SeqState, tokens: &[u32]) -> Result<KvHea
     let (kind, kv_type, n_layer, k_dim, v_dim) = match state {
         SeqState::Dense(kv) => (KIND_DENSE, kv.ty(), kv.layers.len(), kv.k_dim(), kv.v_dim()),
         SeqState::Mla(c) => (KIND_MLA, KvType::F32, c.n_layer(), c.row(), 0),
-        SeqState::Ds4(_) => return Err(KvFileError::Unsupported("deepseek4".into())),
+        SeqState::Ds4(c) => (KIND_DS4, c.kv_type().to_kv(), c.n_layer(), 0, 0),
     };
     Ok(KvHeader {
         fingerprint: *fp,
@@ -255,7 +273,20 @@ fn save_inner(
     if n > u32::MAX as usize {
         return Err(KvFileError::Mismatch("too many positions".into()).into());
     }
-    let hd = header_of(fp, state, tokens)?;
+    let mut hd = header_of(fp, state, tokens)?;
+    // A V4 state is saved whole: cut to the prefix first (below what it
+    // holds, that keeps the tokens and drops the layers' state).
+    let ds4 = match state {
+        SeqState::Ds4(c) => {
+            let mut c = c.clone();
+            c.truncate(n);
+            let b = c.state_bytes();
+            hd.k_dim = (b.len() as u64 & u32::MAX as u64) as usize;
+            hd.v_dim = (b.len() as u64 >> 32) as usize;
+            Some(b)
+        }
+        _ => None,
+    };
     let len = hd.file_len()?;
     let mut w = HashWriter {
         w: BufWriter::with_capacity(1 << 20, w),
@@ -302,7 +333,7 @@ fn save_inner(
                 f32_bytes(&mut w, &c.layer(il)[..n * c.row()])?;
             }
         }
-        SeqState::Ds4(_) => unreachable!("header_of refused it"),
+        SeqState::Ds4(_) => w.put(ds4.as_deref().unwrap_or_default())?,
     }
     let sum = *w.h.finalize().as_bytes();
     w.w.write_all(&sum)?;
@@ -386,7 +417,7 @@ fn read_header_hashed<R: Read>(r: &mut HashReader<R>, file_len: u64) -> Result<K
     let mut fp = [0u8; 32];
     fp.copy_from_slice(&head[8..40]);
     let kind = head[40];
-    if kind != KIND_DENSE && kind != KIND_MLA {
+    if kind != KIND_DENSE && kind != KIND_MLA && kind != KIND_DS4 {
         return Err(KvFileError::Mismatch(format!("unknown cache kind {kind}")));
     }
     let kv_type = KvType::from_id(head[41])
@@ -446,15 +477,27 @@ pub fn load(
             capacity,
         });
     }
-    let (kr, vr) = hd.row_bytes()?;
+    let (kr, vr) = if hd.kind == KIND_DS4 {
+        (0, 0)
+    } else {
+        hd.row_bytes()?
+    };
     let io = |e: std::io::Error| KvFileError::Io {
         path: PathBuf::from("<stream>"),
         source: e,
     };
     // Read every layer (the length check bounded these allocations by the
     // file), then verify the checksum before looking at the contents.
+    let mut ds4 = Vec::new();
+    if hd.kind == KIND_DS4 {
+        ds4 = vec![0u8; hd.state_len() as usize];
+        r.take(&mut ds4).map_err(io)?;
+    }
     let mut layers = Vec::with_capacity(hd.n_layer.min(1 << 16));
-    for _ in 0..hd.n_layer {
+    for _ in 0..hd
+        .n_layer
+        .min(if hd.kind == KIND_DS4 { 0 } else { usize::MAX })
+    {
         let mut k = vec![0u8; n * kr as usize];
         r.take(&mut k).map_err(io)?;
         let mut v = vec![0u8; n * vr as usize];
@@ -473,7 +516,11 @@ pub fn load(
         });
     }
     let mut state = model.new_state(capacity);
-    let want = header_of(fp, &state, &hd.tokens)?;
+    let mut want = header_of(fp, &state, &hd.tokens)?;
+    if want.kind == KIND_DS4 {
+        // The state's length is the file's to say (and checked on restore).
+        (want.k_dim, want.v_dim) = (hd.k_dim, hd.v_dim);
+    }
     if (
         want.kind,
         want.kv_type,
@@ -512,7 +559,7 @@ pub fn load(
             }
             c.advance(n);
         }
-        SeqState::Ds4(_) => return Err(KvFileError::Unsupported("deepseek4".into())),
+        SeqState::Ds4(c) => c.restore(&hd.tokens, &ds4).map_err(KvFileError::Mismatch)?,
     }
     Ok((hd.tokens, state))
 }

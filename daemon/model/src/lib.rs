@@ -183,9 +183,11 @@ impl Model {
         self.architecture_mut().set_llama_exact(on)
     }
 
-    /// How new dense KV caches store their rows. DeepSeek's compressed
-    /// latent caches stay f32 (they are already a small fraction of a
-    /// dense cache): any other type is an error for them.
+    /// How new KV caches store their rows: any type for dense caches;
+    /// f32, f16 or q8_0 for DeepSeek V4's compressed entries and indexer
+    /// keys (f16 unless set). DeepSeek V2/V3's latent cache stays f32 (it
+    /// is already a small fraction of a dense cache): any other type is an
+    /// error for it.
     pub fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
         self.architecture_mut().set_kv_type(ty)
     }

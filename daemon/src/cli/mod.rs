@@ -44,9 +44,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "SIZE")]
     pub mem_budget: Option<String>,
     /// How the KV cache stores keys and values: f32, f16, q8_0 or q4_0
-    /// (dense models; DeepSeek's latent caches stay f32).
-    #[arg(long, value_name = "TYPE", default_value = "f32")]
-    pub kv_type: dwarfstar_model::KvType,
+    /// (dense models); f32, f16 or q8_0 for DeepSeek V4's compressed cache
+    /// (DeepSeek V2/V3's latent cache stays f32). Default: f32, f16 for V4.
+    #[arg(long, value_name = "TYPE")]
+    pub kv_type: Option<dwarfstar_model::KvType>,
 }
 
 /// A model with its tokenizer, ready to run.
@@ -74,9 +75,11 @@ impl ModelArgs {
         let (mut model, file) = Model::open(&self.model, &overrides)
             .with_context(|| format!("loading {}", self.model.display()))?;
         model.set_llama_exact(self.llama_exact);
-        model
-            .set_kv_type(self.kv_type)
-            .with_context(|| format!("--kv-type {}", self.kv_type))?;
+        if let Some(ty) = self.kv_type {
+            model
+                .set_kv_type(ty)
+                .with_context(|| format!("--kv-type {ty}"))?;
+        }
         let positions = kv_positions.unwrap_or_else(|| default_ctx(&model));
         let kv = (model.kv_bytes_per_token() as u64).saturating_mul(positions as u64);
         apply_mem_budget(&mut model, self.mem_budget.as_deref(), kv)?;

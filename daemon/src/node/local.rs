@@ -111,6 +111,11 @@ struct Job {
 }
 
 impl LocalNode {
+    /// What the served model's weight store holds and read.
+    pub fn store_stats(&self) -> dwarfstar_model::store::StoreStats {
+        self.cfg.model.store_stats()
+    }
+
     pub fn new(cfg: LocalConfig) -> Self {
         let file_name = file_name(&cfg.model_path);
         let file_size = std::fs::metadata(&cfg.model_path).map_or(0, |m| m.len());
@@ -377,6 +382,7 @@ impl NodeApi for LocalNode {
             local: true,
             version: env!("CARGO_PKG_VERSION").into(),
             traffic: Some(super::traffic::snapshot()),
+            paging: Some(super::paging::to_proto(&self.cfg.model.store_stats())),
         };
         Ok(StatusReply {
             node_id: self.cfg.id.clone(),

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use super::grpc::{ApiError, EventStream, NodeApi};
 use super::local::{file_name, host_name};
+use super::paging;
 use super::plan_wire;
 use super::roster::{held_bytes, MemberState};
 use super::runtime::{node_caps, CoordOptions, NodeRuntime};
@@ -116,6 +117,12 @@ fn local_state(s: &str) -> NodeState {
 }
 
 impl MeshNode {
+    /// What the weight store of this node's share holds and read (None
+    /// before a plan).
+    pub fn store_stats(&self) -> Option<dwarfstar_model::store::StoreStats> {
+        self.rt.store_stats()
+    }
+
     pub fn new(
         rt: Arc<NodeRuntime>,
         engines: Arc<Engines>,
@@ -504,6 +511,11 @@ impl NodeApi for MeshNode {
                 local,
                 version: caps.map(|c| c.version).unwrap_or_default(),
                 traffic: local.then(traffic::snapshot),
+                paging: if local {
+                    self.rt.store_stats().map(|s| paging::to_proto(&s))
+                } else {
+                    None
+                },
             });
         }
         Ok(StatusReply {
@@ -669,6 +681,15 @@ pub fn status_json(r: &StatusReply) -> Value {
                 "experts": a.experts.iter().map(|e| e.experts.len()).sum::<usize>(),
                 "mem_used": n.mem_used,
                 "mem_budget": n.mem_budget,
+                "paging": n.paging.as_ref().map(|p| json!({
+                    "paged": p.paged,
+                    "budget_bytes": p.budget_bytes,
+                    "resident_bytes": p.resident_bytes,
+                    "expert_hit_rate": p.expert_hit_rate,
+                    "bytes_read": p.bytes_read,
+                    "tokens": p.tokens,
+                    "bytes_read_per_token": p.bytes_read_per_token,
+                })),
                 "state": state(n.state),
                 "state_detail": n.state_detail,
                 "addresses": { "grpc": addr.grpc, "http": addr.http, "quic": addr.quic },

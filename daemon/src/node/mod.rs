@@ -16,6 +16,7 @@
 //! - [`local`]: the single-machine `NodeApi` over one engine;
 //! - [`lone`]: a lone daemon's `NodeApi`, which swaps engines on LoadModel;
 //! - [`mesh_api`]: the mesh `NodeApi`: plan, peers, members' states;
+//! - [`paging`]: a node's share of the weights within its budget;
 //! - [`roster`]: what a node knows of its plan's members;
 //! - [`traffic`]: data-plane frame and byte counters.
 
@@ -29,6 +30,7 @@ pub mod local;
 pub mod lone;
 pub mod mesh_api;
 pub mod mesh_serve;
+pub mod paging;
 pub mod pipeline;
 pub mod plan_wire;
 pub mod roster;

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dwarfstar_mesh::{ControlResponder, MeshEvent, MeshEvents, MeshHandle, ModelInfo, PeerId};
@@ -83,6 +83,8 @@ pub struct NodeRuntime {
     /// True once the models this node holds are hashed and announced: a
     /// plan's model is checked against those hashes.
     inventory: tokio::sync::watch::Sender<bool>,
+    /// The model of the plan in force, for its weight store's figures.
+    held: Mutex<Weak<Model>>,
 }
 
 /// What applying a plan gave this node.
@@ -121,7 +123,19 @@ impl NodeRuntime {
             engines,
             caps_lock: tokio::sync::Mutex::new(()),
             inventory: tokio::sync::watch::Sender::new(false),
+            held: Mutex::new(Weak::new()),
         })
+    }
+
+    /// What the weight store of the model in force holds and read (None
+    /// before a plan).
+    pub fn store_stats(&self) -> Option<dwarfstar_model::store::StoreStats> {
+        let m = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()?;
+        Some(m.store_stats())
     }
 
     /// Announces `models` as the files this node holds.
@@ -592,7 +606,16 @@ impl NodeRuntime {
             };
             model.set_expert_dispatch(Some(Arc::new(dispatch)))?;
         }
+        // This node's share within the budget it announced.
+        super::paging::hold_share(
+            &mut model,
+            plan,
+            &self.me,
+            self.settings.caps.mem_budget,
+            self.settings.limits.ctx_size,
+        )?;
         let model = Arc::new(model);
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&model);
         let width = model.n_embd();
 
         // Stage workers from the last stage back, each knowing the way on.

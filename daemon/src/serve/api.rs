@@ -139,12 +139,21 @@ async fn health() -> Json<Value> {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut text = st.metrics.render();
+    // The weights: this node's share in a mesh, else the served model's.
+    let store = match &st.mesh {
+        Some(node) => node.store_stats(),
+        None => st.engines.get().map(|e| e.node.store_stats()),
+    };
+    if let Some(s) = store {
+        text.push_str(&super::metrics::render_store(&s));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.metrics.render(),
+        text,
     )
         .into_response()
 }

@@ -149,7 +149,8 @@ pub struct Settings {
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
     pub override_kv: Vec<String>,
-    pub kv_type: dwarfstar_model::KvType,
+    /// None: the model's own default (f32; f16 for DeepSeek V4).
+    pub kv_type: Option<dwarfstar_model::KvType>,
     pub limits: LimitsConfig,
     /// `[model] kv_cache_dir` and its budget in bytes.
     pub kv_cache: Option<(PathBuf, u64)>,
@@ -259,10 +260,11 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     let mut override_kv = model.override_kv;
     override_kv.extend(o.override_kv);
     let kv_type = match o.kv_type.or(model.kv_type) {
-        Some(t) => t
-            .parse::<dwarfstar_model::KvType>()
-            .map_err(|e| anyhow::anyhow!("kv_type: {e}"))?,
-        None => dwarfstar_model::KvType::default(),
+        Some(t) => Some(
+            t.parse::<dwarfstar_model::KvType>()
+                .map_err(|e| anyhow::anyhow!("kv_type: {e}"))?,
+        ),
+        None => None,
     };
     let kv_cache = match model.kv_cache_dir {
         Some(dir) => {

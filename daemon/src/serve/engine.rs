@@ -138,7 +138,7 @@ pub struct EngineFactory {
     pub configured_name: String,
     pub ctx_size: Option<usize>,
     pub override_kv: Vec<String>,
-    pub kv_type: KvType,
+    pub kv_type: Option<KvType>,
     /// `--mem-budget`.
     pub mem_budget: Option<String>,
     pub limits: LimitsConfig,
@@ -203,9 +203,11 @@ impl EngineFactory {
         };
         let (mut model, gguf) =
             Model::open(path, &overrides).with_context(|| format!("loading {}", path.display()))?;
-        model
-            .set_kv_type(self.kv_type)
-            .with_context(|| format!("kv_type {}", self.kv_type))?;
+        if let Some(ty) = self.kv_type {
+            model
+                .set_kv_type(ty)
+                .with_context(|| format!("kv_type {ty}"))?;
+        }
         let tok = Arc::new(load_tokenizer(&gguf, path)?);
         let asked = self.ctx_size.filter(|_| configured);
         let mut ctx_size = asked

@@ -253,6 +253,54 @@ impl Metrics {
     }
 }
 
+/// The weight store's figures (resident bytes, expert hit rate, bytes
+/// read) in the Prometheus text exposition.
+pub fn render_store(s: &dwarfstar_model::store::StoreStats) -> String {
+    let mut o = String::new();
+    let rows: [(&str, &str, &str, f64); 6] = [
+        (
+            "dwarfstar_weights_paged",
+            "gauge",
+            "1 when the weights are paged from disk within the budget.",
+            f64::from(u8::from(s.paged)),
+        ),
+        (
+            "dwarfstar_weights_budget_bytes",
+            "gauge",
+            "Bytes of weights this node may hold.",
+            s.budget_bytes as f64,
+        ),
+        (
+            "dwarfstar_weights_resident_bytes",
+            "gauge",
+            "Bytes of weights held in memory now.",
+            s.resident_bytes as f64,
+        ),
+        (
+            "dwarfstar_expert_hit_rate",
+            "gauge",
+            "Routed-expert uses served from memory (1 when nothing is paged).",
+            s.expert_hit_rate(),
+        ),
+        (
+            "dwarfstar_weights_read_bytes_total",
+            "counter",
+            "Bytes of weights read from disk since loading.",
+            s.bytes_read as f64,
+        ),
+        (
+            "dwarfstar_weights_tokens_total",
+            "counter",
+            "Tokens run through this node's layers (the store's clock).",
+            s.tokens as f64,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

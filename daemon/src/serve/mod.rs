@@ -92,7 +92,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     pub mem_budget: Option<String>,
     /// How KV caches store keys and values: f32, f16, q8_0 or q4_0
-    /// (dense models) [default: f32; or [model] kv_type].
+    /// (dense models); f32, f16 or q8_0 (DeepSeek V4's compressed cache)
+    /// [default: f32, f16 for V4; or [model] kv_type].
     #[arg(long, value_name = "TYPE")]
     pub kv_type: Option<String>,
     #[command(flatten)]

@@ -170,27 +170,25 @@ impl Architecture for Deepseek4Model {
     }
 
     fn set_kv_type(&mut self, ty: KvType) -> Result<()> {
-        if ty == KvType::F32 {
-            return Ok(());
-        }
-        Err(ModelError::Invalid(format!(
-            "KV cache type {ty} is for dense models; deepseek4's compressed latent cache stays f32"
-        )))
+        let t = super::KvType::from_kv(ty)
+            .filter(|t| t.fits(self.hp.head_dim) && t.fits(self.hp.idx_dim))
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "KV cache type {ty} does not fit deepseek4's compressed cache (f32, f16 or q8_0 over rows of {} and {} values)",
+                    self.hp.head_dim, self.hp.idx_dim
+                ))
+            })?;
+        self.kv_type = t;
+        Ok(())
     }
 
     fn kv_type(&self) -> KvType {
-        KvType::F32
+        self.kv_type.to_kv()
     }
 
     fn set_memory_budget(&mut self, cfg: &StoreConfig) -> Result<()> {
-        // Not paged yet: the mapped file must fit.
-        if self.weight_bytes() > cfg.budget {
-            return Err(ModelError::Invalid(format!(
-                "deepseek4 weights ({} bytes) cannot be paged yet; the budget is {} bytes",
-                self.weight_bytes(),
-                cfg.budget
-            )));
-        }
+        let plan = store::deepseek4_plan(&self.w, self.hp.n_expert_used);
+        self.store = store::WeightStore::new(self.file.clone(), &plan, cfg)?;
         Ok(())
     }
 
@@ -199,7 +197,7 @@ impl Architecture for Deepseek4Model {
     }
 
     fn store_stats(&self) -> StoreStats {
-        store::WeightStore::mapped(self.file.clone()).stats()
+        self.store.stats()
     }
 
     fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {

@@ -12,12 +12,13 @@
 //! stage's cache holds its own layers' state only.
 //!
 //! Only the compressed entries and indexer keys grow with the sequence
-//! (stored as f16 by default, see [`KvType`]), plus the token ids (4 bytes
+//! (stored as f16 by default, or f32 or q8_0, see [`KvType`]), plus the token ids (4 bytes
 //! a position) that let [`Ds4Cache::truncate`] rewind: the window and the
 //! compressor state cannot be rolled back, so truncating below what is
 //! held drops the state and the next forward pass recomputes the kept
 //! prefix from its tokens before the new ones.
 
+use dwarfstar_kernels::{dequantize_row, GgmlType};
 use half::f16;
 
 use crate::error::{ModelError, Result};
@@ -26,18 +27,50 @@ use super::compressor::CompState;
 use super::hparams::{Ds4HParams, LayerKind};
 
 /// How the growing parts of the cache (compressed entries, indexer keys)
-/// are stored.
+/// are stored: f32, f16 (round to nearest) or q8_0 (blocks of 32 values,
+/// one f16 scale each, as the dense caches' q8_0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvType {
     F32,
     F16,
+    Q8_0,
 }
 
+/// Values of one q8_0 block, and its bytes.
+const Q8_BLOCK: usize = 32;
+const Q8_BYTES: usize = 34;
+
 impl KvType {
-    pub fn bytes(self) -> usize {
+    /// Bytes a stored value costs on average.
+    pub fn bytes(self) -> f64 {
         match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
+            KvType::F32 => 4.0,
+            KvType::F16 => 2.0,
+            KvType::Q8_0 => Q8_BYTES as f64 / Q8_BLOCK as f64,
+        }
+    }
+
+    /// Whether rows of `dim` values can be stored (q8_0: whole blocks).
+    pub fn fits(self, dim: usize) -> bool {
+        self != KvType::Q8_0 || dim.is_multiple_of(Q8_BLOCK)
+    }
+
+    /// The dense caches' type of the same storage.
+    pub fn to_kv(self) -> crate::KvType {
+        match self {
+            KvType::F32 => crate::KvType::F32,
+            KvType::F16 => crate::KvType::F16,
+            KvType::Q8_0 => crate::KvType::Q8_0,
+        }
+    }
+
+    /// The V4 storage of a dense caches' type (None: not offered for V4).
+    pub fn from_kv(ty: crate::KvType) -> Option<KvType> {
+        match ty {
+            crate::KvType::F32 => Some(KvType::F32),
+            crate::KvType::F16 => Some(KvType::F16),
+            crate::KvType::Q8_0 => Some(KvType::Q8_0),
+            crate::KvType::Q4_0 => None,
         }
     }
 }
@@ -47,6 +80,8 @@ impl KvType {
 pub enum Rows {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// q8_0 blocks, `dim / 32` a row.
+    Q8(Vec<u8>),
 }
 
 impl Rows {
@@ -54,13 +89,20 @@ impl Rows {
         match ty {
             KvType::F32 => Rows::F32(Vec::new()),
             KvType::F16 => Rows::F16(Vec::new()),
+            KvType::Q8_0 => Rows::Q8(Vec::new()),
         }
     }
 
+    /// Appends a row (for q8_0, of whole blocks: [`KvType::fits`]).
     pub fn push(&mut self, row: &[f32]) {
         match self {
             Rows::F32(v) => v.extend_from_slice(row),
             Rows::F16(v) => v.extend(row.iter().map(|&x| f16::from_f32(x))),
+            Rows::Q8(v) => {
+                let at = v.len();
+                v.resize(at + row.len() / Q8_BLOCK * Q8_BYTES, 0);
+                crate::KvType::Q8_0.quantize(row, &mut v[at..]);
+            }
         }
     }
 
@@ -74,6 +116,10 @@ impl Rows {
                     *o = x.to_f32();
                 }
             }
+            Rows::Q8(v) => {
+                let rb = d / Q8_BLOCK * Q8_BYTES;
+                let _ = dequantize_row(GgmlType::Q8_0, &v[i * rb..(i + 1) * rb], out);
+            }
         }
     }
 
@@ -82,6 +128,7 @@ impl Rows {
         match self {
             Rows::F32(v) => v.len(),
             Rows::F16(v) => v.len(),
+            Rows::Q8(v) => v.len() / Q8_BYTES * Q8_BLOCK,
         }
     }
 
@@ -93,6 +140,7 @@ impl Rows {
         match self {
             Rows::F32(v) => v.len() * 4,
             Rows::F16(v) => v.len() * 2,
+            Rows::Q8(v) => v.len(),
         }
     }
 
@@ -100,7 +148,52 @@ impl Rows {
         match self {
             Rows::F32(v) => v.clear(),
             Rows::F16(v) => v.clear(),
+            Rows::Q8(v) => v.clear(),
         }
+    }
+
+    /// The stored bytes, little-endian.
+    fn to_bytes(&self, out: &mut Vec<u8>) {
+        match self {
+            Rows::F32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Rows::F16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Rows::Q8(v) => out.extend_from_slice(v),
+        }
+    }
+
+    /// Replaces the rows with `b` as [`Rows::to_bytes`] wrote them.
+    fn set_bytes(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+        let whole = |n: usize| {
+            b.len()
+                .is_multiple_of(n)
+                .then_some(())
+                .ok_or_else(|| format!("{} bytes of rows are not whole values", b.len()))
+        };
+        match self {
+            Rows::F32(v) => {
+                whole(4)?;
+                *v = b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+            }
+            Rows::F16(v) => {
+                whole(2)?;
+                *v = b
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+            }
+            Rows::Q8(v) => {
+                whole(Q8_BYTES)?;
+                *v = b.to_vec();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -142,7 +235,7 @@ pub fn kv_bytes_per_token(hp: &Ds4HParams, ty: KvType) -> usize {
             LayerKind::Hca => hp.head_dim as f64 / 128.0,
         })
         .sum();
-    (floats * ty.bytes() as f64 + 4.0).ceil() as usize
+    (floats * ty.bytes() + 4.0).ceil() as usize
 }
 
 /// Bytes a sequence's cache holds whatever its length: every layer's raw
@@ -164,6 +257,32 @@ pub fn fixed_kv_bytes(hp: &Ds4HParams) -> usize {
         .sum()
 }
 
+/// Reads a saved state in order, every length checked.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64) -> std::result::Result<&'a [u8], String> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.at.checked_add(n))
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| format!("the state is cut short at byte {}", self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn len(&mut self) -> std::result::Result<u64, String> {
+        let s = self.take(8)?;
+        Ok(u64::from_le_bytes([
+            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+        ]))
+    }
+}
+
 /// A sequence's DeepSeek V4 cache.
 #[derive(Clone, Debug)]
 pub struct Ds4Cache {
@@ -175,6 +294,8 @@ pub struct Ds4Cache {
     /// Positions whose state the layers hold (`≤ tokens.len()`).
     held: usize,
     capacity: usize,
+    /// How the compressed entries and indexer keys are stored.
+    ty: KvType,
     /// When set, CSA layers append the blocks each query used.
     pub record_selections: bool,
     pub selections: Vec<Selection>,
@@ -201,6 +322,7 @@ impl Ds4Cache {
             tokens: Vec::new(),
             held: 0,
             capacity,
+            ty,
             record_selections: false,
             selections: Vec::new(),
         }
@@ -222,6 +344,100 @@ impl Ds4Cache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// How the compressed entries and indexer keys are stored.
+    pub fn kv_type(&self) -> KvType {
+        self.ty
+    }
+
+    /// The state as bytes (see [`crate::kv_file`]): the positions held (a
+    /// u64; the others are recomputed from their tokens), then per layer
+    /// its raw window (f32), its compressor states (the current
+    /// block's values and scores, the previous block's halves; f32, each
+    /// a u64 length then values), its compressed entries and indexer keys
+    /// (a u64 byte length, then the rows as stored). Little-endian.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let mut o = (self.held as u64).to_le_bytes().to_vec();
+        let floats = |o: &mut Vec<u8>, v: &[f32]| {
+            o.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            v.iter().for_each(|x| o.extend_from_slice(&x.to_le_bytes()));
+        };
+        for l in &self.layers {
+            floats(&mut o, &l.raw);
+            for c in [&l.comp, &l.idx].into_iter().flatten() {
+                for part in c.parts() {
+                    floats(&mut o, part);
+                }
+            }
+            for rows in [&l.entries, &l.keys] {
+                let mut b = Vec::new();
+                rows.to_bytes(&mut b);
+                o.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                o.extend_from_slice(&b);
+            }
+        }
+        o
+    }
+
+    /// Restores the state [`Ds4Cache::state_bytes`] wrote for the token ids
+    /// `tokens` into this empty cache. Every length is checked against
+    /// the cache's shape and what is left of `b`.
+    pub fn restore(&mut self, tokens: &[u32], b: &[u8]) -> std::result::Result<(), String> {
+        if !self.tokens.is_empty() {
+            return Err("restoring into a cache that holds positions".into());
+        }
+        if tokens.len() > self.capacity {
+            return Err(format!(
+                "{} positions, the cache holds at most {}",
+                tokens.len(),
+                self.capacity
+            ));
+        }
+        let mut cur = Cursor { b, at: 0 };
+        let held = cur.len()?;
+        if held > tokens.len() as u64 {
+            return Err(format!("{held} positions held of {} tokens", tokens.len()));
+        }
+        let to_f32 = |s: &[u8]| -> Vec<f32> {
+            s.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        for (il, l) in self.layers.iter_mut().enumerate() {
+            let n = cur.len()?;
+            if n != l.raw.len() as u64 {
+                return Err(format!(
+                    "layer {il}: a window of {n} values, the model's is {}",
+                    l.raw.len()
+                ));
+            }
+            l.raw = to_f32(cur.take(4 * n)?);
+            for c in [&mut l.comp, &mut l.idx].into_iter().flatten() {
+                for part in c.parts_mut() {
+                    let n = cur.len()?;
+                    *part = to_f32(cur.take(n.saturating_mul(4))?);
+                }
+                let [kv, score, pk, ps] = c.parts();
+                if !kv.len().is_multiple_of(c.row())
+                    || kv.len() != score.len()
+                    || pk.len() != ps.len()
+                {
+                    return Err(format!("layer {il}: a compressor state of partial rows"));
+                }
+            }
+            for rows in [&mut l.entries, &mut l.keys] {
+                let n = cur.len()?;
+                rows.set_bytes(cur.take(n)?)
+                    .map_err(|e| format!("layer {il}: {e}"))?;
+            }
+        }
+        if cur.at != b.len() {
+            return Err(format!("{} bytes past the state", b.len() - cur.at));
+        }
+        self.tokens = tokens.to_vec();
+        self.held = held as usize;
+        Ok(())
     }
 
     pub fn n_layer(&self) -> usize {
@@ -428,7 +644,7 @@ mod tests {
             let mut out = [0f32; 3];
             r.get(1, &mut out);
             assert_eq!(out, [3.0, 4.0, 5.0]);
-            assert_eq!(r.bytes(), 6 * ty.bytes());
+            assert_eq!(r.bytes() as f64, 6.0 * ty.bytes());
         }
     }
 }

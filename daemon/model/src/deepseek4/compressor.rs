@@ -48,6 +48,22 @@ impl CompState {
         }
     }
 
+    /// The running state (current block's values and scores, previous
+    /// block's halves), for saving a cache.
+    pub(crate) fn parts(&self) -> [&Vec<f32>; 4] {
+        [&self.kv, &self.score, &self.prev_kv, &self.prev_score]
+    }
+
+    /// The running state to restore a saved cache into.
+    pub(crate) fn parts_mut(&mut self) -> [&mut Vec<f32>; 4] {
+        [
+            &mut self.kv,
+            &mut self.score,
+            &mut self.prev_kv,
+            &mut self.prev_score,
+        ]
+    }
+
     /// Width of the rows [`CompState::push`] takes.
     pub fn row(&self) -> usize {
         if self.overlap {

@@ -43,6 +43,7 @@ use crate::deepseek2::weights::Stack;
 use crate::error::{ModelError, Result};
 use crate::observe::{MatIndex, MatmulObserver};
 use crate::stage::ExpertDispatch;
+use crate::store::{WeightBytes, WeightStore};
 use crate::weights::Weight;
 
 pub use cache::{Ds4Cache, KvType, Selection};
@@ -54,10 +55,14 @@ pub use weights::Ds4Weights;
 use attention::{norm_rows, LayerCx, Span};
 use rope::Rotary;
 
-/// What a layer needs besides its weights: the mapped file, and whether to
-/// compute as llama.cpp does.
+/// What a layer needs besides its weights: where their bytes come from,
+/// and whether to compute as llama.cpp does.
 pub(crate) struct Ctx<'a> {
-    pub file: &'a GgufFile,
+    /// Where non-expert weight bytes come from: the mapped file, the
+    /// store's resident set, or the current layer's unit.
+    pub file: &'a dyn WeightBytes,
+    /// Holds routed experts (paged under a memory budget).
+    pub store: &'a WeightStore,
     pub exact: bool,
     /// Sees the input of every weight product (importance matrices).
     pub obs: Option<&'a dyn MatmulObserver>,
@@ -110,7 +115,8 @@ impl Ctx<'_> {
             };
             o.observe(&s.info.name, x, s.cols, mat);
         }
-        let m = s.mat(self.file, e);
+        let g = self.store.expert(&s.info, e)?;
+        let m = s.mat(&g, e);
         let mut out = vec![0f32; n * m.rows];
         if !self.exact {
             ops::matmul_dequant_f32(m, x, n, &mut out)?;
@@ -142,6 +148,9 @@ pub struct Deepseek4Model {
     /// Where the routed experts other nodes hold are run (expert
     /// parallelism); `None`: all here.
     pub remote: Option<Arc<dyn ExpertDispatch>>,
+    /// Where weight bytes come from: the mapped file, or paged within a
+    /// memory budget ([`crate::Model::set_memory_budget`]).
+    pub store: WeightStore,
 }
 
 /// One sequence of a batch: its new tokens, its cache, and whether every
@@ -174,6 +183,7 @@ impl Deepseek4Model {
         }
         let w = Ds4Weights::bind(&file, &hp)?;
         Ok(Deepseek4Model {
+            store: WeightStore::mapped(file.clone()),
             file,
             hp,
             w,
@@ -213,14 +223,16 @@ impl Deepseek4Model {
         cache::fixed_kv_bytes(&self.hp)
     }
 
-    /// Bytes of the tensors in the file (every one is read).
+    /// Bytes of the weights a forward pass reads (what a memory budget is
+    /// held to; the MTP block is not run).
     pub fn weight_bytes(&self) -> u64 {
-        self.file.tensors().iter().map(|t| t.n_bytes).sum()
+        crate::store::deepseek4_plan(&self.w, self.hp.n_expert_used).total_bytes()
     }
 
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
-            file: &self.file,
+            file: self.store.resident(),
+            store: &self.store,
             exact: self.llama_exact,
             obs: self.observer.as_deref(),
             remote: self.remote.as_deref(),
@@ -232,8 +244,13 @@ impl Deepseek4Model {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let e = self.hp.n_embd;
         let hc = self.hp.hc_mult;
-        let emb =
-            crate::batch::embed_rows(&self.w.tok_embd, &self.file, tokens, self.hp.n_vocab, e)?;
+        let emb = crate::batch::embed_rows(
+            &self.w.tok_embd,
+            self.store.resident(),
+            tokens,
+            self.hp.n_vocab,
+            e,
+        )?;
         let mut x = Vec::with_capacity(emb.len() * hc);
         for row in emb.chunks_exact(e) {
             for _ in 0..hc {
@@ -292,9 +309,20 @@ impl Deepseek4Model {
         let exact = self.llama_exact;
         let rot_main = Rotary::new(&hp.rope_main, hp.n_rot, exact);
         let rot_comp = Rotary::new(&hp.rope_compress, hp.n_rot, exact);
-        let cx = self.ctx();
+        self.store.begin_pass(n);
+        // The first layer's experts, when its router hashes the tokens.
+        crate::store::pregate::deepseek4(self, layers.start, x, &tokens);
         for il in layers {
             let l = &self.w.layers[il];
+            // Start reading the experts the next layer will (hash routing)
+            // or is likely to (learned routing) pick.
+            crate::store::pregate::deepseek4(self, il + 1, x, &tokens);
+            // This layer's bytes stay held until the iteration ends.
+            let lay = self.store.layer(il)?;
+            let cx = Ctx {
+                file: &lay,
+                ..self.ctx()
+            };
             let lx = LayerCx {
                 hp,
                 il,

@@ -191,10 +191,16 @@ pub(crate) fn moe(
         }
     };
     let mut xe = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        if list.is_empty() || is_remote(e) {
-            continue;
-        }
+    // Experts in memory first, then as their reads come in (the order
+    // does not change the sums: each output has its own slot).
+    let wanted: Vec<(usize, usize)> = by_expert
+        .iter()
+        .enumerate()
+        .filter(|&(e, list)| !list.is_empty() && !is_remote(e))
+        .map(|(e, list)| (e, list.len()))
+        .collect();
+    for e in cx.store.want_experts(il, &wanted) {
+        let list = &by_expert[e];
         xe.clear();
         gather(list, &mut xe);
         let y = expert(cx, w, e, &xe, list.len(), c.limit_exp)?;

@@ -11,6 +11,7 @@ use dwarfstar_kernels::{dequantize_row, GgmlType, MatRef};
 
 use crate::deepseek2::weights::Stack;
 use crate::error::{meta_err, ModelError, Result};
+use crate::store::{tensor_bytes, WeightBytes};
 use crate::weights::Weight;
 
 use super::hparams::{key, Ds4HParams, LayerKind};
@@ -470,12 +471,15 @@ impl Ds4Weights {
     }
 }
 
-/// Rows `r0..r0 + n` of `w` as a matrix view.
-pub(crate) fn rows<'a>(w: &Weight, file: &'a GgufFile, r0: usize, n: usize) -> MatRef<'a> {
+/// Rows `r0..r0 + n` of `w` as a matrix view (empty when `src` does not
+/// hold them, which the kernels reject as a size mismatch).
+pub(crate) fn rows<'a>(w: &Weight, src: &'a dyn WeightBytes, r0: usize, n: usize) -> MatRef<'a> {
     let rb = w.row_bytes();
     MatRef {
         ty: w.ty,
-        data: &file.tensor_data(&w.info)[r0 * rb..(r0 + n) * rb],
+        data: tensor_bytes(src, &w.info)
+            .get(r0 * rb..(r0 + n) * rb)
+            .unwrap_or(&[]),
         rows: n,
         cols: w.cols,
     }

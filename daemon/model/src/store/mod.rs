@@ -45,8 +45,8 @@ pub use budget::{
     default_split, format_size, parse_size, split_from, MemInfo, DEFAULT_SHARE, KV_PART_OF_SHARE,
 };
 pub use io::IoMode;
-pub use plan::{ByteRange, ExpertLayout, Plan, StackRange};
-pub(crate) use plans::{deepseek2_plan, dense_plan};
+pub use plan::{ByteRange, ExpertLayout, Plan, Share, StackRange};
+pub(crate) use plans::{deepseek2_plan, deepseek4_plan, dense_plan};
 pub use stats::StoreStats;
 
 use io::{Buf, IoPool, Prio, Reader};
@@ -113,6 +113,8 @@ pub struct StoreConfig {
     pub half_life_tokens: Option<f64>,
     /// Read ahead: the next streamed layers and the predicted experts.
     pub prefetch: bool,
+    /// Hold only a mesh node's share of the model (None: all of it).
+    pub share: Option<Share>,
 }
 
 impl StoreConfig {
@@ -124,6 +126,7 @@ impl StoreConfig {
             window: 2,
             half_life_tokens: None,
             prefetch: true,
+            share: None,
         }
     }
 }
@@ -243,6 +246,14 @@ impl WeightStore {
         plan: &Plan,
         cfg: &StoreConfig,
     ) -> Result<WeightStore, StoreError> {
+        let shared;
+        let plan = match &cfg.share {
+            Some(s) => {
+                shared = plan.restrict(s);
+                &shared
+            }
+            None => plan,
+        };
         if plan.total_bytes() <= cfg.budget {
             return Ok(WeightStore::mapped(file));
         }

@@ -36,6 +36,8 @@ pub struct StackRange {
 pub struct ExpertLayout {
     pub stacks: Vec<StackRange>,
     pub n: usize,
+    /// The experts this process runs (a mesh node's share; empty: all).
+    pub held: Vec<bool>,
 }
 
 impl ExpertLayout {
@@ -47,6 +49,15 @@ impl ExpertLayout {
             .iter()
             .map(|s| (s.slice.div_ceil(ALIGN) + 1) * ALIGN)
             .sum()
+    }
+
+    /// Experts this process runs.
+    pub fn n_held(&self) -> usize {
+        if self.held.is_empty() {
+            self.n
+        } else {
+            self.held.iter().filter(|&&h| h).count()
+        }
     }
 
     /// Expert `e`'s ranges, one per stack.
@@ -64,6 +75,9 @@ impl ExpertLayout {
 /// What a model needs held, by unit.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
+    /// Always resident. The first two ranges are the token embeddings and
+    /// the output head, in that order (a mesh node's [`Share`] may leave
+    /// either out).
     pub global: Vec<ByteRange>,
     pub layers: Vec<Vec<ByteRange>>,
     /// Per layer (same length as `layers`): its routed experts, if any.
@@ -85,9 +99,80 @@ impl Plan {
             .experts
             .iter()
             .flatten()
-            .map(|x| x.stacks.iter().map(|s| s.slice).sum::<u64>() * x.n as u64)
+            .map(|x| x.stacks.iter().map(|s| s.slice).sum::<u64>() * x.n_held() as u64)
             .sum();
         ranges + experts
+    }
+
+    /// The part of the plan a mesh node runs: the embeddings and the
+    /// output head if it uses them, the non-expert weights of its layers,
+    /// and its routed experts. The rest of the global set (routers and
+    /// the like, small) stays whole.
+    pub fn restrict(&self, share: &Share) -> Plan {
+        let global = self
+            .global
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| match i {
+                0 => share.embed,
+                1 => share.output,
+                _ => true,
+            })
+            .map(|(_, r)| *r)
+            .collect();
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(il, r)| {
+                if share.layers.get(il).copied().unwrap_or(false) {
+                    r.clone()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let experts = self
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(il, x)| {
+                let x = x.as_ref()?;
+                let held: Vec<bool> = (0..x.n).map(|e| share.holds(il, e)).collect();
+                held.contains(&true)
+                    .then(|| ExpertLayout { held, ..x.clone() })
+            })
+            .collect();
+        Plan {
+            global,
+            layers,
+            experts,
+            n_expert_used: self.n_expert_used,
+        }
+    }
+}
+
+/// What a mesh node runs of a model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    /// It embeds tokens.
+    pub embed: bool,
+    /// It runs the output head.
+    pub output: bool,
+    /// Per layer: whether the node runs its non-expert weights.
+    pub layers: Vec<bool>,
+    /// Per layer: the routed experts the node runs (empty: none).
+    pub experts: Vec<Vec<bool>>,
+}
+
+impl Share {
+    /// Whether the node runs expert `e` of layer `il`.
+    pub fn holds(&self, il: usize, e: usize) -> bool {
+        self.experts
+            .get(il)
+            .and_then(|x| x.get(e))
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -339,6 +424,7 @@ mod tests {
                         },
                     ],
                     n: experts,
+                    held: Vec::new(),
                 }
             }));
         }

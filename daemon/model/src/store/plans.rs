@@ -2,6 +2,7 @@
 //! belong to a layer, which are routed-expert stacks.
 
 use crate::deepseek2::weights::{Ds2Weights, Ffn, GateUp, Mlp, QProj, Stack};
+use crate::deepseek4::weights::Ds4Weights;
 use crate::weights::{DenseWeights, Weight};
 
 use super::plan::{ByteRange, ExpertLayout, Plan, StackRange};
@@ -89,10 +90,55 @@ pub(crate) fn deepseek2_plan(w: &Ds2Weights, n_expert_used: usize) -> Plan {
                 experts.push(Some(ExpertLayout {
                     stacks,
                     n: m.down.n,
+                    held: Vec::new(),
                 }));
             }
         }
         layers.push(r);
+    }
+    Plan {
+        global,
+        layers,
+        experts,
+        n_expert_used,
+    }
+}
+
+fn ds4_attn(a: &crate::deepseek4::weights::AttnWeights, r: &mut Vec<ByteRange>) {
+    r.extend([&a.q_a, &a.q_b, &a.kv, &a.out_a, &a.out_b].map(range));
+    if let Some(c) = &a.comp {
+        r.extend([range(&c.kv), range(&c.gate)]);
+    }
+    if let Some(ix) = &a.indexer {
+        r.extend([&ix.q_b, &ix.proj, &ix.comp.kv, &ix.comp.gate].map(range));
+    }
+}
+
+/// deepseek4: embeddings, head (and its hyper-connection collapse), every
+/// router and every FFN hyper-connection mix global (pre-gating the next
+/// layer runs `hc_ffn` then the router on the current streams); the
+/// attention (with its compressors and indexer), its hyper-connection
+/// mix and the shared expert per layer; the routed-expert stacks sliced
+/// per expert, gate, up, down. The MTP block is not run, so not held.
+/// Small vectors (norms, sinks, hash tables) are copied at load.
+pub(crate) fn deepseek4_plan(w: &Ds4Weights, n_expert_used: usize) -> Plan {
+    let mut global = vec![range(&w.tok_embd), range(&w.output), range(&w.hc_head.fn_)];
+    let mut layers = Vec::with_capacity(w.layers.len());
+    let mut experts = Vec::with_capacity(w.layers.len());
+    for l in &w.layers {
+        global.extend([range(&l.hc_ffn.fn_), range(&l.moe.gate_inp)]);
+        let mut r = vec![range(&l.hc_attn.fn_)];
+        ds4_attn(&l.attn, &mut r);
+        if let Some(sh) = &l.moe.shared {
+            r.extend([&sh.gate, &sh.up, &sh.down].map(range));
+        }
+        layers.push(r);
+        let m = &l.moe;
+        experts.push(Some(ExpertLayout {
+            stacks: vec![slices(&m.gate), slices(&m.up), slices(&m.down)],
+            n: m.down.n,
+            held: Vec::new(),
+        }));
     }
     Plan {
         global,

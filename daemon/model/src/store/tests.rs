@@ -49,7 +49,11 @@ fn moe_plan() -> Plan {
                 },
             ];
             off += 16 * PAGE;
-            ExpertLayout { stacks, n: 8 }
+            ExpertLayout {
+                stacks,
+                n: 8,
+                held: Vec::new(),
+            }
         }));
     }
     Plan {
