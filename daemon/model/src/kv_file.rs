@@ -96,11 +96,8 @@ pub fn hex(b: &[u8], n: usize) -> String {
 /// offset and size, and the first 256 bytes of each tensor's data (so two
 /// fine-tunes of one shape differ). Cheap: no full pass over the weights.
 pub fn fingerprint(model: &Model) -> Fingerprint {
-    let (file, exact) = match model {
-        Model::Dense(m) => (&m.file, m.llama_exact),
-        Model::Deepseek2(m) => (&m.file, m.llama_exact),
-        Model::Deepseek4(m) => (&m.file, m.llama_exact),
-    };
+    let arch = model.architecture();
+    let (file, exact) = (arch.file(), arch.llama_exact());
     let mut h = blake3::Hasher::new();
     h.update(b"dwarfstar kv fingerprint v1\0");
     h.update(model.arch().as_bytes());
