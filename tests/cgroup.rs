@@ -179,8 +179,6 @@ impl Drop for Cgroup {
     }
 }
 
-
-
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));

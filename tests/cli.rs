@@ -1,9 +1,6 @@
 //! The `dwarfstar` binary's interface, as scripts and other engines use it.
 
-use std::process::{Command, Output};
-
 use crate::common::*;
-
 
 fn ok_json(args: &[&str]) -> serde_json::Value {
     let out = dwarfstar(args);

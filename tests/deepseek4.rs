@@ -7,7 +7,6 @@
 //! rejection of inconsistent metadata.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use dwarfstar_gguf::{Array, GgufFile, GgufWriter, Value};
 use dwarfstar_model::deepseek4::{Deepseek4Model, IndexerRule, KvType, LayerKind, Selection};
@@ -545,7 +544,6 @@ fn dsv4_mtp_block_is_bound() {
     let toks = &prompt()[..24];
     assert_eq!(all_logits(&m, toks), all_logits(&mt, toks));
 }
-
 
 /// `dwarfstar run` and `dwarfstar bench` work on the tiny model.
 #[test]

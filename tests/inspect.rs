@@ -173,8 +173,8 @@ fn smollm2_kv_bytes_per_token() {
         .all(|l| u(&l["n_experts"]) == 0));
 }
 
-/// Each architecture reports what it supports; stages and (for MoE
-/// models) expert parallelism hold for every one of them.
+/// Each architecture reports what it supports: paging, stages, KV files
+/// and (for MoE models) expert parallelism hold for every one of them.
 #[test]
 fn capabilities_are_reported_per_architecture() {
     let v4 = fixtures()
@@ -187,14 +187,18 @@ fn capabilities_are_reported_per_architecture() {
         (&tiny_v3("tiny-dsv3-q8_0.gguf"), true),
         (v4.as_str(), true),
     ] {
+        let kv_wanted: &[&str] = if path == v4 { &["f16", "q8_0"] } else { &[] };
         let (v, text) = inspect(&["--model", path, "--json"]);
         let c = &v["capabilities"];
         assert_eq!(c["stages"], true, "{path}: {c}");
         assert_eq!(c["expert_parallel"], moe, "{path}: {c}");
         let kv = c["kv_types"].as_array().unwrap();
         assert!(kv.iter().any(|t| t == "f32"), "{path}: {c}");
+        for t in kv_wanted {
+            assert!(kv.iter().any(|k| k == t), "{path}: {t} in {c}");
+        }
         for k in ["paging", "kv_save"] {
-            assert!(c[k].is_boolean(), "{path}: {k} in {c}");
+            assert_eq!(c[k], true, "{path}: {k} in {c}");
         }
         assert!(text.contains("\"capabilities\""));
         let (_, plain) = inspect(&["--model", path]);

@@ -7,7 +7,7 @@
 //! the same tokens as an unlimited run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use dwarfstar_gguf::GgufFile;
 use dwarfstar_model::sampler::argmax;
@@ -207,8 +207,6 @@ fn too_small_a_budget_is_a_clear_error() {
         .expect("runs");
 }
 
-
-
 #[test]
 fn bench_json_reports_paging() {
     let path = tiny("q8_0");
@@ -256,7 +254,7 @@ fn bench_json_reports_paging() {
     assert_eq!(j["bytes_read_per_token"].as_f64(), Some(0.0), "{j}");
 }
 
-fn tokens(out: &Output) -> Vec<u64> {
+pub(crate) fn tokens(out: &Output) -> Vec<u64> {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
     });

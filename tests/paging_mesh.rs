@@ -12,9 +12,9 @@ use std::time::Duration;
 use dwarfstar_proto::v1::StatusReply;
 use serde_json::Value;
 
+use crate::cgroup::Cgroup;
 use crate::common::*;
 use crate::mesh::{complete, run_greedy, start_in, status};
-use crate::cgroup::Cgroup;
 
 fn get(url: &str) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -66,9 +66,7 @@ fn check_paged(r: &StatusReply, who: &str, budget: u64, limit: u64) {
 #[test]
 fn two_daemons_page_their_shares_under_cgroup_limits() {
     let id = std::process::id();
-    let cg = |n: &str| {
-        Cgroup::create(&format!("dwarfstar-mesh-paging-{n}-{id}"))
-    };
+    let cg = |n: &str| Cgroup::create(&format!("dwarfstar-mesh-paging-{n}-{id}"));
     let (cg_c, cg_w) = (cg("c"), cg("w"));
     let dir = std::env::temp_dir().join(format!("dwarfstar-mesh-paging-{id}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -157,8 +155,7 @@ fn two_daemons_page_their_shares_under_cgroup_limits() {
         assert!(metrics.contains(want), "{want:?} in\n{metrics}");
     }
     for (who, g) in [("coordinator", &cg_c), ("worker", &cg_w)] {
-        let peak = g.read("memory.max_usage_in_bytes");
-        eprintln!("{who}: cgroup limit {limit}, peak usage {}", peak.trim());
+        eprintln!("{who}: cgroup limit {limit}, peak usage {:?}", g.peak());
     }
     drop((coord, worker));
     drop((cg_c, cg_w));

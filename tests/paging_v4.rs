@@ -9,8 +9,7 @@ use std::path::PathBuf;
 
 use crate::common::*;
 use crate::paging::{
-    assert_bits_equal, batched, dwarfstar, expert_bytes, ok, open, sane, tightest_budget, tokens,
-    trace,
+    assert_bits_equal, batched, expert_bytes, open, sane, tightest_budget, tokens, trace,
 };
 
 fn tiny(label: &str) -> PathBuf {

@@ -64,11 +64,11 @@ impl Architecture for Deepseek4Model {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            paging: false,
+            paging: true,
             stages: true,
             expert_parallel: true,
-            kv_types: vec![KvType::F32],
-            kv_save: false,
+            kv_types: vec![KvType::F32, KvType::F16, KvType::Q8_0],
+            kv_save: true,
         }
     }
 

@@ -115,6 +115,7 @@ fn predict4(m: &Deepseek4Model, il: usize, x: &[f32], tokens: &[u32]) -> Result<
                 store: &m.store,
                 exact: false,
                 obs: None,
+                remote: None,
             };
             let (mut h, _) = hc::pre(
                 &cx,
