@@ -122,28 +122,31 @@ fn x86_order_dot(
     at: impl Fn(&[u8], usize) -> f32,
     tail: VecDotFn,
 ) -> f32 {
-    let n = n.min(w.len() / esize).min(a.len() / esize);
-    let mut acc = [[0f32; 8]; 4];
-    let fma8 = |acc: &mut [f32; 8], i: usize| {
-        for (l, s) in acc.iter_mut().enumerate() {
-            *s = at(w, i + l).mul_add(at(a, i + l), *s);
+    crate::simd::portable(|| {
+        let n = n.min(w.len() / esize).min(a.len() / esize);
+        let mut acc = [[0f32; 8]; 4];
+        let fma8 = |acc: &mut [f32; 8], i: usize| {
+            for (l, s) in acc.iter_mut().enumerate() {
+                *s = at(w, i + l).mul_add(at(a, i + l), *s);
+            }
+        };
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                fma8(acc, i + 8 * k);
+            }
+            i += 32;
         }
-    };
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            fma8(acc, i + 8 * k);
+        while i + 8 <= n {
+            fma8(&mut acc[0], i);
+            i += 8;
         }
-        i += 32;
-    }
-    while i + 8 <= n {
-        fma8(&mut acc[0], i);
-        i += 8;
-    }
-    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
-    let r = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
-    let sum = (r[0] + r[2]) + (r[1] + r[3]);
-    sum + tail(n - i, &w[i * esize..n * esize], &a[i * esize..n * esize])
+        let s: [f32; 8] =
+            std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+        let r = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+        let sum = (r[0] + r[2]) + (r[1] + r[3]);
+        sum + tail(n - i, &w[i * esize..n * esize], &a[i * esize..n * esize])
+    })
 }
 
 /// F32 · F32 in the AVX2 kernel's order (what the scalar level runs).

@@ -117,11 +117,13 @@ fn dot_blocks<B>(n: usize, w: &[u8], a: &[u8]) -> usize {
         .min(a.len() / size_of::<BlockQ8_K>())
 }
 
+/// The scalar level's dot (portable, in the x86 lanes' order; see
+/// [`crate::simd::portable`]).
 fn vec_dot_bytes<B: KBlock>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = dot_blocks::<B>(n, w, a);
     with_blocks(&w[..nb * size_of::<B>()], |w: &[B]| {
         with_blocks(&a[..nb * size_of::<BlockQ8_K>()], |a: &[BlockQ8_K]| {
-            B::vec_dot(w, a)
+            crate::simd::portable(|| B::vec_dot(w, a))
         })
     })
 }

@@ -73,52 +73,62 @@ fn five(qs: &[u8; 16], qh: [u8; 4], j: usize) -> i32 {
 
 /// Q4_0 weights · Q8_0 activations.
 pub fn vec_dot_q4_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (x, y) in blocks::<BlockQ4_0, BlockQ8_0>(n, w, act) {
-        let s = lanes(|j| nib(&x.qs, j) - 8, &y.qs);
-        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
-    }
-    hsum8(&acc)
+    crate::simd::portable(|| {
+        let mut acc = [0f32; 8];
+        for (x, y) in blocks::<BlockQ4_0, BlockQ8_0>(n, w, act) {
+            let s = lanes(|j| nib(&x.qs, j) - 8, &y.qs);
+            fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
+        }
+        hsum8(&acc)
+    })
 }
 
 /// Q4_1 weights · Q8_1 activations.
 pub fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let (mut acc, mut mins) = ([0f32; 8], 0f32);
-    for (x, y) in blocks::<BlockQ4_1, BlockQ8_1>(n, w, act) {
-        mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
-        let s = lanes(|j| nib(&x.qs, j), &y.qs);
-        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
-    }
-    hsum8(&acc) + mins
+    crate::simd::portable(|| {
+        let (mut acc, mut mins) = ([0f32; 8], 0f32);
+        for (x, y) in blocks::<BlockQ4_1, BlockQ8_1>(n, w, act) {
+            mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
+            let s = lanes(|j| nib(&x.qs, j), &y.qs);
+            fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
+        }
+        hsum8(&acc) + mins
+    })
 }
 
 /// Q5_0 weights · Q8_0 activations.
 pub fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (x, y) in blocks::<BlockQ5_0, BlockQ8_0>(n, w, act) {
-        let s = lanes(|j| five(&x.qs, x.qh, j) - 16, &y.qs);
-        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
-    }
-    hsum8(&acc)
+    crate::simd::portable(|| {
+        let mut acc = [0f32; 8];
+        for (x, y) in blocks::<BlockQ5_0, BlockQ8_0>(n, w, act) {
+            let s = lanes(|j| five(&x.qs, x.qh, j) - 16, &y.qs);
+            fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
+        }
+        hsum8(&acc)
+    })
 }
 
 /// Q5_1 weights · Q8_1 activations.
 pub fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let (mut acc, mut mins) = ([0f32; 8], 0f32);
-    for (x, y) in blocks::<BlockQ5_1, BlockQ8_1>(n, w, act) {
-        mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
-        let s = lanes(|j| five(&x.qs, x.qh, j), &y.qs);
-        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
-    }
-    hsum8(&acc) + mins
+    crate::simd::portable(|| {
+        let (mut acc, mut mins) = ([0f32; 8], 0f32);
+        for (x, y) in blocks::<BlockQ5_1, BlockQ8_1>(n, w, act) {
+            mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
+            let s = lanes(|j| five(&x.qs, x.qh, j), &y.qs);
+            fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
+        }
+        hsum8(&acc) + mins
+    })
 }
 
 /// Q8_0 weights · Q8_0 activations.
 pub fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (x, y) in blocks::<BlockQ8_0, BlockQ8_0>(n, w, act) {
-        let s = lanes(|j| i32::from(x.qs[j]), &y.qs);
-        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
-    }
-    hsum8(&acc)
+    crate::simd::portable(|| {
+        let mut acc = [0f32; 8];
+        for (x, y) in blocks::<BlockQ8_0, BlockQ8_0>(n, w, act) {
+            let s = lanes(|j| i32::from(x.qs[j]), &y.qs);
+            fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
+        }
+        hsum8(&acc)
+    })
 }

@@ -46,63 +46,69 @@ fn add_chunk(s: &mut [i32; 8], scale: i32, w: &[i32; 32], a: &[i8]) {
 /// accumulators (ggml's `accum1` / `accum2`), reduced as their sum; an odd
 /// last block is added after the reduction (multiply, then add).
 pub(crate) fn nl_q8_0<B: NlBlock>(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let (xs, ys) = (blocks::<B>(w), blocks::<BlockQ8_0>(act));
-    let nb = (n / 32).min(xs.len()).min(ys.len());
-    let pairs = nb / 2;
-    let mut acc = [[0f32; 8]; 2];
-    for i in 0..2 * pairs {
-        let (x, y) = (&xs[i], &ys[i]);
-        let mut s = [0i32; 8];
-        add_chunk(&mut s, 1, &lookup(&B::VALUES, x.codes()), &y.qs);
-        fma_lanes(&mut acc[i & 1], y.d.to_f32() * x.scale(), &s);
-    }
-    let both: [f32; 8] = std::array::from_fn(|l| acc[0][l] + acc[1][l]);
-    let mut sumf = hsum8(&both);
-    for (x, y) in xs[..nb].iter().zip(&ys[..nb]).skip(2 * pairs) {
-        let d = y.d.to_f32() * x.scale();
-        sumf += d * nl_sumi(&B::VALUES, x.codes(), &y.qs) as f32;
-    }
-    sumf
+    crate::simd::portable(|| {
+        let (xs, ys) = (blocks::<B>(w), blocks::<BlockQ8_0>(act));
+        let nb = (n / 32).min(xs.len()).min(ys.len());
+        let pairs = nb / 2;
+        let mut acc = [[0f32; 8]; 2];
+        for i in 0..2 * pairs {
+            let (x, y) = (&xs[i], &ys[i]);
+            let mut s = [0i32; 8];
+            add_chunk(&mut s, 1, &lookup(&B::VALUES, x.codes()), &y.qs);
+            fma_lanes(&mut acc[i & 1], y.d.to_f32() * x.scale(), &s);
+        }
+        let both: [f32; 8] = std::array::from_fn(|l| acc[0][l] + acc[1][l]);
+        let mut sumf = hsum8(&both);
+        for (x, y) in xs[..nb].iter().zip(&ys[..nb]).skip(2 * pairs) {
+            let d = y.d.to_f32() * x.scale();
+            sumf += d * nl_sumi(&B::VALUES, x.codes(), &y.qs) as f32;
+        }
+        sumf
+    })
 }
 
 /// IQ4_XS x Q8_K.
 pub fn iq4_xs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let (xs, ys) = (blocks::<BlockIQ4XS>(w), blocks::<BlockQ8_K>(act));
-    let mut acc = [0f32; 8];
-    for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
-        let mut s = [0i32; 8];
-        for ib in 0..QK_K / 32 {
-            let v = lookup(&KVALUES_IQ4NL, &x.qs[16 * ib..16 * ib + 16]);
-            add_chunk(&mut s, x.scale(ib), &v, &y.qs[32 * ib..32 * ib + 32]);
+    crate::simd::portable(|| {
+        let (xs, ys) = (blocks::<BlockIQ4XS>(w), blocks::<BlockQ8_K>(act));
+        let mut acc = [0f32; 8];
+        for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
+            let mut s = [0i32; 8];
+            for ib in 0..QK_K / 32 {
+                let v = lookup(&KVALUES_IQ4NL, &x.qs[16 * ib..16 * ib + 16]);
+                add_chunk(&mut s, x.scale(ib), &v, &y.qs[32 * ib..32 * ib + 32]);
+            }
+            fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
         }
-        fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
-    }
-    hsum8(&acc)
+        hsum8(&acc)
+    })
 }
 
 /// IQ2_XXS x Q8_K (the grid's 1/8 applied once at the end).
 pub fn iq2_xxs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let (xs, ys) = (blocks::<BlockIQ2XXS>(w), blocks::<BlockQ8_K>(act));
-    let mut acc = [0f32; 8];
-    for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
-        let mut s = [0i32; 8];
-        for ib32 in 0..QK_K / 32 {
-            let (g, sg) = x.words(ib32);
-            let v: [i32; 32] = std::array::from_fn(|j| {
-                let (l, k) = (j / 8, j % 8);
-                let grid = IQ2XXS_GRID[((g >> (8 * l)) & 0xff) as usize];
-                let q = ((grid >> (8 * k)) & 0xff) as i32;
-                let signs = KSIGNS_IQ2XS[((sg >> (7 * l)) & 127) as usize];
-                if (signs >> k) & 1 != 0 {
-                    -q
-                } else {
-                    q
-                }
-            });
-            let scale = 2 * (sg >> 28) as i32 + 1;
-            add_chunk(&mut s, scale, &v, &y.qs[32 * ib32..32 * ib32 + 32]);
+    crate::simd::portable(|| {
+        let (xs, ys) = (blocks::<BlockIQ2XXS>(w), blocks::<BlockQ8_K>(act));
+        let mut acc = [0f32; 8];
+        for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
+            let mut s = [0i32; 8];
+            for ib32 in 0..QK_K / 32 {
+                let (g, sg) = x.words(ib32);
+                let v: [i32; 32] = std::array::from_fn(|j| {
+                    let (l, k) = (j / 8, j % 8);
+                    let grid = IQ2XXS_GRID[((g >> (8 * l)) & 0xff) as usize];
+                    let q = ((grid >> (8 * k)) & 0xff) as i32;
+                    let signs = KSIGNS_IQ2XS[((sg >> (7 * l)) & 127) as usize];
+                    if (signs >> k) & 1 != 0 {
+                        -q
+                    } else {
+                        q
+                    }
+                });
+                let scale = 2 * (sg >> 28) as i32 + 1;
+                add_chunk(&mut s, scale, &v, &y.qs[32 * ib32..32 * ib32 + 32]);
+            }
+            fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
         }
-        fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
-    }
-    0.125 * hsum8(&acc)
+        0.125 * hsum8(&acc)
+    })
 }
