@@ -12,7 +12,7 @@
 use half::f16;
 
 use crate::dispatch::{DequantFn, QuantFn, TypeKernels, VecDotFn};
-use crate::simd::SimdLevel;
+use crate::simd::{portable_kernel, SimdLevel};
 use crate::types::GgmlType;
 
 /// f32 to bf16 bits the way ggml rounds: nearest even, NaN forced quiet.
@@ -114,6 +114,7 @@ pub fn vec_dot_bf16_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// over steps of 32, one more 8-lane step into the first while 8 remain,
 /// `(a0 + a1) + (a2 + a3)` reduced as ggml's `hsum_float_8`, then the last
 /// `n % 8` products by `tail`.
+#[inline(always)]
 fn x86_order_dot(
     n: usize,
     w: &[u8],
@@ -122,48 +123,51 @@ fn x86_order_dot(
     at: impl Fn(&[u8], usize) -> f32,
     tail: VecDotFn,
 ) -> f32 {
-    crate::simd::portable(|| {
-        let n = n.min(w.len() / esize).min(a.len() / esize);
-        let mut acc = [[0f32; 8]; 4];
-        let fma8 = |acc: &mut [f32; 8], i: usize| {
-            for (l, s) in acc.iter_mut().enumerate() {
-                *s = at(w, i + l).mul_add(at(a, i + l), *s);
-            }
-        };
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                fma8(acc, i + 8 * k);
-            }
-            i += 32;
+    let n = n.min(w.len() / esize).min(a.len() / esize);
+    let mut acc = [[0f32; 8]; 4];
+    let fma8 = |acc: &mut [f32; 8], i: usize| {
+        for (l, s) in acc.iter_mut().enumerate() {
+            *s = at(w, i + l).mul_add(at(a, i + l), *s);
         }
-        while i + 8 <= n {
-            fma8(&mut acc[0], i);
-            i += 8;
+    };
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            fma8(acc, i + 8 * k);
         }
-        let s: [f32; 8] =
-            std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
-        let r = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
-        let sum = (r[0] + r[2]) + (r[1] + r[3]);
-        sum + tail(n - i, &w[i * esize..n * esize], &a[i * esize..n * esize])
-    })
+        i += 32;
+    }
+    while i + 8 <= n {
+        fma8(&mut acc[0], i);
+        i += 8;
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let r = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let sum = (r[0] + r[2]) + (r[1] + r[3]);
+    sum + tail(n - i, &w[i * esize..n * esize], &a[i * esize..n * esize])
 }
 
+portable_kernel! {
 /// F32 · F32 in the AVX2 kernel's order (what the scalar level runs).
 pub fn vec_dot_f32_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
     x86_order_dot(n, w, act, 4, f32_at, vec_dot_f32_ref)
 }
+}
 
+portable_kernel! {
 /// F16 · F16 in the AVX2 kernel's order (what the scalar level runs).
 pub fn vec_dot_f16_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let h = |b: &[u8], i| f16::from_bits(half_at(b, i)).to_f32();
     x86_order_dot(n, w, act, 2, h, vec_dot_f16_ref)
 }
+}
 
+portable_kernel! {
 /// BF16 · BF16 in the AVX2 kernel's order (what the scalar level runs).
 pub fn vec_dot_bf16_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let h = |b: &[u8], i| bf16_bits_to_f32(half_at(b, i));
     x86_order_dot(n, w, act, 2, h, vec_dot_bf16_ref)
+}
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -17,6 +17,8 @@
 use super::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 use bytemuck::Pod;
 
+use crate::simd::portable_kernel;
+
 /// Walks the blocks of a weight row and an activation row pairwise.
 fn blocks<'a, W: Pod, A: Pod>(
     n: usize,
@@ -71,21 +73,21 @@ fn five(qs: &[u8; 16], qh: [u8; 4], j: usize) -> i32 {
     nib(qs, j) | ((((u32::from_le_bytes(qh) >> j) & 1) as i32) << 4)
 }
 
+portable_kernel! {
 /// Q4_0 weights · Q8_0 activations.
 pub fn vec_dot_q4_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let mut acc = [0f32; 8];
         for (x, y) in blocks::<BlockQ4_0, BlockQ8_0>(n, w, act) {
             let s = lanes(|j| nib(&x.qs, j) - 8, &y.qs);
             fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
         }
         hsum8(&acc)
-    })
+}
 }
 
+portable_kernel! {
 /// Q4_1 weights · Q8_1 activations.
 pub fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let (mut acc, mut mins) = ([0f32; 8], 0f32);
         for (x, y) in blocks::<BlockQ4_1, BlockQ8_1>(n, w, act) {
             mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
@@ -93,24 +95,24 @@ pub fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
             fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
         }
         hsum8(&acc) + mins
-    })
+}
 }
 
+portable_kernel! {
 /// Q5_0 weights · Q8_0 activations.
 pub fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let mut acc = [0f32; 8];
         for (x, y) in blocks::<BlockQ5_0, BlockQ8_0>(n, w, act) {
             let s = lanes(|j| five(&x.qs, x.qh, j) - 16, &y.qs);
             fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
         }
         hsum8(&acc)
-    })
+}
 }
 
+portable_kernel! {
 /// Q5_1 weights · Q8_1 activations.
 pub fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let (mut acc, mut mins) = ([0f32; 8], 0f32);
         for (x, y) in blocks::<BlockQ5_1, BlockQ8_1>(n, w, act) {
             mins = x.m.to_f32().mul_add(y.s.to_f32(), mins);
@@ -118,17 +120,17 @@ pub fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], act: &[u8]) -> f32 {
             fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
         }
         hsum8(&acc) + mins
-    })
+}
 }
 
+portable_kernel! {
 /// Q8_0 weights · Q8_0 activations.
 pub fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let mut acc = [0f32; 8];
         for (x, y) in blocks::<BlockQ8_0, BlockQ8_0>(n, w, act) {
             let s = lanes(|j| i32::from(x.qs[j]), &y.qs);
             fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &s);
         }
         hsum8(&acc)
-    })
+}
 }

@@ -12,6 +12,7 @@ use super::{nl_sumi, NlBlock};
 use crate::quants::kquants::BlockQ8_K;
 use crate::quants::legacy::x86_order::hsum8;
 use crate::quants::legacy::BlockQ8_0;
+use crate::simd::portable_kernel;
 
 /// `acc[l] = fma(d, f32(s[l]), acc[l])`.
 #[inline(always)]
@@ -42,11 +43,11 @@ fn add_chunk(s: &mut [i32; 8], scale: i32, w: &[i32; 32], a: &[i8]) {
     }
 }
 
+portable_kernel! {
 /// [`NlBlock`] x Q8_0 (IQ4_NL, MXFP4): even and odd blocks in two
 /// accumulators (ggml's `accum1` / `accum2`), reduced as their sum; an odd
 /// last block is added after the reduction (multiply, then add).
 pub(crate) fn nl_q8_0<B: NlBlock>(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let (xs, ys) = (blocks::<B>(w), blocks::<BlockQ8_0>(act));
         let nb = (n / 32).min(xs.len()).min(ys.len());
         let pairs = nb / 2;
@@ -64,12 +65,12 @@ pub(crate) fn nl_q8_0<B: NlBlock>(n: usize, w: &[u8], act: &[u8]) -> f32 {
             sumf += d * nl_sumi(&B::VALUES, x.codes(), &y.qs) as f32;
         }
         sumf
-    })
+}
 }
 
+portable_kernel! {
 /// IQ4_XS x Q8_K.
 pub fn iq4_xs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let (xs, ys) = (blocks::<BlockIQ4XS>(w), blocks::<BlockQ8_K>(act));
         let mut acc = [0f32; 8];
         for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
@@ -81,12 +82,12 @@ pub fn iq4_xs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
             fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
         }
         hsum8(&acc)
-    })
+}
 }
 
+portable_kernel! {
 /// IQ2_XXS x Q8_K (the grid's 1/8 applied once at the end).
 pub fn iq2_xxs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    crate::simd::portable(|| {
         let (xs, ys) = (blocks::<BlockIQ2XXS>(w), blocks::<BlockQ8_K>(act));
         let mut acc = [0f32; 8];
         for (x, y) in xs.iter().zip(ys.iter()).take(n / QK_K) {
@@ -110,5 +111,5 @@ pub fn iq2_xxs_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
             fma_lanes(&mut acc, x.d.to_f32() * y.d, &s);
         }
         0.125 * hsum8(&acc)
-    })
+}
 }
