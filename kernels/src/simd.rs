@@ -1,6 +1,7 @@
 //! Run-time SIMD detection. The level is read once and cached; setting
 //! `DWARFSTAR_SIMD=scalar|avx2|avx512` caps it (tests use this to exercise
-//! every path on one machine).
+//! every path on one machine). Also `portable_kernel!`: how the scalar
+//! level's portable kernels run compiled for AVX2 + FMA where present.
 
 use std::sync::OnceLock;
 
