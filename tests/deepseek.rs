@@ -1,8 +1,14 @@
 //! The `deepseek2` architecture (MLA + MoE) against the tiny DeepSeek V3
 //! reference: every GGUF variant's logits at all 24 positions against
-//! llama.cpp's for the same file (1e-2), the f32 file against transformers
+//! llama.cpp's for the same file, the f32 file against transformers
 //! (1e-4), greedy continuations, cache against recompute, batching, the
 //! latent cache size, and rejection of inconsistent metadata.
+//!
+//! Per SIMD level: every figure here is the same on scalar, AVX2 and
+//! AVX-512, because the kernels these files reach sum in ggml's x86 order
+//! at every level (kernels/tests/x86_order.rs). Against llama.cpp the f32,
+//! f16 and q8_0 files are asserted to the bit; Q4_K_M and Q2_K to 1e-5
+//! (see [`Expect`]).
 
 use std::path::PathBuf;
 
@@ -75,33 +81,69 @@ fn check_against(label: &str, reference: &str, tol: f32) {
     );
 }
 
-fn check_llama(label: &str) {
-    check_against(label, &format!("tiny-dsv3.{label}.logits.f32.bin"), 1e-2);
+/// How one file's logits are held to llama.cpp's.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Every logit to the bit: llama-exact mode reproduces each product's
+    /// order (its repacked and tiled kernels, tinyBLAS, `ggml_vec_dot_*`).
+    Bits,
+    /// Within this max |Δ|. Q4_K_M and Q2_K leave the bits by 2.7e-7 and
+    /// 6.0e-7 (measured; logits have std 0.32), the same on every level:
+    /// some product of these mixed-type files still sums in another order
+    /// than llama.cpp's (not yet found). 1e-5 is 17-37× that, and far below
+    /// what a flipped 8-bit activation rounding does to this model: before
+    /// the scalar kernels followed the x86 order, a scalar run left
+    /// llama.cpp's logits by 2.7e-2 (Q4_K_M) and 0.52 (q8_0).
+    Within(f32),
+}
+
+fn check_llama(label: &str, expect: Expect) {
+    let reference = format!("tiny-dsv3.{label}.logits.f32.bin");
+    match expect {
+        Expect::Within(tol) => check_against(label, &reference, tol),
+        Expect::Bits => {
+            let m = open(label);
+            let ours = all_logits(&m, &prompt());
+            let want = read_f32(&dir().join(&reference));
+            assert_eq!(ours.len(), want.len(), "{label}: logits shape");
+            let nv = m.n_vocab();
+            if let Some(i) = (0..ours.len()).find(|&i| ours[i].to_bits() != want[i].to_bits()) {
+                panic!(
+                    "{label}: logit {} at position {} is {} vs llama.cpp {} (max |Δ| {})",
+                    i % nv,
+                    i / nv,
+                    ours[i],
+                    want[i],
+                    max_abs_diff(&ours, &want)
+                );
+            }
+        }
+    }
 }
 
 #[test]
 fn dsv3_f32_matches_llama_cpp() {
-    check_llama("f32");
+    check_llama("f32", Expect::Bits);
 }
 
 #[test]
 fn dsv3_f16_matches_llama_cpp() {
-    check_llama("f16");
+    check_llama("f16", Expect::Bits);
 }
 
 #[test]
 fn dsv3_q8_0_matches_llama_cpp() {
-    check_llama("q8_0");
+    check_llama("q8_0", Expect::Bits);
 }
 
 #[test]
 fn dsv3_q4_k_m_matches_llama_cpp() {
-    check_llama("Q4_K_M");
+    check_llama("Q4_K_M", Expect::Within(1e-5));
 }
 
 #[test]
 fn dsv3_q2_k_matches_llama_cpp() {
-    check_llama("Q2_K");
+    check_llama("Q2_K", Expect::Within(1e-5));
 }
 
 #[test]

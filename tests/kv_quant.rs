@@ -1,11 +1,24 @@
 //! Quantized KV caches (`--kv-type`) on the real models against
-//! llama.cpp's reference continuations (tests/fixtures/{smollm2,gemma3}):
-//! for each prompt and cache type, how many greedy tokens match the
-//! reference before the first difference, and how far logits drift (the
-//! last prompt position's full logits, and the reference top-10 logits of
-//! every step on the reference path). An f32 cache must reproduce the
-//! reference exactly; f16 and q8_0 must stay close; q4_0 is held to looser
-//! bounds (it is the lossy option). The numbers are printed as a table.
+//! llama.cpp's reference continuations (tests/fixtures/{smollm2,gemma3}),
+//! which were made with an f32 cache.
+//!
+//! What is asserted holds on any CPU: the arithmetic of every cache type is
+//! the same on every SIMD level (the kernels sum in ggml's x86 order at the
+//! scalar level too, and f16 keys are dotted in one fixed order, see
+//! `kv_attn`), and the bounds leave margin over what was measured. Per
+//! cache type and case:
+//! - f32: the logits equal llama.cpp's (|Δ| = 0) at the last prompt
+//!   position and at every teacher-forced step, so all 32 greedy tokens
+//!   are llama.cpp's;
+//! - f16, q8_0, q4_0: logit drift (max |Δ| over the last prompt position's
+//!   full logits, and over the reference top-10 of every teacher-forced
+//!   step) within the type's [`bounds`], and agreement with the f32 cache
+//!   at the first step ([`first_rank_bound`]).
+//!
+//! How many free-running greedy tokens match the reference is printed as a
+//! table, not asserted: after a near-tie (the reference has top-2 gaps of
+//! 0.005-0.1 on these prompts) any rounding change picks the other branch,
+//! and llama.cpp's own f16 cache moves logits by ~0.8 (reference README).
 
 use dwarfstar_model::sampler::argmax;
 use dwarfstar_model::{KvCache, KvType, Model, SeqState};
@@ -21,6 +34,11 @@ struct Outcome {
     /// Max |Δ| over the reference top-10 logits of every step, the
     /// reference tokens fed back (teacher forcing).
     steps: f32,
+    /// The rank of llama.cpp's (the f32 cache's) first generated token
+    /// among this cache's logits at the last prompt position (0 = argmax).
+    first_rank: usize,
+    /// llama.cpp's top-2 gap there.
+    first_gap: f32,
 }
 
 fn state(m: &Model, ty: KvType, capacity: usize) -> SeqState {
@@ -54,6 +72,12 @@ fn run_case(model_file: &str, dir: &str, case: &str, ty: KvType) -> Outcome {
     let mut logits = m.model.forward(&prompt, &mut st, false).unwrap();
     let last_ref = read_f32(&fx.join(j["last_prompt_logits_file"].as_str().unwrap()));
     let last = max_abs_diff(&logits, &last_ref);
+    let first_rank = logits
+        .iter()
+        .filter(|&&l| l > logits[expected[0] as usize])
+        .count();
+    let top = steps[0]["top"].as_array().expect("top");
+    let first_gap = (top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap()) as f32;
     let mut worst = 0f32;
     for (k, &want) in expected.iter().enumerate() {
         for pair in steps[k]["top"].as_array().expect("top") {
@@ -83,6 +107,8 @@ fn run_case(model_file: &str, dir: &str, case: &str, ty: KvType) -> Outcome {
         total: expected.len(),
         last,
         steps: worst,
+        first_rank,
+        first_gap,
     }
 }
 
@@ -95,55 +121,75 @@ const CASES: [(&str, &str, &str); 6] = [
     (GEMMA3, "gemma3", "raw_list"),
 ];
 
-/// Per type: the fewest matching greedy tokens allowed in any case, the
-/// largest step drift allowed, and the least total matches over all cases.
+/// Per type: the largest drift allowed at the last prompt position and at
+/// any teacher-forced step (max |Δ| against llama.cpp's logits, which are
+/// of order 20).
 ///
-/// Measured (2 cores, AVX-512): f16 drifts 0.6-1.7 and matches 10-32
-/// tokens per case (121 of 192 in all); q8_0 0.6-2.5, 6-32 (117);
-/// q4_0 2.1-8.3, 0-9 (13). llama.cpp's own logits move by about 1 with an
-/// f16 cache, and its q4_0 cache leaves the reference path within a few
-/// tokens on these prompts too (`llama-completion -ctk q4_0 -ctv q4_0`),
-/// so the bounds sit just outside what we measured: they catch a broken
+/// Measured (the same on scalar, AVX2 and AVX-512), worst over the six
+/// prompts, last prompt / steps: f16 1.59 / 1.91, q8_0 1.99 / 2.51, q4_0
+/// 6.58 / 8.31 (llama.cpp's own f16 cache moves these logits by 0.8-1.0,
+/// reference README). The bounds sit about 1.5× above: they catch a broken
 /// cache (a wrong block, scale or head offset drifts by tens), not the
-/// rounding the types are for.
-fn bounds(ty: KvType) -> (usize, f32, usize) {
+/// rounding the types are for. f32 is held to exact bits.
+fn bounds(ty: KvType) -> (f32, f32) {
     match ty {
-        KvType::F32 => (32, 1e-2, 6 * 32),
-        KvType::F16 => (8, 2.5, 100),
-        KvType::Q8_0 => (4, 3.5, 100),
-        KvType::Q4_0 => (0, 10.0, 8),
+        KvType::F32 => (0.0, 0.0),
+        KvType::F16 => (2.5, 3.0),
+        KvType::Q8_0 => (3.0, 4.0),
+        KvType::Q4_0 => (10.0, 12.5),
+    }
+}
+
+/// The worst rank this cache type may give the f32 cache's (llama.cpp's)
+/// first token at the first step, where llama.cpp's top-2 logits are `gap`
+/// apart: f16 and q8_0 must pick it where the gap is at least 1 (raw_fox,
+/// raw_code) and have it in their top 2 after a near-tie (gaps of 0.06 to
+/// 0.5 in the other prompts); q4_0, which moves logits by several units,
+/// in its top 5. Measured: rank 0 for f16 and q8_0 on every prompt, up to
+/// 2 for q4_0.
+fn first_rank_bound(ty: KvType, gap: f32) -> usize {
+    match ty {
+        KvType::F32 => 0,
+        KvType::F16 | KvType::Q8_0 if gap >= 1.0 => 0,
+        KvType::F16 | KvType::Q8_0 => 1,
+        KvType::Q4_0 => 4,
     }
 }
 
 #[test]
 fn quantized_kv_caches_stay_close_to_llama_cpp() {
     let mut table = String::from(
-        "| model / prompt | KV type | greedy tokens = reference | last-prompt max |Δ| | step top-10 max |Δ| |\n|---|---|---|---|---|\n",
+        "| model / prompt | KV type | greedy tokens = reference | last-prompt max |Δ| | step top-10 max |Δ| | rank of f32's first token |\n|---|---|---|---|---|---|\n",
     );
     let mut failures = Vec::new();
     for ty in KvType::ALL {
-        let (min_each, max_drift, min_total) = bounds(ty);
-        let mut total = 0;
+        let (max_last, max_steps) = bounds(ty);
         for (file, dir, case) in CASES {
             let o = run_case(file, dir, case, ty);
             table.push_str(&format!(
-                "| {dir}/{case} | {ty} | {}/{} | {:.3} | {:.3} |\n",
-                o.matched, o.total, o.last, o.steps
+                "| {dir}/{case} | {ty} | {}/{} | {:.3} | {:.3} | {} (gap {:.3}) |\n",
+                o.matched, o.total, o.last, o.steps, o.first_rank, o.first_gap
             ));
-            total += o.matched;
-            if o.matched < min_each.min(o.total) {
-                failures.push(format!("{dir}/{case} {ty}: {} tokens match", o.matched));
+            if o.last > max_last || o.steps > max_steps {
+                failures.push(format!(
+                    "{dir}/{case} {ty}: drift {} at the last prompt position, {} over the steps (bounds {max_last}, {max_steps})",
+                    o.last, o.steps
+                ));
             }
-            if o.steps > max_drift {
-                failures.push(format!("{dir}/{case} {ty}: drift {}", o.steps));
+            let max_rank = first_rank_bound(ty, o.first_gap);
+            if o.first_rank > max_rank {
+                failures.push(format!(
+                    "{dir}/{case} {ty}: the f32 cache's first token ranks {} here (bound {max_rank}, llama.cpp's top-2 gap {})",
+                    o.first_rank, o.first_gap
+                ));
             }
-        }
-        if total < min_total {
-            failures.push(format!("{ty}: {total} tokens match in all"));
+            if ty == KvType::F32 && o.matched != o.total {
+                failures.push(format!("{dir}/{case} f32: {} tokens match", o.matched));
+            }
         }
     }
     eprintln!("{table}");
-    assert!(failures.is_empty(), "{failures:?}\n{table}");
+    assert!(failures.is_empty(), "{failures:#?}\n{table}");
 }
 
 /// `--kv-type` on a model: caches of that type, smaller per position, and

@@ -6,7 +6,9 @@
 //! - [`types`]: the ggml type ids, block sizes and byte sizes;
 //! - [`quants`]: one `#[repr(C)]` block type per format, with a compile-time
 //!   size assert, dequantization identical to ggml's, quantization, and for
-//!   the hot formats a scalar reference `vec_dot` beside its SIMD versions;
+//!   the hot formats a scalar reference `vec_dot` (ggml's generic order)
+//!   beside its SIMD versions and a portable one in their x86 order, which
+//!   the scalar level runs so that every level gives the same bits;
 //! - [`dispatch`]: the type-erased table the rest of the engine calls, with
 //!   the SIMD level picked once at run time ([`simd`]);
 //! - [`matmul`]: matrix-vector and matrix-matrix products over quantized

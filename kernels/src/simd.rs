@@ -1,6 +1,7 @@
 //! Run-time SIMD detection. The level is read once and cached; setting
 //! `DWARFSTAR_SIMD=scalar|avx2|avx512` caps it (tests use this to exercise
-//! every path on one machine).
+//! every path on one machine). Also `portable_kernel!`: how the scalar
+//! level's portable kernels run compiled for AVX2 + FMA where present.
 
 use std::sync::OnceLock;
 
@@ -79,3 +80,48 @@ impl SimdLevel {
         })
     }
 }
+
+/// Whether the CPU has AVX2 and FMA (read once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Defines a portable kernel `fn` whose body is compiled a second time for
+/// AVX2 + FMA and run that way where the CPU has them. The result is the
+/// same to the bit (LLVM does not reassociate float operations, and
+/// `mul_add` is one fused operation either way); it is only faster (a
+/// `mul_add` without FMA is a libm call). The scalar level's kernels are
+/// written this way: they must give the SIMD levels' bits on every CPU, and
+/// on x86 they should not take ten times as long doing so. The body is an
+/// `#[inline(always)]` function, so it is really compiled inside the
+/// target-feature function (a closure would not be).
+macro_rules! portable_kernel {
+    (
+        $(#[$m:meta])*
+        $vis:vis fn $name:ident $(<$g:ident: $bound:path>)? ($($a:ident: $t:ty),* $(,)?) -> $r:ty
+        $body:block
+    ) => {
+        $(#[$m])*
+        $vis fn $name $(<$g: $bound>)? ($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn body $(<$g: $bound>)? ($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn compiled_for_avx2 $(<$g: $bound>)? ($($a: $t),*) -> $r {
+                    body $(::<$g>)? ($($a),*)
+                }
+                if $crate::simd::avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    return unsafe { compiled_for_avx2 $(::<$g>)? ($($a),*) };
+                }
+            }
+            body $(::<$g>)? ($($a),*)
+        }
+    };
+}
+pub(crate) use portable_kernel;

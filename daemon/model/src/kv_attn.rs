@@ -2,8 +2,12 @@
 //! q4_0 (see [`crate::kv::KvType`]), the way ggml's CPU flash attention
 //! reads a quantized cache: each query head is rounded to the key type's
 //! `vec_dot_type` (f16 for f16 keys, q8_0 for q8_0/q4_0 keys) and dotted
-//! with the stored key bytes by that type's `vec_dot`; values are
-//! dequantized to f32 and summed in f32 (ggml sums f16 values in f16).
+//! with the stored key bytes: q8_0/q4_0 keys by that type's `vec_dot`
+//! (the same bits on every SIMD level), f16 keys by
+//! [`ops::dot_kq_f16`], tinyBLAS's 16-lane order (ggml's own F16 `vec_dot`
+//! sums in 8 lanes under AVX2 and 16 under AVX-512, so using the level's
+//! F16 kernel made the logits depend on the CPU); values are dequantized
+//! to f32 and summed in f32 (ggml sums f16 values in f16).
 //!
 //! Scores, softmax and the weighted sum otherwise follow the f32 path of
 //! `dense.rs`, and a sequence whose cache is f32 takes exactly that path's
@@ -50,6 +54,13 @@ fn prepare(kv: &KvCache, il: usize, dk: usize, lo: usize, hi: usize) -> SeqKv {
     };
     let Some(dot) = k.vec_dot else {
         return SeqKv::F32;
+    };
+    // f16 keys: tinyBLAS's order, the same on every SIMD level (the F16
+    // `vec_dot` sums in lanes as wide as the level's registers).
+    let dot = if ty == KvType::F16 {
+        ops::dot_kq_f16
+    } else {
+        dot
     };
     let vd = kv.v_dim();
     let mut values = vec![0f32; (hi - lo) * vd];

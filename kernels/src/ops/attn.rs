@@ -3,7 +3,11 @@
 //! over steps of 64), and the probability-weighted sum of values either as
 //! llamafile's sgemm (one accumulator of 16 lanes; prompt batches) or as
 //! `ggml_vec_dot_f32` (single-token decode). Cells are indexed from 0, as
-//! in a KV cache, so lanes line up with ggml's.
+//! in a KV cache, so lanes line up with ggml's. An f16 key is dotted in
+//! tinyBLAS's order ([`dot_kq_f16`]). None of these depends on the SIMD
+//! level: the x86 versions only run the same lanes in registers.
+
+use half::f16;
 
 use super::exp::reduce16;
 
@@ -107,6 +111,32 @@ pub fn dot_kq(q: &[f32], k: &[f32]) -> f32 {
         }
     }
     dot_kq_portable(q, k)
+}
+
+/// `q·k` of an f16 key with a query already rounded to f16 (both as raw
+/// little-endian bytes, `n` values), summed as llama.cpp's AVX-512 build
+/// sums it for an f16 cache with flash attention off: `MUL_MAT` converts
+/// the query to f16 and hands the product to llamafile's tinyBLAS, whose
+/// one accumulator of 16 lanes takes the widened values with FMA, then
+/// `_mm512_reduce_add_ps`. (tinyBLAS needs `n % 16 == 0`; the products of a
+/// shorter tail are added after the reduction, one at a time.) The same
+/// on every SIMD level: products of two f16 are exact in f32, only the
+/// order of the sums matters.
+pub fn dot_kq_f16(n: usize, k: &[u8], q: &[u8]) -> f32 {
+    let n = n.min(k.len() / 2).min(q.len() / 2);
+    let h = |b: &[u8], i: usize| f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32();
+    let np = n & !15;
+    let mut acc = [0f32; 16];
+    for i in (0..np).step_by(16) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = h(q, i + l).mul_add(h(k, i + l), *a);
+        }
+    }
+    let mut s = reduce16(&acc);
+    for i in np..n {
+        s += h(q, i) * h(k, i);
+    }
+    s
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub use attn::{dot_kq, weighted_sum_v, VSumOrder};
+pub use attn::{dot_kq, dot_kq_f16, weighted_sum_v, VSumOrder};
 pub use dequant_matmul::matmul_dequant_f32;
 pub use exp::{expf, silu, softmax, softmax_aligned, swiglu};
 

@@ -1,7 +1,9 @@
 //! The float formats F32, F16 and BF16: exact dequantization (f16 through
 //! `half`, bf16 as `bits << 16`), conversion from f32 (round to nearest even;
 //! bf16 NaNs kept quiet as ggml's `ggml_compute_fp32_to_bf16` does), and
-//! dot products F32·F32, F16·F16 and BF16·BF16 accumulated in f32.
+//! dot products F32·F32, F16·F16 and BF16·BF16 accumulated in f32: the
+//! `*_ref` ones in 8 plain lanes (the tests' reference), the `*_x86_order`
+//! ones (the scalar level's) in the AVX2 kernels' order, to the bit.
 //!
 //! As in ggml, each float type is its own `vec_dot_type`: activations are
 //! rounded to the weight's float type before the dot. The integer types
@@ -10,7 +12,7 @@
 use half::f16;
 
 use crate::dispatch::{DequantFn, QuantFn, TypeKernels, VecDotFn};
-use crate::simd::SimdLevel;
+use crate::simd::{portable_kernel, SimdLevel};
 use crate::types::GgmlType;
 
 /// f32 to bf16 bits the way ggml rounds: nearest even, NaN forced quiet.
@@ -105,6 +107,67 @@ pub fn vec_dot_bf16_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let n = n.min(w.len() / 2).min(act.len() / 2);
     let h = |b: &[u8], i| bf16_bits_to_f32(half_at(b, i));
     lane_sum(n, |i| h(w, i) * h(act, i))
+}
+
+/// `Σ w[i]·a[i]` in the order of the AVX2 kernels (the scalar level's
+/// dot, so that it gives their bits): four accumulators of 8 lanes fused
+/// over steps of 32, one more 8-lane step into the first while 8 remain,
+/// `(a0 + a1) + (a2 + a3)` reduced as ggml's `hsum_float_8`, then the last
+/// `n % 8` products by `tail`.
+#[inline(always)]
+fn x86_order_dot(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    esize: usize,
+    at: impl Fn(&[u8], usize) -> f32,
+    tail: VecDotFn,
+) -> f32 {
+    let n = n.min(w.len() / esize).min(a.len() / esize);
+    let mut acc = [[0f32; 8]; 4];
+    let fma8 = |acc: &mut [f32; 8], i: usize| {
+        for (l, s) in acc.iter_mut().enumerate() {
+            *s = at(w, i + l).mul_add(at(a, i + l), *s);
+        }
+    };
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            fma8(acc, i + 8 * k);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        fma8(&mut acc[0], i);
+        i += 8;
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let r = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let sum = (r[0] + r[2]) + (r[1] + r[3]);
+    sum + tail(n - i, &w[i * esize..n * esize], &a[i * esize..n * esize])
+}
+
+portable_kernel! {
+/// F32 · F32 in the AVX2 kernel's order (what the scalar level runs).
+pub fn vec_dot_f32_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    x86_order_dot(n, w, act, 4, f32_at, vec_dot_f32_ref)
+}
+}
+
+portable_kernel! {
+/// F16 · F16 in the AVX2 kernel's order (what the scalar level runs).
+pub fn vec_dot_f16_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let h = |b: &[u8], i| f16::from_bits(half_at(b, i)).to_f32();
+    x86_order_dot(n, w, act, 2, h, vec_dot_f16_ref)
+}
+}
+
+portable_kernel! {
+/// BF16 · BF16 in the AVX2 kernel's order (what the scalar level runs).
+pub fn vec_dot_bf16_x86_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let h = |b: &[u8], i| bf16_bits_to_f32(half_at(b, i));
+    x86_order_dot(n, w, act, 2, h, vec_dot_bf16_ref)
+}
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -245,9 +308,9 @@ mod x86 {
 /// The dot of float type `ty` at `level`, lowered to what the CPU has.
 pub(crate) fn vec_dot_for(ty: GgmlType, level: SimdLevel) -> Option<VecDotFn> {
     let scalar: VecDotFn = match ty {
-        GgmlType::F32 => vec_dot_f32_ref,
-        GgmlType::F16 => vec_dot_f16_ref,
-        GgmlType::BF16 => vec_dot_bf16_ref,
+        GgmlType::F32 => vec_dot_f32_x86_order,
+        GgmlType::F16 => vec_dot_f16_x86_order,
+        GgmlType::BF16 => vec_dot_bf16_x86_order,
         _ => return None,
     };
     #[cfg(target_arch = "x86_64")]

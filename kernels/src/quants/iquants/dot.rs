@@ -5,7 +5,8 @@
 //! The `*_ref` functions compute exactly what ggml's generic C does (same
 //! integer sums, same float operations in the same order); the AVX2 and
 //! AVX-512 versions in [`x86`] sum the same integers and differ only in the
-//! order of the final f32 additions. Every function takes `n` and raw
+//! order of the final f32 additions. The scalar level runs [`x86_order`]:
+//! portable loops in the AVX2 kernels' order, the same bits. Every function takes `n` and raw
 //! bytes, uses `min(n / block, blocks present)` blocks, and never panics.
 
 use bytemuck::Pod;
@@ -20,6 +21,7 @@ use crate::simd::SimdLevel;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+pub mod x86_order;
 
 /// A 32-weight block of 4-bit codes mapped through a 16-entry signed table
 /// and one f32 scale (IQ4_NL, MXFP4): the layout shared by the Q8_0 dot
@@ -86,7 +88,7 @@ pub(crate) fn nl_q8_0<B: NlBlock>(level: SimdLevel) -> VecDotFn {
         SimdLevel::Avx512 => x86::nl_q8_0_avx512::<B>,
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => x86::nl_q8_0_avx2::<B>,
-        _ => nl_q8_0_ref::<B>,
+        _ => x86_order::nl_q8_0::<B>,
     }
 }
 
@@ -124,7 +126,7 @@ pub fn iq4_xs_q8_k(level: SimdLevel) -> VecDotFn {
         SimdLevel::Avx512 => x86::iq4_xs_q8_k_avx512,
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => x86::iq4_xs_q8_k_avx2,
-        _ => vec_dot_iq4_xs_q8_k_ref,
+        _ => x86_order::iq4_xs_q8_k,
     }
 }
 
@@ -164,6 +166,6 @@ pub fn iq2_xxs_q8_k(level: SimdLevel) -> VecDotFn {
         SimdLevel::Avx512 => x86::iq2_xxs_q8_k_avx512,
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => x86::iq2_xxs_q8_k_avx2,
-        _ => vec_dot_iq2_xxs_q8_k_ref,
+        _ => x86_order::iq2_xxs_q8_k,
     }
 }

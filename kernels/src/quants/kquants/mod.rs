@@ -62,6 +62,7 @@ macro_rules! kblock {
             fn quantize(x: &[f32], out: &mut [Self]) {
                 $quant(x, out)
             }
+            #[inline(always)]
             fn vec_dot(w: &[Self], a: &[BlockQ8_K]) -> f32 {
                 $dot(w, a)
             }
@@ -117,13 +118,21 @@ fn dot_blocks<B>(n: usize, w: &[u8], a: &[u8]) -> usize {
         .min(a.len() / size_of::<BlockQ8_K>())
 }
 
+/// The scalar level's dot (portable, in the x86 lanes' order).
 fn vec_dot_bytes<B: KBlock>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = dot_blocks::<B>(n, w, a);
     with_blocks(&w[..nb * size_of::<B>()], |w: &[B]| {
         with_blocks(&a[..nb * size_of::<BlockQ8_K>()], |a: &[BlockQ8_K]| {
-            B::vec_dot(w, a)
+            vec_dot_blocks::<B>(w, a)
         })
     })
+}
+
+crate::simd::portable_kernel! {
+    /// [`KBlock::vec_dot`], compiled for AVX2 + FMA where present.
+    fn vec_dot_blocks<B: KBlock>(w: &[B], a: &[BlockQ8_K]) -> f32 {
+        B::vec_dot(w, a)
+    }
 }
 
 /// The dot products one format has, per instruction set.

@@ -169,6 +169,7 @@ pub fn quantize_q2_k_weighted(x: &[f32], out: &mut [BlockQ2_K], weights: Option<
 /// (lane `l`: groups `2l`, `2l+1` against their `bsums`, times
 /// `−d8·dmin`), then the scaled levels (times `d8·d`), both fused into the
 /// same eight f32 lanes.
+#[inline]
 pub fn vec_dot_q2_k_q8_k(w: &[BlockQ2_K], a: &[BlockQ8_K]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {

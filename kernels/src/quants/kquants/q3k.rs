@@ -150,6 +150,7 @@ pub fn quantize_q3_k_weighted(x: &[f32], out: &mut [BlockQ3_K], weights: Option<
 
 /// Scalar reference dot product of Q3_K weights with Q8_K activations, in
 /// ggml's x86 order (see [`super::lanes`]).
+#[inline]
 pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3_K], a: &[BlockQ8_K]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {

@@ -213,6 +213,7 @@ pub(super) fn weighted_group_search(
 /// four-lane accumulator (lane `m`: groups `2m`, `2m+1`, each against the
 /// sum of its two `bsums`, times `−d8·dmin`), reduced on its own and added
 /// last.
+#[inline]
 pub fn vec_dot_q4_k_q8_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
     let (mut acc, mut acc_m) = ([0f32; 8], [0f32; 4]);
     for (x, y) in w.iter().zip(a) {

@@ -106,6 +106,7 @@ pub fn quantize_q5_k_weighted(x: &[f32], out: &mut [BlockQ5_K], weights: Option<
 /// Scalar reference dot product of Q5_K weights with Q8_K activations, in
 /// ggml's x86 order (see [`super::lanes`]). The mins are summed exactly
 /// per block and fused, times `−d8·dmin`, into one scalar added last.
+#[inline]
 pub fn vec_dot_q5_k_q8_k(w: &[BlockQ5_K], a: &[BlockQ8_K]) -> f32 {
     let (mut acc, mut summs) = ([0f32; 8], 0f32);
     for (x, y) in w.iter().zip(a) {

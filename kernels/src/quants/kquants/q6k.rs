@@ -107,6 +107,7 @@ pub fn quantize_q6_k_weighted(x: &[f32], out: &mut [BlockQ6_K], weights: Option<
 /// Scalar reference dot product of Q6_K weights with Q8_K activations, in
 /// ggml's x86 order (see [`super::lanes`]): levels stay unsigned (`q + 32`)
 /// and lane `l` takes off `32·(sc[2l]·bsums[2l] + sc[2l+1]·bsums[2l+1])`.
+#[inline]
 pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in w.iter().zip(a) {

@@ -4,8 +4,10 @@
 //! ggml's `dequantize_row_*`), the reference quantizers (ggml's
 //! `quantize_row_*_ref`, used to write model files), and the dispatch entry
 //! [`kernels`]. The run-time activation quantizers [`quantize_q8_0`] and
-//! [`quantize_q8_1`] live in [`act`]; the dot products in [`dot`] (scalar
-//! references) and `x86` (AVX2 / AVX-512 VNNI); the importance-weighted
+//! [`quantize_q8_1`] live in [`act`]; the dot products in [`dot`] (ggml's
+//! generic-order references), [`x86_order`] (portable, in ggml's x86 float
+//! order: what the scalar level runs, bit-identical to the SIMD levels) and
+//! `x86` (AVX2 / AVX-512 VNNI); the importance-weighted
 //! quantizers `llama-quantize` uses with an imatrix in [`weighted`].
 
 pub mod act;
@@ -15,6 +17,7 @@ pub mod weighted;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_512;
+pub mod x86_order;
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -359,12 +362,14 @@ pub(crate) fn usable_level(level: SimdLevel) -> SimdLevel {
 
 /// The vec_dot of `ty` (weight) at `level`, and the activation type it reads.
 pub(crate) fn vec_dot_for(ty: GgmlType, level: SimdLevel) -> Option<(GgmlType, VecDotFn)> {
+    // The scalar level runs the portable kernels in ggml's x86 order, so
+    // every level gives the same bits.
     let scalar: (GgmlType, VecDotFn) = match ty {
-        GgmlType::Q4_0 => (GgmlType::Q8_0, dot::vec_dot_q4_0_q8_0_ref),
-        GgmlType::Q4_1 => (GgmlType::Q8_1, dot::vec_dot_q4_1_q8_1_ref),
-        GgmlType::Q5_0 => (GgmlType::Q8_0, dot::vec_dot_q5_0_q8_0_ref),
-        GgmlType::Q5_1 => (GgmlType::Q8_1, dot::vec_dot_q5_1_q8_1_ref),
-        GgmlType::Q8_0 => (GgmlType::Q8_0, dot::vec_dot_q8_0_q8_0_ref),
+        GgmlType::Q4_0 => (GgmlType::Q8_0, x86_order::vec_dot_q4_0_q8_0),
+        GgmlType::Q4_1 => (GgmlType::Q8_1, x86_order::vec_dot_q4_1_q8_1),
+        GgmlType::Q5_0 => (GgmlType::Q8_0, x86_order::vec_dot_q5_0_q8_0),
+        GgmlType::Q5_1 => (GgmlType::Q8_1, x86_order::vec_dot_q5_1_q8_1),
+        GgmlType::Q8_0 => (GgmlType::Q8_0, x86_order::vec_dot_q8_0_q8_0),
         _ => return None,
     };
     #[cfg(target_arch = "x86_64")]
