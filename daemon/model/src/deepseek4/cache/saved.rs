@@ -132,12 +132,15 @@ impl Ds4Cache {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         };
+        let hd = self.head_dim;
         for (il, l) in self.layers.iter_mut().enumerate() {
+            // A window is allocated on its layer's first run (a stage holds
+            // only its own): saved whole, or empty where it never ran.
             let n = cur.len()?;
-            if n != l.raw.len() as u64 {
+            let full = (l.raw_slots * hd) as u64;
+            if n != full && n != 0 {
                 return Err(format!(
-                    "layer {il}: a window of {n} values, the model's is {}",
-                    l.raw.len()
+                    "layer {il}: a window of {n} values, the model's is {full}"
                 ));
             }
             l.raw = to_f32(cur.take(4 * n)?);
