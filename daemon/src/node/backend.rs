@@ -176,13 +176,14 @@ impl DistBackend {
         let mut out = Vec::with_capacity(items.len());
         let mut off = 0;
         for ((t, s, all), run) in items.iter_mut().zip(&runs) {
-            // Replayed rows' logits were returned before: skip them.
-            let (n, skip) = if *all {
+            // A rewound V4 sequence replays its kept tokens first; the
+            // caller asked only for the logits of its new tokens.
+            let (n, replayed) = if *all {
                 (run.len(), run.len() - t.len())
             } else {
                 (1, 0)
             };
-            out.push(logits[(off + skip) * v..(off + n) * v].to_vec());
+            out.push(logits[(off + replayed) * v..(off + n) * v].to_vec());
             off += n;
             s.len = s.local.len();
             s.fork = None;
