@@ -81,10 +81,11 @@ fn v4_cache_types_against_f32() {
     }
     for (ty, max, mean, top1, agree) in seen {
         let (max_b, mean_b, top1_b, agree_b) = match ty {
-            KvType::F16 => (0.4, 1.2e-2, 170, 6),
-            // Measured: f16 max 0.27, mean 7.5e-3, top-1 181/200, greedy
-            // 10/32; q8_0 max 0.28, mean 9.3e-3, top-1 181/200, greedy 1/32.
-            _ => (0.45, 1.5e-2, 170, 1),
+            KvType::F16 => (0.6, 1.2e-2, 170, 2),
+            // Measured with quantized expert products (the default): f16
+            // max 0.41, mean 8.3e-3, top-1 184/200, greedy 4/32; q8_0 max
+            // 0.31, mean 9.5e-3, top-1 184/200, greedy 1/32.
+            _ => (0.6, 1.5e-2, 170, 1),
         };
         assert!(
             max < max_b && mean < mean_b && top1 >= top1_b && agree >= agree_b,

@@ -11,13 +11,18 @@
 //! - [`rope`]: partial interleaved RoPE and its inverse;
 //! - [`cache`]: the compressed per-sequence state.
 //!
-//! By default the model follows DeepSeek's own inference code: the
-//! indexer's FP4 quantization-aware step ([`IndexerRule::DeepSeek`]) and
-//! f32 activations into the routed experts, whose MXFP4 weights the file
-//! holds exactly. [`Deepseek4Model::set_llama_exact`] switches to what
-//! llama.cpp computes on the same file: no FP4 step in the indexer, ggml's
-//! RoPE angles, and expert activations rounded to the weight type's
-//! `vec_dot_type` (Q8_0 for MXFP4) as ggml's `MUL_MAT_ID` does.
+//! By default the model follows DeepSeek's own indexer (its FP4
+//! quantization-aware step, [`IndexerRule::DeepSeek`]) and runs the
+//! routed experts as quantized dot products in their own type (MXFP4,
+//! IQ2_XXS, Q2_K, …: activations rounded once to the type's
+//! `vec_dot_type`, never a dequantized f32 copy of the weights).
+//! [`Deepseek4Model::f32_experts`] keeps the experts' activations in f32
+//! instead (each weight row dequantized as it is used): DeepSeek's
+//! reference arithmetic on weights the file holds exactly, what the
+//! comparisons with transformers use, and slower.
+//! [`Deepseek4Model::set_llama_exact`] switches to what llama.cpp computes
+//! on the same file: no FP4 step in the indexer, ggml's RoPE angles, and
+//! ggml's product orders.
 
 mod arch;
 pub mod attention;
@@ -49,7 +54,7 @@ use crate::weights::Weight;
 pub use cache::{Ds4Cache, KvType, Selection};
 pub use hparams::{Ds4HParams, LayerKind};
 pub use indexer::IndexerRule;
-pub use mtp::MtpWeights;
+pub use mtp::{EhProj, MtpWeights};
 pub use weights::Ds4Weights;
 
 use attention::{norm_rows, LayerCx, Span};
@@ -64,6 +69,8 @@ pub(crate) struct Ctx<'a> {
     /// Holds routed experts (paged under a memory budget).
     pub store: &'a WeightStore,
     pub exact: bool,
+    /// Routed experts with f32 activations (see the module doc).
+    pub f32_experts: bool,
     /// Sees the input of every weight product (importance matrices).
     pub obs: Option<&'a dyn MatmulObserver>,
     /// Where the routed experts other nodes hold are run.
@@ -101,9 +108,9 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// Expert `e` of a stack over `n` rows: f32 activations by default, as
-    /// `MUL_MAT_ID` (activations rounded to the `vec_dot_type`) in exact
-    /// mode. Only that expert's bytes are read.
+    /// Expert `e` of a stack over `n` rows: quantized dot products by
+    /// default, f32 activations with `f32_experts`, ggml's `MUL_MAT_ID`
+    /// orders in exact mode. Only that expert's bytes are read.
     pub fn expert(&self, s: &Stack, e: usize, x: &[f32], n: usize) -> Result<Vec<f32>> {
         if e >= s.n {
             return Err(ModelError::Invalid(format!("expert {e} of {}", s.n)));
@@ -119,7 +126,11 @@ impl Ctx<'_> {
         let m = s.mat(&g, e);
         let mut out = vec![0f32; n * m.rows];
         if !self.exact {
-            ops::matmul_dequant_f32(m, x, n, &mut out)?;
+            if self.f32_experts {
+                ops::matmul_dequant_f32(m, x, n, &mut out)?;
+            } else {
+                matmul(m, x, n, &mut out)?;
+            }
         } else if repack::eligible(m.ty, m.rows) {
             repack::matmul(m, x, n, &mut out, 0)?;
         } else if let Some(o) = ggml_simd::float_matmul(m, x, n, FloatOp::MulMatId) {
@@ -138,6 +149,10 @@ pub struct Deepseek4Model {
     pub w: Ds4Weights,
     /// Compute as llama.cpp does (see the module doc); off by default.
     pub llama_exact: bool,
+    /// Routed experts with f32 activations, each weight row dequantized
+    /// as it is used (DeepSeek's reference arithmetic; slower). Off by
+    /// default: the experts run as quantized dot products.
+    pub f32_experts: bool,
     /// How the indexer prepares queries and keys.
     pub indexer: IndexerRule,
     /// Storage of the cache's compressed entries and indexer keys (new
@@ -188,6 +203,7 @@ impl Deepseek4Model {
             hp,
             w,
             llama_exact: false,
+            f32_experts: false,
             indexer: IndexerRule::DeepSeek,
             kv_type: KvType::F16,
             observer: None,
@@ -204,6 +220,22 @@ impl Deepseek4Model {
         } else {
             IndexerRule::DeepSeek
         };
+    }
+
+    /// Binds the MTP block of another file: ds4's `mtp.0.*` GGUF, which
+    /// its trunk files leave out. Every dimension is checked against this
+    /// model's; the block replaces any the trunk's file had.
+    pub fn attach_mtp(&mut self, file: Arc<GgufFile>) -> Result<()> {
+        let probe = format!("{}e_proj.weight", mtp::DS4_PREFIX);
+        if file.tensor(&probe).is_none() {
+            return Err(ModelError::MissingTensor(format!(
+                "{probe} (not a ds4 MTP file)"
+            )));
+        }
+        let mut m = mtp::bind_ds4_mtp(&file, &self.hp)?;
+        m.file = Some(file);
+        self.w.mtp = Some(Box::new(m));
+        Ok(())
     }
 
     /// An empty cache for up to `capacity` positions.
@@ -234,6 +266,7 @@ impl Deepseek4Model {
             file: self.store.resident(),
             store: &self.store,
             exact: self.llama_exact,
+            f32_experts: self.f32_experts,
             obs: self.observer.as_deref(),
             remote: self.remote.as_deref(),
         }

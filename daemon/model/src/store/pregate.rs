@@ -114,6 +114,7 @@ fn predict4(m: &Deepseek4Model, il: usize, x: &[f32], tokens: &[u32]) -> Result<
                 file: src,
                 store: &m.store,
                 exact: false,
+                f32_experts: false,
                 obs: None,
                 remote: None,
             };
