@@ -37,6 +37,16 @@ impl SeqCache for Ds4Cache {
         Ds4Cache::truncate(self, len)
     }
 
+    /// The windows and compressors hold the last positions only: cutting
+    /// below the held state drops it all.
+    fn kept_by_truncate(&self, len: usize) -> usize {
+        if len >= self.held() {
+            self.held()
+        } else {
+            0
+        }
+    }
+
     fn bytes(&self) -> usize {
         Ds4Cache::bytes(self)
     }

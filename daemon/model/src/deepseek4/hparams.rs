@@ -252,6 +252,26 @@ fn rope_specs(f: &GgufFile) -> Result<(RopeSpec, RopeSpec)> {
     ))
 }
 
+/// Trunk layers of a file of `n_block` blocks declaring `n_nextn` MTP
+/// blocks. llama.cpp's MTP export counts the MTP block in `block_count`
+/// (`blk.{n_layer}.nextn.*`); ds4's trunk files declare
+/// `nextn_predict_layers` too but keep the block in a separate file, so
+/// their last block is an ordinary layer. Like llama.cpp, a file whose
+/// declared MTP block is neither (no `nextn.eh_proj`, no layer tensors) is
+/// read as its trunk.
+fn trunk_layers(f: &GgufFile, n_block: usize, n_nextn: usize) -> usize {
+    let first_mtp = n_block - n_nextn;
+    let has = |name: String| f.tensor(&name).is_some();
+    if n_nextn > 0
+        && !has(format!("blk.{first_mtp}.nextn.eh_proj.weight"))
+        && has(format!("blk.{}.ffn_gate_inp.weight", n_block - 1))
+    {
+        n_block
+    } else {
+        first_mtp
+    }
+}
+
 impl Ds4HParams {
     /// Reads and checks the hyper-parameters of a deepseek4 file.
     pub fn from_gguf(f: &GgufFile) -> Result<Ds4HParams> {
@@ -262,7 +282,7 @@ impl Ds4HParams {
         if n_nextn >= n_block {
             return Err(meta_err(&kn, format!("{n_nextn} of {n_block} blocks")));
         }
-        let n_layer = n_block - n_nextn;
+        let n_layer = trunk_layers(f, n_block, n_nextn);
         let n_ctx_train = req(f, &key("context_length"))?;
         let ke = key("embedding_length");
         let n_embd = within(&ke, req(f, &ke)?, 1, 1 << 20)?;
@@ -335,9 +355,18 @@ impl Ds4HParams {
                 format!("{} entries for {n_block} blocks", arr.len()),
             ));
         }
-        let mut kinds = Vec::with_capacity(n_block);
-        for i in 0..n_block {
+        // One entry per block, and one for the MTP block even where it
+        // lives in another file (ds4's trunk files count only the trunk):
+        // a missing entry there is the sliding window it always has.
+        let n_kinds = if n_nextn > 0 {
+            n_block.max(n_layer + 1)
+        } else {
+            n_block
+        };
+        let mut kinds = Vec::with_capacity(n_kinds);
+        for i in 0..n_kinds {
             kinds.push(match arr.integer_at(i) {
+                None if i >= n_block => LayerKind::Sliding,
                 Some(0) => LayerKind::Sliding,
                 Some(4) => LayerKind::Csa,
                 Some(128) => LayerKind::Hca,

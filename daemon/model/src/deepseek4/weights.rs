@@ -124,15 +124,37 @@ pub(crate) type Dim<'k> = (usize, &'k str);
 
 pub(crate) struct Bind<'a> {
     pub file: &'a GgufFile,
+    /// Block `n`'s tensors are found under `mtp.0.` instead of `blk.{n}.`
+    /// (ds4's MTP files).
+    pub mtp_block: Option<usize>,
 }
 
 impl<'a> Bind<'a> {
+    pub fn new(file: &'a GgufFile) -> Bind<'a> {
+        Bind {
+            file,
+            mtp_block: None,
+        }
+    }
+
+    /// The name a tensor has in this file.
+    fn real<'n>(&self, name: &'n str) -> std::borrow::Cow<'n, str> {
+        if let Some(n) = self.mtp_block {
+            if let Some(rest) = name.strip_prefix(&format!("blk.{n}.")) {
+                return format!("{}{rest}", super::mtp::DS4_PREFIX).into();
+            }
+        }
+        name.into()
+    }
+
     pub fn has(&self, name: &str) -> bool {
-        self.file.tensor(name).is_some()
+        self.file.tensor(&self.real(name)).is_some()
     }
 
     /// The tensor `name` with dims `want`; a mismatch names the key.
     pub fn tensor(&self, name: &str, want: &[Dim<'_>]) -> Result<&'a TensorInfo> {
+        let real = self.real(name);
+        let name: &str = &real;
         let info = self
             .file
             .tensor(name)
@@ -448,7 +470,7 @@ pub(crate) fn bind_layer(b: &Bind<'_>, hp: &Ds4HParams, il: usize, hash: bool) -
 impl Ds4Weights {
     /// Binds every tensor of a deepseek4 model (and its MTP block, if any).
     pub fn bind(file: &GgufFile, hp: &Ds4HParams) -> Result<Ds4Weights> {
-        let b = Bind { file };
+        let b = Bind::new(file);
         let e = (hp.n_embd, EMBD);
         let v = (hp.n_vocab, VOCAB);
         let tok_embd = b.matrix("token_embd.weight", e, v)?;
