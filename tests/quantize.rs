@@ -590,3 +590,51 @@ fn cli_imatrix_quantize_and_quality_end_to_end() {
     assert!(err.contains("blk.1.ffn_down_exps.weight"), "{err}");
     assert!(!bad.exists());
 }
+
+/// `dwarf-q2` on a DeepSeek V4 source gives ds4's layout: the stream-mixing
+/// matrices (hyper-connections, compressors, indexer), the router and the
+/// token embedding F16; attention, shared expert and head Q8_0; norms,
+/// sinks and hyper-connection bases F32; `tid2eid` kept I32; routed
+/// experts at two bits where their rows allow (the tiny model's rows of
+/// 128 and 64 take llama-quantize's fallbacks). The result runs.
+#[test]
+fn dwarf_q2_on_deepseek_v4_gives_ds4s_layout() {
+    let src = fixtures().join("tiny-deepseek-v4/tiny-dsv4-f32.gguf");
+    let o = Options {
+        allow_requantize: true, // the source's experts are MXFP4
+        ..opts(Recipe::DwarfQ2)
+    };
+    let (_, path) = quantize(&src, "dsv4-dwarf-q2.gguf", &o, None);
+    let f = GgufFile::open(&path).unwrap();
+    for t in f.tensors() {
+        let n = t.name.as_str();
+        let want = if n.contains("tid2eid") {
+            GgmlType::I32
+        } else if t.dims.len() == 1 {
+            GgmlType::F32
+        } else if n.contains("_exps") {
+            // IQ2_XXS / Q2_K need rows of 256: gate/up (128) → IQ4_NL,
+            // down (64) → Q4_0.
+            if n.contains("ffn_down_exps") {
+                GgmlType::Q4_0
+            } else {
+                GgmlType::IQ4_NL
+            }
+        } else if n.contains("hc_")
+            || n.contains("compressor")
+            || n.contains("indexer")
+            || n.contains("ffn_gate_inp")
+            || n == "token_embd.weight"
+        {
+            GgmlType::F16
+        } else {
+            GgmlType::Q8_0
+        };
+        assert_eq!(t.ty, want, "{n}");
+    }
+    let (m, _) = Model::open(&path, &[]).expect("ds4-layout file loads");
+    let toks = [5u32, 17, 300, 41, 9, 1200, 77, 3];
+    let mut st = m.new_state(16);
+    let logits = m.forward(&toks, &mut st, true).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+}

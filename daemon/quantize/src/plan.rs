@@ -11,7 +11,7 @@ use crate::error::{QuantizeError, Result};
 use crate::imatrix::Imatrix;
 use crate::kernel::{can_quantize, needs_imatrix, uses_imatrix};
 use crate::pattern::{first_match, Override};
-use crate::recipe::{classify, file_type, fit, recipe_type, Class, Recipe};
+use crate::recipe::{classify, ds4_type, file_type, fit, recipe_type, Class, Recipe};
 
 /// What to make.
 #[derive(Clone, Debug)]
@@ -132,6 +132,8 @@ pub fn plan(file: &GgufFile, opts: &Options<'_>) -> Result<Plan> {
         .tensors()
         .iter()
         .any(|t| matches!(classify(&t.name, t.dims.len()), Class::Routed(_)));
+    // DeepSeek V4 sources get ds4's layout (see `recipe`).
+    let v4 = file.get_str("general.architecture").ok() == Some("deepseek4");
     let mut notes = Vec::new();
     // (wanted, got, row length) -> tensors that fell back.
     let mut fallbacks: BTreeMap<(u32, u32, u64), Vec<&str>> = BTreeMap::new();
@@ -155,7 +157,8 @@ pub fn plan(file: &GgufFile, opts: &Options<'_>) -> Result<Plan> {
             }
             (o.ty, Why::Override(o.text.clone()))
         } else {
-            match recipe_type(opts.recipe, class, has_routed) {
+            let ds4 = v4.then(|| ds4_type(opts.recipe, class, &t.name)).flatten();
+            match ds4.or_else(|| recipe_type(opts.recipe, class, has_routed)) {
                 None => (t.ty, Why::Kept),
                 Some(want) => {
                     let got = fit(want, cols);

@@ -12,6 +12,12 @@
 //! `weight` keep their type (as llama-quantize). "Rest" is attention, the
 //! shared experts, the embedding and the output head.
 //!
+//! On a DeepSeek V4 source the two dwarf recipes give ds4's layouts
+//! (`ds4f-q2`, `ds4f-q4`, which ds4's loader checks tensor by tensor): the
+//! stream-mixing matrices of the hyper-connections, the compressors and the
+//! indexer, the router and the token embedding are F16 ([`ds4_type`]);
+//! attention, the shared expert and the output head Q8_0, as above.
+//!
 //! Fallback (llama-quantize's table) when a row is not a whole number of
 //! the chosen type's blocks: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S,
 //! IQ3_XXS, IQ3_S, IQ4_XS -> IQ4_NL; Q2_K, Q3_K, TQ1_0, TQ2_0 -> Q4_0;
@@ -74,6 +80,10 @@ pub enum Class {
     Routed(Proj),
     /// A dense FFN projection (`ffn_gate`/`ffn_up`/`ffn_down`).
     DenseFfn(Proj),
+    /// DeepSeek V4's small stream-mixing matrices: hyper-connection
+    /// (`hc_*_fn`, `output_hc_fn`), compressor (`*compressor_*`) and
+    /// indexer (`indexer.*`) weights.
+    Mixing,
     /// A tensor llama-quantize never quantizes (name not ending in
     /// `weight`): kept as it is.
     Keep,
@@ -97,6 +107,14 @@ pub fn classify(name: &str, n_dims: usize) -> Class {
     }
     if !name.ends_with("weight") {
         return Class::Keep;
+    }
+    if base.starts_with("hc_")
+        || base.starts_with("output_hc_")
+        || base.contains("compressor_")
+        || base.starts_with("indexer")
+        || name.contains(".indexer.")
+    {
+        return Class::Mixing;
     }
     let proj = |b: &str| match b {
         "ffn_gate_up" => Some(Proj::GateUp),
@@ -133,8 +151,21 @@ pub fn recipe_type(recipe: Recipe, class: Class, has_routed: bool) -> Option<Ggm
         (Class::DenseFfn(p), Recipe::DwarfQ2) if !has_routed => two_bit(p),
         (Class::Routed(_), Recipe::DwarfQ4) => T::Q4_K,
         (Class::DenseFfn(_), Recipe::DwarfQ4) if !has_routed => T::Q4_K,
+        (Class::Mixing, _) => T::F16,
         _ => T::Q8_0,
     })
+}
+
+/// ds4's type for a tensor of a DeepSeek V4 model named `name`, where it
+/// differs from [`recipe_type`]'s: the router and the token embedding are
+/// F16 in the dwarf recipes. `None`: as [`recipe_type`].
+pub fn ds4_type(recipe: Recipe, class: Class, name: &str) -> Option<GgmlType> {
+    match (recipe, class) {
+        (Recipe::Uniform(_), _) => None,
+        (_, Class::Router) if name.ends_with("ffn_gate_inp.weight") => Some(GgmlType::F16),
+        (_, Class::Other) if name == "token_embd.weight" => Some(GgmlType::F16),
+        _ => None,
+    }
 }
 
 /// llama-quantize's fallback for a type whose blocks do not fit a row.
@@ -234,6 +265,21 @@ mod tests {
         assert_eq!(classify("blk.1.attn_norm.weight", 1), Class::Vector);
         assert_eq!(classify("token_embd.weight", 2), Class::Other);
         assert_eq!(classify("rope_freqs", 2), Class::Keep);
+        for v4 in [
+            "blk.1.hc_attn_fn.weight",
+            "output_hc_fn.weight",
+            "mtp.0.hc_head_fn.weight",
+            "blk.2.attn_compressor_kv.weight",
+            "blk.2.attn_compressor_ape.weight",
+            "blk.2.indexer.proj.weight",
+            "blk.2.indexer.attn_q_b.weight",
+            "blk.2.indexer_compressor_gate.weight",
+        ] {
+            assert_eq!(classify(v4, 2), Class::Mixing, "{v4}");
+        }
+        assert_eq!(classify("blk.2.attn_q_b.weight", 2), Class::Other);
+        assert_eq!(classify("blk.2.attn_output_a.weight", 2), Class::Other);
+        assert_eq!(classify("blk.2.hc_attn_base.weight", 1), Class::Vector);
         assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
         assert_eq!(layer_of("output.weight"), None);
     }
@@ -264,6 +310,16 @@ mod tests {
         assert_eq!(recipe_type(r, Class::Other, false), Some(T::Q8_0));
         assert_eq!(recipe_type(r, Class::Router, true), Some(T::F32));
         assert_eq!(recipe_type(r, Class::Keep, true), None);
+        assert_eq!(recipe_type(r, Class::Mixing, true), Some(T::F16));
+        let emb = "token_embd.weight";
+        assert_eq!(ds4_type(r, Class::Other, emb), Some(T::F16));
+        let router = "blk.3.ffn_gate_inp.weight";
+        assert_eq!(ds4_type(r, Class::Router, router), Some(T::F16));
+        assert_eq!(ds4_type(r, Class::Other, "output.weight"), None);
+        assert_eq!(
+            ds4_type(Recipe::Uniform(T::Q4_K), Class::Router, router),
+            None
+        );
         assert_eq!(Recipe::parse("Q4_K").unwrap(), Recipe::Uniform(T::Q4_K));
         assert!(Recipe::parse("q8_k").is_err());
     }

@@ -61,6 +61,7 @@ fn class_label(c: Class) -> &'static str {
         Class::Router => "router",
         Class::Routed(_) => "routed experts",
         Class::DenseFfn(_) => "dense FFN",
+        Class::Mixing => "V4 stream mixing (hc, compressor, indexer)",
         Class::Keep => "kept as is",
         Class::Other => "attention/shared/embed/output",
     }
