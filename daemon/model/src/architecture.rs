@@ -62,6 +62,12 @@ pub trait SeqCache {
     }
     /// Forgets every position from `len` on.
     fn truncate(&mut self, len: usize);
+    /// Positions whose state a truncation to `len` would keep (the rest
+    /// of the first `len` is recomputed): all of them where rows sit at
+    /// fixed positions.
+    fn kept_by_truncate(&self, len: usize) -> usize {
+        len.min(self.held())
+    }
     /// Bytes held now.
     fn bytes(&self) -> usize;
     /// Commits the positions of `run` (the pending tokens, then the new

@@ -115,6 +115,12 @@ impl SeqState {
         self.cache_mut().truncate(len)
     }
 
+    /// Positions whose state a truncation to `len` keeps (see
+    /// [`SeqCache::kept_by_truncate`]).
+    pub fn kept_by_truncate(&self, len: usize) -> usize {
+        self.cache().kept_by_truncate(len)
+    }
+
     /// Bytes of cache held.
     pub fn bytes(&self) -> usize {
         self.cache().bytes()

@@ -38,6 +38,11 @@ pub trait Backend {
     fn state_len(&self, s: &Self::State) -> usize;
     fn truncate(&self, s: &mut Self::State, len: usize);
     fn clone_state(&self, s: &Self::State) -> Self::State;
+    /// Positions whose state a truncation of `s` to `len` keeps (the rest
+    /// are recomputed).
+    fn kept_by_truncate(&self, s: &Self::State, len: usize) -> usize {
+        len.min(self.state_len(s))
+    }
     /// Releases spare capacity before a state is kept in the cache.
     fn compact(&self, _s: &mut Self::State) {}
     fn state_bytes(&self, s: &Self::State) -> usize;
@@ -76,6 +81,10 @@ impl Backend for Model {
         s.clone()
     }
 
+    fn kept_by_truncate(&self, s: &SeqState, len: usize) -> usize {
+        s.kept_by_truncate(len)
+    }
+
     fn compact(&self, s: &mut SeqState) {
         if let SeqState::Dense(kv) = s {
             kv.shrink_to_fit();
@@ -92,6 +101,13 @@ impl Backend for Model {
     ) -> Result<Vec<Vec<f32>>, String> {
         Model::forward_batch(self, items).map_err(|e| e.to_string())
     }
+}
+
+/// Whether `s` keeps its state when cut below its end (so one cached
+/// entry serves every prefix of its tokens).
+fn cuts<B: Backend>(b: &B, s: &B::State) -> bool {
+    let len = b.state_len(s);
+    len < 2 || b.kept_by_truncate(s, len - 1) == len - 1
 }
 
 /// Why a sequence ended.
@@ -382,31 +398,38 @@ impl<B: Backend> Scheduler<B> {
             return;
         }
         // Keep at least the last prompt token to run: it gives the logits.
+        // A hit counts the positions whose state the cut keeps.
+        let min = self.cfg.min_prefix.max(1);
+        let backend = &self.backend;
         let hit = self
             .cache
-            .best(&r.prompt)
-            .map(|(s, len)| (s, len.min(n - 1)))
-            .filter(|&(_, len)| len >= self.cfg.min_prefix.max(1));
+            .best_by(&r.prompt, |s, len| {
+                backend.kept_by_truncate(s, len.min(n - 1))
+            })
+            .filter(|&(_, _, kept)| kept >= min);
         let (state, cached) = match hit {
-            Some((s, len)) => {
+            Some((s, len, kept)) => {
                 let mut s = self.backend.clone_state(s);
-                self.backend.truncate(&mut s, len);
+                self.backend.truncate(&mut s, len.min(n - 1));
                 self.metrics.prefix_hits.fetch_add(1, Relaxed);
-                self.metrics.prefix_tokens.fetch_add(len as u64, Relaxed);
-                (s, len)
+                self.metrics.prefix_tokens.fetch_add(kept as u64, Relaxed);
+                (s, kept)
             }
             None => {
                 let disk = self
                     .backend
                     .load_prefix(&r.prompt, self.cfg.ctx_size)
-                    .filter(|&(_, len)| len.min(n - 1) >= self.cfg.min_prefix.max(1));
+                    .map(|(s, len)| {
+                        let kept = self.backend.kept_by_truncate(&s, len.min(n - 1));
+                        (s, len.min(n - 1), kept)
+                    })
+                    .filter(|&(_, _, kept)| kept >= min);
                 match disk {
-                    Some((mut s, len)) => {
-                        let len = len.min(n - 1);
+                    Some((mut s, len, kept)) => {
                         self.backend.truncate(&mut s, len);
                         self.metrics.prefix_hits.fetch_add(1, Relaxed);
-                        self.metrics.prefix_tokens.fetch_add(len as u64, Relaxed);
-                        (s, len)
+                        self.metrics.prefix_tokens.fetch_add(kept as u64, Relaxed);
+                        (s, kept)
                     }
                     None => {
                         self.metrics.prefix_misses.fetch_add(1, Relaxed);
@@ -499,8 +522,16 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             let Some(mut l) = logits.next() else { break };
-            if self.backend.state_len(&s.state) < s.history.len() {
+            let len = self.backend.state_len(&s.state);
+            if len < s.history.len() {
                 continue; // still in prefill
+            }
+            // The prompt is in: a state that cannot be cut back to it
+            // later is kept at this point too (see `prefix`).
+            if s.n_gen == 0 && self.cfg.cache_entries > 0 && !cuts(&self.backend, &s.state) {
+                let bytes = self.backend.state_bytes(&s.state);
+                let copy = self.backend.clone_state(&s.state);
+                self.cache.insert(s.history.clone(), copy, bytes, false);
             }
             penalize(
                 &mut l,
@@ -549,7 +580,8 @@ impl<B: Backend> Scheduler<B> {
                     self.backend.compact(&mut s.state);
                     let bytes = self.backend.state_bytes(&s.state);
                     s.history.truncate(len);
-                    self.cache.insert(s.history, s.state, bytes);
+                    let cuts = cuts(&self.backend, &s.state);
+                    self.cache.insert(s.history, s.state, bytes, cuts);
                 }
             }
             self.metrics.prefix_entries.store(self.cache.len(), Relaxed);

@@ -16,6 +16,10 @@ struct Fake {
     /// Per forward pass: each item's token count and whether it was a
     /// prompt chunk (more than one token, or a first token).
     calls: RefCell<Vec<Vec<usize>>>,
+    /// Whether a state keeps its positions when cut below its end (false:
+    /// like DeepSeek V4's windows, a cut keeps nothing and the kept tokens
+    /// are recomputed).
+    cuts: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +56,13 @@ impl Backend for Fake {
     fn clone_state(&self, s: &FakeState) -> FakeState {
         s.clone()
     }
+    fn kept_by_truncate(&self, s: &FakeState, len: usize) -> usize {
+        match (self.cuts, len >= s.tokens.len()) {
+            (true, _) => len.min(s.tokens.len()),
+            (false, true) => s.tokens.len(),
+            (false, false) => 0,
+        }
+    }
     fn state_bytes(&self, s: &FakeState) -> usize {
         s.tokens.len() * 4
     }
@@ -87,6 +98,14 @@ fn cfg() -> SchedConfig {
 }
 
 fn sched(cfg: SchedConfig, eog: &[u32]) -> (Scheduler<Fake>, Submitter, Arc<Metrics>) {
+    sched_cutting(cfg, eog, true)
+}
+
+fn sched_cutting(
+    cfg: SchedConfig,
+    eog: &[u32],
+    cuts: bool,
+) -> (Scheduler<Fake>, Submitter, Arc<Metrics>) {
     let m = Arc::new(Metrics::new());
     let (sub, rx) = queue(4, m.clone());
     let mut e = vec![false; VOCAB];
@@ -95,6 +114,7 @@ fn sched(cfg: SchedConfig, eog: &[u32]) -> (Scheduler<Fake>, Submitter, Arc<Metr
     }
     let fake = Fake {
         calls: RefCell::new(Vec::new()),
+        cuts,
     };
     (Scheduler::new(fake, cfg, e, rx, m.clone()), sub, m)
 }
@@ -319,6 +339,69 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
     assert_eq!(m.prefix_misses.load(Relaxed), 1);
 }
 
+/// States that keep nothing when cut (DeepSeek V4's) are reused whole:
+/// the next chat turn extends the previous sequence (its end is cached)
+/// or at least its prompt (a copy is kept when the prompt is in); a
+/// prompt that shares only part of a cached key is not counted as cached,
+/// since that state would be recomputed. Outputs never change.
+#[test]
+fn states_that_do_not_cut_are_reused_from_whole_keys() {
+    let (mut s, sub, m) = sched_cutting(cfg(), &[], false);
+    let system: Vec<u32> = (0..20).map(|i| (i * 5) % 9).collect();
+    let mut a = system.clone();
+    a.extend([1, 1]);
+    let (r, mut rx) = req(a.clone(), 5);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let reply = tokens(&drain(&mut rx));
+    assert_eq!(reply, reference(&a, 5, &[]));
+    // Prompt-end copy and sequence-end state are both kept.
+    assert_eq!(m.prefix_entries.load(Relaxed), 2);
+
+    // The next turn extends the whole sequence (all but the last reply
+    // token, which was never run).
+    let mut next = a.clone();
+    next.extend(&reply);
+    next.extend([7, 7, 7]);
+    let (r, mut rx) = req(next.clone(), 3);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(
+        ev[0],
+        Event::Started {
+            cached_tokens: a.len() + reply.len() - 1
+        }
+    );
+    assert_eq!(tokens(&ev), reference(&next, 3, &[]));
+
+    // A turn whose reply re-tokenized otherwise still has the prompt.
+    let mut other = a.clone();
+    other.extend([8, 8, 8, 8]);
+    let (r, mut rx) = req(other.clone(), 3);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(
+        ev[0],
+        Event::Started {
+            cached_tokens: a.len()
+        }
+    );
+    assert_eq!(tokens(&ev), reference(&other, 3, &[]));
+
+    // Only the system prompt in common: nothing whole to reuse.
+    let mut c = system.clone();
+    c.extend([3, 3, 3]);
+    let (r, mut rx) = req(c.clone(), 3);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(ev[0], Event::Started { cached_tokens: 0 });
+    assert_eq!(tokens(&ev), reference(&c, 3, &[]));
+    assert_eq!(m.prefix_hits.load(Relaxed), 2);
+}
+
 /// A scheduler running request `a` ([1, 2, 3], 4 tokens) under a re-plan
 /// hold, with `b` ([4, 5], 3 tokens) queued behind it, and a thread that
 /// resumes it with `how` once it is idle.
@@ -358,6 +441,7 @@ fn held_with_one_queued(
 fn a_replan_drains_running_requests_then_swaps_the_backend() {
     let new = Fake {
         calls: RefCell::new(Vec::new()),
+        cuts: true,
     };
     let (mut s, _sub, _m, r, [mut rxa, mut rxb], planner) = held_with_one_queued(Resume::Swap(new));
     run_all(&mut s);
