@@ -40,6 +40,11 @@ pub struct Capabilities {
     pub kv_types: Vec<KvType>,
     /// Sequence states saved to and restored from KV files.
     pub kv_save: bool,
+    /// A state cut to any shorter length keeps its positions (rows at
+    /// fixed positions); false where running state (windows,
+    /// compressors) makes a cut recompute the kept prefix, so prefix
+    /// reuse needs a state saved at the very length reused.
+    pub cuts_anywhere: bool,
 }
 
 /// A sequence's state as the generic code handles it: positions, the

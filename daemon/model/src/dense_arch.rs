@@ -51,6 +51,7 @@ impl Architecture for DenseModel {
             expert_parallel: false,
             kv_types: KvType::ALL.to_vec(),
             kv_save: true,
+            cuts_anywhere: true,
         }
     }
 

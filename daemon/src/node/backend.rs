@@ -214,6 +214,16 @@ impl Backend for DistBackend {
         s.len = s.len.min(len);
     }
 
+    /// What the coordinator's own state keeps (every stage holds the
+    /// same architecture's state, so it keeps as much).
+    fn kept_by_truncate(&self, s: &DistSeq, len: usize) -> usize {
+        s.local.kept_by_truncate(len.min(s.len))
+    }
+
+    fn cuts_anywhere(&self) -> bool {
+        self.model.capabilities().cuts_anywhere
+    }
+
     fn clone_state(&self, s: &DistSeq) -> DistSeq {
         DistSeq {
             id: self.ids.fetch_add(1, Ordering::Relaxed),

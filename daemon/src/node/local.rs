@@ -45,6 +45,14 @@ impl Backend for Arc<Model> {
         <Model as Backend>::clone_state(self, s)
     }
 
+    fn kept_by_truncate(&self, s: &SeqState, len: usize) -> usize {
+        s.kept_by_truncate(len)
+    }
+
+    fn cuts_anywhere(&self) -> bool {
+        self.capabilities().cuts_anywhere
+    }
+
     fn compact(&self, s: &mut SeqState) {
         <Model as Backend>::compact(self, s)
     }

@@ -77,6 +77,14 @@ impl Backend for DiskCached {
         s.clone()
     }
 
+    fn kept_by_truncate(&self, s: &SeqState, len: usize) -> usize {
+        s.kept_by_truncate(len)
+    }
+
+    fn cuts_anywhere(&self) -> bool {
+        self.model.capabilities().cuts_anywhere
+    }
+
     fn compact(&self, s: &mut SeqState) {
         <Model as Backend>::compact(&self.model, s)
     }

@@ -43,6 +43,11 @@ pub trait Backend {
     fn kept_by_truncate(&self, s: &Self::State, len: usize) -> usize {
         len.min(self.state_len(s))
     }
+    /// Whether states keep their positions when cut to any length (see
+    /// [`dwarfstar_model::Capabilities::cuts_anywhere`]).
+    fn cuts_anywhere(&self) -> bool {
+        true
+    }
     /// Releases spare capacity before a state is kept in the cache.
     fn compact(&self, _s: &mut Self::State) {}
     fn state_bytes(&self, s: &Self::State) -> usize;
@@ -83,6 +88,10 @@ impl Backend for Model {
 
     fn kept_by_truncate(&self, s: &SeqState, len: usize) -> usize {
         s.kept_by_truncate(len)
+    }
+
+    fn cuts_anywhere(&self) -> bool {
+        self.capabilities().cuts_anywhere
     }
 
     fn compact(&self, s: &mut SeqState) {
@@ -463,7 +472,10 @@ impl<B: Backend> Scheduler<B> {
         if self.active.is_empty() {
             return;
         }
-        // How many input tokens each sequence runs this step.
+        // How many input tokens each sequence runs this step. Where states
+        // cannot be cut, a prompt's last token waits for the next step, so
+        // the state of all but that token can be kept for prefix reuse.
+        let hold_last = !self.backend.cuts_anywhere() && self.cfg.cache_entries > 0;
         let mut budget = self.cfg.prefill_chunk.max(1);
         let mut take = Vec::with_capacity(self.active.len());
         let mut prefill = 0;
@@ -472,7 +484,12 @@ impl<B: Backend> Scheduler<B> {
             let t = if s.n_gen > 0 {
                 pending
             } else {
-                let t = pending.min(budget);
+                let runnable = if hold_last && pending > 1 {
+                    pending - 1
+                } else {
+                    pending
+                };
+                let t = runnable.min(budget);
                 budget -= t;
                 prefill += t;
                 t
@@ -524,14 +541,21 @@ impl<B: Backend> Scheduler<B> {
             let Some(mut l) = logits.next() else { break };
             let len = self.backend.state_len(&s.state);
             if len < s.history.len() {
-                continue; // still in prefill
-            }
-            // The prompt is in: a state that cannot be cut back to it
-            // later is kept at this point too (see `prefix`).
-            if s.n_gen == 0 && self.cfg.cache_entries > 0 && !cuts(&self.backend, &s.state) {
-                let bytes = self.backend.state_bytes(&s.state);
-                let copy = self.backend.clone_state(&s.state);
-                self.cache.insert(s.history.clone(), copy, bytes, false);
+                // Still in prefill. All of the prompt but its last token
+                // is in: where states cannot be cut back, keep a copy of
+                // this one (see `prefix`).
+                if hold_last && s.n_gen == 0 && len + 1 == s.history.len() {
+                    // The cache keeps this very state and the sequence
+                    // goes on as its copy: a split model's stages copy a
+                    // state when its copy first runs, and a kept state
+                    // that never runs again is still this one then.
+                    let bytes = self.backend.state_bytes(&s.state);
+                    let copy = self.backend.clone_state(&s.state);
+                    let kept = std::mem::replace(&mut s.state, copy);
+                    self.cache
+                        .insert(s.history[..len].to_vec(), kept, bytes, false);
+                }
+                continue;
             }
             penalize(
                 &mut l,

@@ -56,6 +56,9 @@ impl Backend for Fake {
     fn clone_state(&self, s: &FakeState) -> FakeState {
         s.clone()
     }
+    fn cuts_anywhere(&self) -> bool {
+        self.cuts
+    }
     fn kept_by_truncate(&self, s: &FakeState, len: usize) -> usize {
         match (self.cuts, len >= s.tokens.len()) {
             (true, _) => len.min(s.tokens.len()),
@@ -341,9 +344,10 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
 
 /// States that keep nothing when cut (DeepSeek V4's) are reused whole:
 /// the next chat turn extends the previous sequence (its end is cached)
-/// or at least its prompt (a copy is kept when the prompt is in); a
-/// prompt that shares only part of a cached key is not counted as cached,
-/// since that state would be recomputed. Outputs never change.
+/// or at least its prompt (a copy is kept when all of the prompt but its
+/// last token is in, which serves the same prompt again too); a prompt
+/// that shares only part of a cached key is not counted as cached, since
+/// that state would be recomputed. Outputs never change.
 #[test]
 fn states_that_do_not_cut_are_reused_from_whole_keys() {
     let (mut s, sub, m) = sched_cutting(cfg(), &[], false);
@@ -385,10 +389,23 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     assert_eq!(
         ev[0],
         Event::Started {
-            cached_tokens: a.len()
+            cached_tokens: a.len() - 1
         }
     );
     assert_eq!(tokens(&ev), reference(&other, 3, &[]));
+
+    // The same prompt again.
+    let (r, mut rx) = req(a.clone(), 5);
+    sub.submit(r).unwrap();
+    run_all(&mut s);
+    let ev = drain(&mut rx);
+    assert_eq!(
+        ev[0],
+        Event::Started {
+            cached_tokens: a.len() - 1
+        }
+    );
+    assert_eq!(tokens(&ev), reply);
 
     // Only the system prompt in common: nothing whole to reuse.
     let mut c = system.clone();
@@ -399,7 +416,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     let ev = drain(&mut rx);
     assert_eq!(ev[0], Event::Started { cached_tokens: 0 });
     assert_eq!(tokens(&ev), reference(&c, 3, &[]));
-    assert_eq!(m.prefix_hits.load(Relaxed), 2);
+    assert_eq!(m.prefix_hits.load(Relaxed), 3);
 }
 
 /// A scheduler running request `a` ([1, 2, 3], 4 tokens) under a re-plan

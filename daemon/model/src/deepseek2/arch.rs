@@ -53,6 +53,7 @@ impl Architecture for Deepseek2Model {
             // The compressed latent cache stays f32.
             kv_types: vec![KvType::F32],
             kv_save: true,
+            cuts_anywhere: true,
         }
     }
 

@@ -79,6 +79,8 @@ impl Architecture for Deepseek4Model {
             expert_parallel: true,
             kv_types: vec![KvType::F32, KvType::F16, KvType::Q8_0],
             kv_save: true,
+            // Windows and compressors hold the last positions only.
+            cuts_anywhere: false,
         }
     }
 
