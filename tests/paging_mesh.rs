@@ -1,7 +1,8 @@
 //! Mesh nodes page their share: two daemons, each inside a v1 memory
-//! cgroup limited below the share of a synthetic deepseek2 MoE that the
-//! plan gives it, with a node budget below that, serve the model through
-//! their weight stores and answer as one machine does. Each reports its
+//! cgroup limited below the share of a synthetic MoE (deepseek2, and
+//! DeepSeek V4 Flash's structure) that the plan gives it, with a node
+//! budget below that, serve the model through their weight stores and
+//! answer as one machine does. Each reports its
 //! resident bytes, expert hit rate and bytes read per token in its status
 //! (gRPC, as `meshctl status` shows it), the coordinator's `/v1/status`
 //! and `/metrics`. Without a writable cgroup v1 memory hierarchy the test
@@ -65,40 +66,46 @@ fn check_paged(r: &StatusReply, who: &str, budget: u64, limit: u64) {
 
 #[test]
 fn two_daemons_page_their_shares_under_cgroup_limits() {
-    let id = std::process::id();
-    let cg = |n: &str| Cgroup::create(&format!("dwarfstar-mesh-paging-{n}-{id}"));
-    let (cg_c, cg_w) = (cg("c"), cg("w"));
-    let dir = std::env::temp_dir().join(format!("dwarfstar-mesh-paging-{id}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let model = dir.join("moe.gguf");
-    let tok = model_path(SMOLLM2);
-    let m = model.to_str().expect("utf-8 path");
-    ok(
-        dwarfstar(&[
-            "synth",
-            m,
-            "--layers",
-            "12",
-            "--hidden",
-            "512",
-            "--experts",
-            "64",
-            "--top-k",
-            "6",
-            "--ffn",
-            "512",
-            "--tokenizer-from",
-            tok.to_str().expect("utf-8"),
-        ]),
-        "synth",
-    );
-    let size = std::fs::metadata(&model).expect("model").len();
     // 350 MB, nearly all routed experts: each node's share is above a
     // third of the file (checked below; 36% to 68% in the plans seen), the
     // cgroups allow 32%, the weights 15% (the rest is the daemon's own
     // memory: the coordinator peaked at 29% of the file).
-    let limit = size * 8 / 25;
-    let budget = size * 3 / 20;
+    let synth = [
+        "--layers", "12", "--hidden", "512", "--experts", "64", "--top-k", "6", "--ffn", "512",
+    ];
+    two_daemons_page("moe", &synth, (8, 25), (3, 20));
+}
+
+/// DeepSeek V4's structure (hyper-connection streams, hash-routed first
+/// layers, compressed attention, dwarf-q2 experts) paged by two nodes.
+#[test]
+fn two_daemons_page_a_deepseek_v4_share_under_cgroup_limits() {
+    let synth = [
+        "--arch", "deepseek4", "--layers", "16", "--hidden", "512", "--experts", "64", "--top-k",
+        "6", "--ffn", "512",
+    ];
+    two_daemons_page("v4moe", &synth, (8, 25), (3, 20));
+}
+
+/// Synthesizes `name` with `synth` flags, then runs the two-daemon mesh
+/// with cgroups limited to `limit.0/limit.1` of the file and node budgets
+/// of `budget.0/budget.1`.
+fn two_daemons_page(name: &str, synth: &[&str], limit: (u64, u64), budget: (u64, u64)) {
+    let id = std::process::id();
+    let cg = |n: &str| Cgroup::create(&format!("dwarfstar-mesh-paging-{name}-{n}-{id}"));
+    let (cg_c, cg_w) = (cg("c"), cg("w"));
+    let dir = std::env::temp_dir().join(format!("dwarfstar-mesh-paging-{name}-{id}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let model = dir.join(format!("{name}.gguf"));
+    let tok = model_path(SMOLLM2);
+    let m = model.to_str().expect("utf-8 path");
+    let mut args = vec!["synth", m];
+    args.extend(synth);
+    args.extend(["--tokenizer-from", tok.to_str().expect("utf-8")]);
+    ok(dwarfstar(&args), "synth");
+    let size = std::fs::metadata(&model).expect("model").len();
+    let limit = size * limit.0 / limit.1;
+    let budget = size * budget.0 / budget.1;
     cg_c.limit(limit);
     cg_w.limit(limit);
     let b = budget.to_string();
@@ -129,7 +136,7 @@ fn two_daemons_page_their_shares_under_cgroup_limits() {
     let prompt = "The three primary colors are";
     let want = run_greedy(&model, prompt, n);
     let http = coord.http.clone().expect("coordinator HTTP");
-    let got = complete(&http, "moe", prompt, n);
+    let got = complete(&http, name, prompt, n);
     let text = got["choices"][0]["text"].as_str().expect("text");
     assert!(
         !text.is_empty() && (want.starts_with(text) || text == want),

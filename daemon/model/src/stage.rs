@@ -66,6 +66,52 @@ pub trait ExpertDispatch: Send + Sync {
     fn submit(&self, node: u32, il: usize, batch: ExpertBatch) -> Result<Box<dyn ExpertTicket>>;
 }
 
+/// A batch on its way to another node, and the experts it covers.
+pub(crate) type Sent = (Box<dyn ExpertTicket>, Vec<usize>);
+
+/// Sends the routed experts of layer `il` that other nodes hold (rows of
+/// width `d`, `by_expert[e]` listing each expert's (token, slot) pairs,
+/// `gather` copying their rows), one batch per holder, so they run while
+/// the caller runs its own; returns the tickets with the experts each one
+/// covers (in batch order). Every architecture's MoE layer shares it.
+pub(crate) fn submit_remote(
+    dispatch: Option<&dyn ExpertDispatch>,
+    il: usize,
+    d: usize,
+    by_expert: &[Vec<(usize, usize)>],
+    gather: impl Fn(&[(usize, usize)], &mut Vec<f32>),
+) -> Result<Vec<Sent>> {
+    let Some(r) = dispatch else {
+        return Ok(Vec::new());
+    };
+    let mut remote: Vec<(u32, ExpertBatch, Vec<usize>)> = Vec::new();
+    for (e, list) in by_expert.iter().enumerate() {
+        let Some(node) = (!list.is_empty()).then(|| r.owner(il, e)).flatten() else {
+            continue;
+        };
+        let i = match remote.iter().position(|b| b.0 == node) {
+            Some(i) => i,
+            None => {
+                let b = ExpertBatch {
+                    d,
+                    ..Default::default()
+                };
+                remote.push((node, b, Vec::new()));
+                remote.len() - 1
+            }
+        };
+        let (_, b, es) = &mut remote[i];
+        b.experts.push(e as u32);
+        b.counts.push(list.len() as u32);
+        gather(list, &mut b.rows);
+        es.push(e);
+    }
+    remote
+        .into_iter()
+        .map(|(node, batch, es)| Ok((r.submit(node, il, batch)?, es)))
+        .collect()
+}
+
 impl Model {
     /// Width of a hidden row between layers (DeepSeek V4: its
     /// hyper-connection streams).

@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result};
 use super::hparams::{Gating, MoeParams};
 use super::weights::{GateUp, Mlp, MoeWeights};
 use super::Ctx;
-use crate::stage::ExpertBatch;
+use crate::stage::{submit_remote, ExpertBatch};
 
 /// The experts one token uses, best first, with their weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,37 +149,7 @@ pub(crate) fn moe_ffn(
     };
 
     // Remote experts first, one batch per holder, so they overlap ours.
-    let mut remote: Vec<(u32, ExpertBatch, Vec<usize>)> = Vec::new();
-    if let Some(r) = cx.remote {
-        for (e, list) in by_expert.iter().enumerate() {
-            let Some(node) = (!list.is_empty()).then(|| r.owner(il, e)).flatten() else {
-                continue;
-            };
-            let i = match remote.iter().position(|b| b.0 == node) {
-                Some(i) => i,
-                None => {
-                    let b = ExpertBatch {
-                        d,
-                        ..Default::default()
-                    };
-                    remote.push((node, b, Vec::new()));
-                    remote.len() - 1
-                }
-            };
-            let (_, b, es) = &mut remote[i];
-            b.experts.push(e as u32);
-            b.counts.push(list.len() as u32);
-            gather(list, &mut b.rows);
-            es.push(e);
-        }
-    }
-    let mut tickets = Vec::with_capacity(remote.len());
-    for (node, batch, es) in remote {
-        let r = cx
-            .remote
-            .ok_or_else(|| ModelError::Invalid("no expert dispatch".into()))?;
-        tickets.push((r.submit(node, il, batch)?, es));
-    }
+    let tickets = submit_remote(cx.remote, il, d, &by_expert, gather)?;
     let is_remote = |e: usize| tickets.iter().any(|(_, es)| es.contains(&e));
 
     let mut slots = vec![0f32; n * k * d];

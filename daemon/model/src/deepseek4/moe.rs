@@ -16,7 +16,7 @@
 //! the same slots, so the sums equal the single-node ones bit for bit.
 
 use crate::error::{ModelError, Result};
-use crate::stage::{ExpertBatch, ExpertTicket};
+use crate::stage::{submit_remote, ExpertBatch};
 
 use super::weights::{MoeWeights, Router, SharedExpert};
 use super::Ctx;
@@ -176,7 +176,7 @@ pub(crate) fn moe(
             xe.extend_from_slice(&x[t * d..(t + 1) * d]);
         }
     };
-    let tickets = submit_remote(cx, il, d, &by_expert, gather)?;
+    let tickets = submit_remote(cx.remote, il, d, &by_expert, gather)?;
     let is_remote = |e: usize| tickets.iter().any(|(_, es)| es.contains(&e));
 
     let k = c.k;
@@ -239,49 +239,6 @@ pub(crate) fn moe(
         out.iter_mut().zip(&y).for_each(|(a, &b)| *a += b);
     }
     Ok(out)
-}
-
-/// A batch on its way to another node, and the experts it covers.
-type Sent = (Box<dyn ExpertTicket>, Vec<usize>);
-
-/// Sends the routed experts other nodes hold, one batch per holder, and
-/// returns the tickets with the experts each one covers (in batch order).
-fn submit_remote(
-    cx: &Ctx<'_>,
-    il: usize,
-    d: usize,
-    by_expert: &[Vec<(usize, usize)>],
-    gather: impl Fn(&[(usize, usize)], &mut Vec<f32>),
-) -> Result<Vec<Sent>> {
-    let Some(r) = cx.remote else {
-        return Ok(Vec::new());
-    };
-    let mut remote: Vec<(u32, ExpertBatch, Vec<usize>)> = Vec::new();
-    for (e, list) in by_expert.iter().enumerate() {
-        let Some(node) = (!list.is_empty()).then(|| r.owner(il, e)).flatten() else {
-            continue;
-        };
-        let i = match remote.iter().position(|b| b.0 == node) {
-            Some(i) => i,
-            None => {
-                let b = ExpertBatch {
-                    d,
-                    ..Default::default()
-                };
-                remote.push((node, b, Vec::new()));
-                remote.len() - 1
-            }
-        };
-        let (_, b, es) = &mut remote[i];
-        b.experts.push(e as u32);
-        b.counts.push(list.len() as u32);
-        gather(list, &mut b.rows);
-        es.push(e);
-    }
-    remote
-        .into_iter()
-        .map(|(node, batch, es)| Ok((r.submit(node, il, batch)?, es)))
-        .collect()
 }
 
 /// Runs `batch`'s experts of a layer over their rows, for the node that
