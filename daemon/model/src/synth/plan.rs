@@ -37,7 +37,7 @@ pub const V_HEAD: usize = 128;
 /// What the user asked for; `None` fields are chosen.
 #[derive(Clone, Debug)]
 pub struct SynthConfig {
-    /// Only `deepseek2` is generated so far.
+    /// `deepseek2` or `deepseek4`.
     pub arch: String,
     /// Target file size in bytes (64 MiB when neither this nor `layers`).
     pub size: Option<u64>,
@@ -50,12 +50,21 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Zipf exponent of expert popularity (0: uniform routing).
     pub skew: f32,
-    /// The type of the big matrices.
+    /// The type of the big matrices (deepseek4: of the routed experts'
+    /// gate and up projections).
     pub ty: GgmlType,
+    /// deepseek4 only: the type of the routed experts' down projection
+    /// (`None`: `ty`).
+    pub down_ty: Option<GgmlType>,
+    /// deepseek4 only: attention heads and their size.
+    pub heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    /// deepseek4 only: append the multi-token-prediction block.
+    pub mtp: bool,
 }
 
 impl SynthConfig {
-    /// A config for `arch` with everything else chosen.
+    /// A deepseek2 config with everything else chosen.
     pub fn new(size: Option<u64>, ty: GgmlType) -> SynthConfig {
         SynthConfig {
             arch: super::ARCH.to_string(),
@@ -68,6 +77,20 @@ impl SynthConfig {
             seed: 0,
             skew: 1.0,
             ty,
+            down_ty: None,
+            heads: None,
+            head_dim: None,
+            mtp: true,
+        }
+    }
+
+    /// A deepseek4 config of ds4's "dwarf-q2" types (routed gate/up
+    /// IQ2_XXS, down Q2_K) with everything else chosen.
+    pub fn deepseek4(size: Option<u64>) -> SynthConfig {
+        SynthConfig {
+            arch: super::ds4::ARCH.to_string(),
+            down_ty: Some(GgmlType::Q2_K),
+            ..SynthConfig::new(size, GgmlType::IQ2_XXS)
         }
     }
 }
@@ -84,6 +107,12 @@ pub enum Fill {
     Router { sigma: f32 },
     /// The `exp_probs_b` selection bias of an MoE layer (see `fill`).
     Bias,
+    /// Small values `mean + sigma·N(0, 1)` (sinks, hyper-connection scales).
+    Normal { mean: f32, sigma: f32 },
+    /// A hyper-connection base of `hc` streams (see `fill::hc_base`).
+    HcBase { hc: usize },
+    /// An I32 hash routing table over `n_expert` experts (`fill::hash_ids`).
+    HashIds { n_expert: usize },
 }
 
 /// One tensor of the file.
@@ -185,10 +214,25 @@ impl SynthPlan {
     pub fn resolve(cfg: &SynthConfig, n_vocab: usize) -> Result<SynthPlan, SynthError> {
         if cfg.arch != super::ARCH {
             return Err(SynthError::Config(format!(
-                "architecture {:?} is not generated (only {})",
+                "architecture {:?} is not a {} plan ({} and {} are generated)",
                 cfg.arch,
-                super::ARCH
+                super::ARCH,
+                super::ARCH,
+                super::ds4::ARCH
             )));
+        }
+        for (set, what) in [
+            (cfg.down_ty.is_some(), "a separate down type"),
+            (cfg.heads.is_some(), "--heads"),
+            (cfg.head_dim.is_some(), "--head-dim"),
+            (!cfg.mtp, "--no-mtp"),
+        ] {
+            if set {
+                return Err(SynthError::Config(format!(
+                    "{what} is for {} only",
+                    super::ds4::ARCH
+                )));
+            }
         }
         if !(cfg.skew.is_finite() && cfg.skew >= 0.0) {
             return Err(SynthError::Config(format!("skew {} is not >= 0", cfg.skew)));
