@@ -142,6 +142,29 @@ fn small_v4_synth_has_flash_structure_and_generates() {
     assert_eq!(file.get_u32("deepseek4.vocab_size").unwrap(), 49152);
     assert_eq!(file.get_u32("deepseek4.expert_gating_func").unwrap(), 4);
     assert_eq!(file.get_u32("general.file_type").unwrap(), 19);
+    // The llama.cpp converter's keys (its tiny V4 has no YaRN and no MTP
+    // export), and ds4's vocab_size.
+    let tiny = GgufFile::open(fixtures().join("tiny-deepseek-v4/tiny-dsv4-f32.gguf")).unwrap();
+    let keys = |f: &GgufFile| -> std::collections::BTreeSet<String> {
+        f.metadata()
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .filter(|k| !k.starts_with("tokenizer."))
+            .collect()
+    };
+    let mut want = keys(&tiny);
+    for k in [
+        "vocab_size",
+        "nextn_predict_layers",
+        "rope.scaling.type",
+        "rope.scaling.factor",
+        "rope.scaling.original_context_length",
+        "rope.scaling.yarn_beta_fast",
+        "rope.scaling.yarn_beta_slow",
+    ] {
+        want.insert(format!("deepseek4.{k}"));
+    }
+    assert_eq!(keys(&file), want);
     drop(file);
 
     // inspect --json: Flash's pattern.

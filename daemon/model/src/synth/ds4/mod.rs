@@ -20,6 +20,12 @@
 //! gate/up IQ2_XXS and down Q2_K, attention, shared experts and output
 //! Q8_0, embeddings, hyper-connection, compressor, indexer and router F16,
 //! the rest F32, hash tables I32.
+//!
+//! llama.cpp (as of this writing) reads these files with `--no-repack`:
+//! its CPU weight repacking cannot place the 3-D view it takes of a Q8_0
+//! `attn_output_a` (its own Q8_0 files fail alike). It also stops with
+//! SIGFPE on files of fewer than 4 layers (no ratio-128 layer); 4 and
+//! more load and agree with DwarfStar's logits.
 
 pub mod tensors;
 
@@ -310,7 +316,7 @@ impl Ds4Plan {
 /// `tokenizer.*` key of `tok`.
 fn metadata(w: &mut GgufWriter, p: &Ds4Plan, tok: &GgufFile) -> Result<(), SynthError> {
     let k = |s: &str| format!("{ARCH}.{s}");
-    let (all, active) = p.params();
+    let (_, active) = p.params();
     let n_block = p.n_block();
     w.add_kv("general.architecture", ARCH)?;
     w.add_kv("general.type", "model")?;
@@ -327,8 +333,6 @@ fn metadata(w: &mut GgufWriter, p: &Ds4Plan, tok: &GgufFile) -> Result<(), Synth
             active as f64 / 1e9
         ),
     )?;
-    w.add_kv("general.description", p.describe())?;
-    w.add_kv("general.parameter_count", all)?;
     w.add_kv(k("block_count"), n_block as u32)?;
     w.add_kv(k("context_length"), CONTEXT)?;
     w.add_kv(k("embedding_length"), p.hidden as u32)?;
