@@ -19,15 +19,13 @@ bin=$here/target/release/dwarfstar
 [ -x "$bin" ] || (cd "$here" && cargo build --release -p dwarfstar)
 mkdir -p "$(dirname "$out")"
 
-# The routing probe counts deepseek2 routers only; llama.cpp's CPU weight repacking cannot
-# place a V4 file's Q8_0 attn_output_a, so V4 runs there without it.
-probe=(--probe-tokens 96)
+# llama.cpp's CPU weight repacking cannot place a V4 file's Q8_0 attn_output_a, so V4 runs
+# there without it.
 llama_extra=()
 if [[ " $* " == *" deepseek4 "* || " $* " == *"--arch=deepseek4"* ]]; then
-  probe=()
   llama_extra=(--no-repack)
 fi
-"$bin" synth "$out" --size "$size" "${probe[@]}" "$@"
+"$bin" synth "$out" --size "$size" --probe-tokens 96 "$@"
 echo "--- dwarfstar run (greedy, 16 tokens)"
 "$bin" run -m "$out" -p "Once upon a time" -n 16 --temp 0
 

@@ -3,14 +3,14 @@
 //! hash layers, four hyper-connection streams, the MTP block), every
 //! tensor has the dwarf-q2 recipe's type and the plan's dims and the file
 //! its predicted size, greedy generation gives finite varied tokens (also
-//! through 43 layers), output depends only on the seed, the CLI's
-//! `--no-mtp` / `--type` work, and paged logits equal the mapped file's
-//! bit for bit.
+//! through 43 layers), routing is Zipf-skewed (flat with skew 0), output
+//! depends only on the seed, the CLI's `--no-mtp` / `--type` work, and
+//! paged logits equal the mapped file's bit for bit.
 
 use dwarfstar_gguf::GgufFile;
 use dwarfstar_kernels::GgmlType;
 use dwarfstar_model::sampler::argmax;
-use dwarfstar_model::synth::{self, ds4::Ds4Plan, SynthConfig, SynthReport};
+use dwarfstar_model::synth::{self, ds4::Ds4Plan, probe, SynthConfig, SynthReport};
 use dwarfstar_model::Model;
 use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
 
@@ -224,6 +224,41 @@ fn deep_v4_synth_stays_finite() {
     let (toks, sd) = greedy(&m, &prompt, 32);
     assert!(distinct(&toks) >= 8, "collapsed: {toks:?}");
     assert!((0.5..20.0).contains(&sd), "logit spread {sd}");
+}
+
+/// Expert popularity over a text, every layer's counts (hash-routed ones
+/// included): the share of selections the top quarter of experts takes.
+fn top_quarter(path: &std::path::Path, n_layer: usize, top_k: usize) -> f64 {
+    let (mut m, file) = Model::open(path, &[]).expect("synthetic V4 loads");
+    let tok = Tokenizer::new(TokenizerSpec::from_gguf(&file).unwrap()).unwrap();
+    let text = "The history of the mountain village begins with a small group of \
+        shepherds who crossed the pass every summer. Over the centuries they built stone \
+        houses, a church with a wooden tower, and terraces where barley and potatoes grew \
+        in the short season. Travellers wrote about the bells and the cold water of the \
+        spring, the bread baked once a week in a shared oven, and the long winters.";
+    let ids = tok.encode(text, false, false).unwrap();
+    let c = probe::observed_expert_counts(&mut m, &ids).expect("routes counted");
+    assert_eq!(c.layers.len(), n_layer, "every trunk layer routes");
+    for (il, counts) in &c.layers {
+        let total: u64 = counts.iter().sum();
+        assert_eq!(total, (ids.len() * top_k) as u64, "layer {il}: {counts:?}");
+    }
+    eprintln!("{}", c.histogram());
+    c.top_share(0.25)
+}
+
+#[test]
+fn v4_synth_routes_skewed_and_flat() {
+    let (a, b) = (TempFile::new("v4-skew"), TempFile::new("v4-flat"));
+    let mut cfg = small(6, 16, 2);
+    write(&a.0, &cfg);
+    cfg.skew = 0.0;
+    write(&b.0, &cfg);
+    let skewed = top_quarter(&a.0, 6, 6);
+    let flat = top_quarter(&b.0, 6, 6);
+    eprintln!("top quarter of 16 experts (top-6): skew 1 {skewed:.3}, skew 0 {flat:.3}");
+    assert!(skewed > 0.42, "skewed top-quarter share {skewed}");
+    assert!(flat < 0.37, "flat top-quarter share {flat}");
 }
 
 #[test]

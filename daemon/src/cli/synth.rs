@@ -1,7 +1,7 @@
 //! `dwarfstar synth`: writes a synthetic MoE GGUF with realistic shapes
 //! (see `dwarfstar_model::synth`): deepseek2 (V2/V3 layout) or deepseek4
-//! (V4 Flash layout); for deepseek2 it optionally runs the router on a
-//! prompt and prints the expert popularity histogram.
+//! (V4 Flash layout); it optionally runs the file's routers on a prompt
+//! and prints the expert popularity histogram.
 
 use std::path::{Path, PathBuf};
 
@@ -114,10 +114,7 @@ road is paved, a school teaches forty children, and in winter the slopes fill \
 with skiers from the cities in the valley below. ";
 
 fn probe_file(path: &Path, n_tokens: usize) -> Result<()> {
-    let (model, file) = Model::open(path, &[])?;
-    let Model::Deepseek2(m) = &model else {
-        bail!("{} did not load as deepseek2", path.display());
-    };
+    let (mut model, file) = Model::open(path, &[])?;
     let tok = super::load_tokenizer(&file, path)?;
     let mut ids = Vec::new();
     while ids.len() < n_tokens {
@@ -125,7 +122,11 @@ fn probe_file(path: &Path, n_tokens: usize) -> Result<()> {
     }
     ids.truncate(n_tokens);
     let t0 = std::time::Instant::now();
-    let c = probe::expert_counts(m, &ids)?;
+    let c = match &model {
+        Model::Deepseek2(m) => probe::expert_counts(m, &ids)?,
+        Model::Deepseek4(_) => probe::observed_expert_counts(&mut model, &ids)?,
+        _ => bail!("{} has no routed experts to count", path.display()),
+    };
     eprintln!(
         "routing over {} tokens, {} MoE layers ({:.1}s): top 10% of experts get {:.1}%, top 25% get {:.1}% of selections",
         ids.len(),
@@ -151,9 +152,6 @@ pub fn run(a: SynthArgs) -> Result<()> {
         )
     })?;
     let (ty, down_ty) = parse_type(&a.arch, a.ty.as_deref())?;
-    if a.probe_tokens > 0 && a.arch != synth::ARCH {
-        bail!("--probe-tokens counts deepseek2 routing only");
-    }
     let cfg = SynthConfig {
         arch: a.arch.clone(),
         size: a.size,
