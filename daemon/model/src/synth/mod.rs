@@ -13,12 +13,14 @@
 //! ([`fill::bias`]). Data is streamed through `GgufWriter` in bounded
 //! memory.
 //!
+//! - [`config`]: the request and the tensor list's entries, shared;
 //! - [`plan`]: dims from a target size, the tensor list;
 //! - [`ds4`]: the same for `deepseek4`;
 //! - [`fill`]: the deterministic values (pools of pre-quantized chunks),
 //!   streamed by both architectures' writers through one loop;
 //! - [`probe`]: counts which experts a model's router picks on a prompt.
 
+pub mod config;
 pub mod ds4;
 pub mod fill;
 pub mod plan;
@@ -31,7 +33,8 @@ use std::time::Instant;
 use dwarfstar_gguf::{GgufError, GgufFile, GgufWriter, Value};
 use dwarfstar_kernels::{GgmlType, KernelError};
 
-pub use plan::{Fill, SynthConfig, SynthPlan, TensorPlan};
+pub use config::{Fill, SynthConfig, TensorPlan};
+pub use plan::SynthPlan;
 
 /// The default architecture (DeepSeek V2/V3 layout).
 pub const ARCH: &str = "deepseek2";

@@ -36,7 +36,7 @@ use dwarfstar_gguf::{GgufFile, GgufWriter, Value};
 use dwarfstar_kernels::quantize::quantize_supported;
 use dwarfstar_kernels::GgmlType;
 
-use super::plan::SynthConfig;
+use super::config::SynthConfig;
 use super::{SynthError, SynthReport};
 
 /// The architecture name of the files.

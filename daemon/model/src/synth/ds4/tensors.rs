@@ -15,7 +15,7 @@
 
 use dwarfstar_kernels::GgmlType;
 
-use super::super::plan::{Fill, TensorPlan};
+use super::super::config::{Fill, TensorPlan};
 use super::{Ds4Plan, HC, IDX_DIM};
 
 const F32: GgmlType = GgmlType::F32;
