@@ -89,6 +89,9 @@ fn parse_type(arch: &str, s: Option<&str>) -> Result<(GgmlType, Option<GgmlType>
         None if v4 => Ok((GgmlType::IQ2_XXS, Some(GgmlType::Q2_K))),
         None => Ok((GgmlType::Q4_K, None)),
         Some("dwarf-q2") if v4 => Ok((GgmlType::IQ2_XXS, Some(GgmlType::Q2_K))),
+        Some("dwarf-q2") => {
+            bail!("--type dwarf-q2 is for --arch deepseek4; give one type (q4_k, q2_k, ...)")
+        }
         Some(name) => match GgmlType::from_name(name) {
             Some(t) => Ok((t, None)),
             None => bail!("unknown --type {name:?}"),
