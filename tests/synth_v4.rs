@@ -352,29 +352,37 @@ fn v4_synth_cli_no_mtp_and_expert_type() {
 }
 
 /// Paged under the tightest budget (experts evicted, layers streamed), the
-/// synthetic V4 gives the mapped file's logits to the bit.
+/// synthetic V4 gives the mapped file's logits to the bit, with plain and
+/// llama-exact kernels.
 #[test]
 fn v4_synth_paged_is_bit_identical() {
     let f = TempFile::new("v4-paged");
     write(&f.0, &small(5, 16, 5));
     let toks: Vec<u32> = (0..24u32).map(|i| (i * 7919 + 13) % 49152).collect();
-    let mapped = open(&f.0, false);
-    let want = trace(&mapped, &toks, 12);
-    let want_batch = batched(&mapped, &toks, &toks[..10]);
-    let mut paged = open(&f.0, false);
-    let cfg = tightest_budget(&mut paged, &f.0);
-    assert_bits_equal("synthetic V4 paged", &want, &trace(&paged, &toks, 12));
-    assert_bits_equal(
-        "synthetic V4 paged, batched",
-        &want_batch,
-        &batched(&paged, &toks, &toks[..10]),
-    );
-    let s = paged.store_stats();
-    eprintln!(
-        "budget {} of {} bytes: {s:?}",
-        cfg.budget,
-        paged.weight_bytes()
-    );
-    assert!(s.paged && s.resident_bytes <= s.budget_bytes, "{s:?}");
-    assert!(s.expert_misses > 0 && s.evictions > 0, "{s:?}");
+    for exact in [false, true] {
+        let what = format!("synthetic V4 paged (exact {exact})");
+        let mapped = open(&f.0, exact);
+        let want = trace(&mapped, &toks, 12);
+        let want_batch = batched(&mapped, &toks, &toks[..10]);
+        let mut paged = open(&f.0, exact);
+        let cfg = tightest_budget(&mut paged, &f.0);
+        assert_bits_equal(&what, &want, &trace(&paged, &toks, 12));
+        assert_bits_equal(
+            &format!("{what}, batched"),
+            &want_batch,
+            &batched(&paged, &toks, &toks[..10]),
+        );
+        let s = paged.store_stats();
+        eprintln!(
+            "{what}: budget {} of {} bytes: {s:?}",
+            cfg.budget,
+            paged.weight_bytes()
+        );
+        assert!(
+            s.paged && s.resident_bytes <= s.budget_bytes,
+            "{what}: {s:?}"
+        );
+        assert!(s.expert_misses > 0 && s.evictions > 0, "{what}: {s:?}");
+        assert!(s.streamed_layers > 0, "{what}: layers stream too: {s:?}");
+    }
 }
