@@ -23,4 +23,5 @@ mod quantize;
 mod reference;
 mod stage;
 mod synth_moe;
+mod synth_v4;
 mod synthetic;

@@ -17,10 +17,10 @@ use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
 use crate::common::*;
 
 /// A temporary file removed on drop.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub PathBuf);
 
 impl TempFile {
-    fn new(tag: &str) -> TempFile {
+    pub(crate) fn new(tag: &str) -> TempFile {
         TempFile(
             std::env::temp_dir().join(format!("dwarfstar-synth-{}-{tag}.gguf", std::process::id())),
         )
@@ -33,7 +33,7 @@ impl Drop for TempFile {
     }
 }
 
-fn tokenizer_source() -> GgufFile {
+pub(crate) fn tokenizer_source() -> GgufFile {
     GgufFile::open(model_path(SMOLLM2)).expect("SmolLM2 opens")
 }
 

@@ -35,7 +35,7 @@ enum Command {
     Quality(cli::quality::QualityArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
     Serve(serve::ServeArgs),
-    /// Write a synthetic MoE GGUF (deepseek2) of realistic shape and size.
+    /// Write a synthetic MoE GGUF (deepseek2 or deepseek4) of realistic shape and size.
     Synth(cli::synth::SynthArgs),
 }
 

@@ -97,13 +97,14 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Err(e) => (None, Some(e.to_string())),
     };
     let file = std::sync::Arc::new(file);
-    let (model_kv, caps, model_err) = match Model::load(file.clone()) {
+    let (model_kv, caps, v4, model_err) = match Model::load(file.clone()) {
         Ok(m) => (
             Some(m.kv_bytes_per_token() as u64),
             Some(m.capabilities()),
+            v4_json(&m),
             None,
         ),
-        Err(e) => (None, None, Some(e.to_string())),
+        Err(e) => (None, None, None, Some(e.to_string())),
     };
     let kv_per_token = shape.as_ref().map(|s| s.kv_bytes_per_token).or(model_kv);
     let active = shape.as_ref().map(|s| s.active_bytes_per_token);
@@ -150,6 +151,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "shape_error": shape_err,
             "model_error": model_err,
             "capabilities": caps.as_ref().map(caps_json),
+            "deepseek4": v4,
             "tensors": tensors,
         });
         println!("{}", serde_json::to_string_pretty(&obj)?);
@@ -240,6 +242,24 @@ pub fn run(a: InspectArgs) -> Result<()> {
 }
 
 /// What the architecture supports, as `--json` reports it.
+/// A DeepSeek V4 model's structure: per-block compression ratios (the MTP
+/// block's last), hash-routed layers, hyper-connection streams, window,
+/// and whether the file holds the MTP block.
+fn v4_json(m: &Model) -> Option<serde_json::Value> {
+    let Model::Deepseek4(m) = m else {
+        return None;
+    };
+    let hp = &m.hp;
+    Some(json!({
+        "compress_ratios": hp.kinds.iter().map(|k| k.ratio()).collect::<Vec<_>>(),
+        "hash_layers": hp.n_hash,
+        "hc_mult": hp.hc_mult,
+        "sliding_window": hp.n_swa,
+        "indexer_heads": hp.idx_heads,
+        "mtp": m.w.mtp.is_some(),
+    }))
+}
+
 fn caps_json(c: &Capabilities) -> serde_json::Value {
     let kv: Vec<&str> = c.kv_types.iter().map(|t| t.name()).collect();
     json!({

@@ -1,5 +1,6 @@
 //! `dwarfstar synth`: writes a synthetic MoE GGUF with realistic shapes
-//! (see `dwarfstar_model::synth`), optionally runs its router on a prompt
+//! (see `dwarfstar_model::synth`): deepseek2 (V2/V3 layout) or deepseek4
+//! (V4 Flash layout); it optionally runs the file's routers on a prompt
 //! and prints the expert popularity histogram.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use dwarfstar_model::Model;
 pub struct SynthArgs {
     /// The file to write.
     pub out: PathBuf,
-    /// Architecture (only deepseek2 so far).
+    /// Architecture: deepseek2 (DeepSeek V2/V3 layout) or deepseek4
+    /// (DeepSeek V4 Flash layout).
     #[arg(long, default_value = "deepseek2")]
     pub arch: String,
     /// Target file size: 40MiB, 4GiB, 1.5G, 123456789 (the layer count and
@@ -36,15 +38,27 @@ pub struct SynthArgs {
     /// Hidden size of one expert (a multiple of 256).
     #[arg(long)]
     pub ffn: Option<usize>,
+    /// deepseek4: attention heads (default hidden/64).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// deepseek4: the size of a head (default 512, Flash's).
+    #[arg(long)]
+    pub head_dim: Option<usize>,
+    /// deepseek4: leave out the multi-token-prediction block.
+    #[arg(long)]
+    pub no_mtp: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Zipf exponent of expert popularity; 0: uniform routing.
     #[arg(long, default_value_t = 1.0)]
     pub skew: f32,
-    /// Type of the big matrices: q4_k, q8_0, q2_k, f16 (or another type
-    /// with a quantizer whose block divides 256).
-    #[arg(long = "type", default_value = "q4_k", value_parser = parse_type)]
-    pub ty: GgmlType,
+    /// deepseek2: the type of the big matrices: q4_k (default), q8_0, q2_k,
+    /// f16 (or another type with a quantizer whose block divides 256).
+    /// deepseek4: the routed experts' type: dwarf-q2 (default: gate/up
+    /// IQ2_XXS, down Q2_K), or one type for all three (q4_k, mxfp4, q8_0,
+    /// ...); the other tensors are ds4's (Q8_0, F16, F32).
+    #[arg(long = "type")]
+    pub ty: Option<String>,
     /// The GGUF whose tokenizer is copied (default: SmolLM2-135M-Instruct
     /// in $DWARFSTAR_MODELS_DIR or ./models).
     #[arg(long)]
@@ -67,8 +81,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_type(s: &str) -> Result<GgmlType, String> {
-    GgmlType::from_name(s).ok_or_else(|| format!("unknown type {s:?}"))
+/// The `--type` of `arch`: the main type and, for deepseek4, the routed
+/// experts' down type.
+fn parse_type(arch: &str, s: Option<&str>) -> Result<(GgmlType, Option<GgmlType>)> {
+    let v4 = arch == synth::ds4::ARCH;
+    match s {
+        None if v4 => Ok((GgmlType::IQ2_XXS, Some(GgmlType::Q2_K))),
+        None => Ok((GgmlType::Q4_K, None)),
+        Some("dwarf-q2") if v4 => Ok((GgmlType::IQ2_XXS, Some(GgmlType::Q2_K))),
+        Some("dwarf-q2") => {
+            bail!("--type dwarf-q2 is for --arch deepseek4; give one type (q4_k, q2_k, ...)")
+        }
+        Some(name) => match GgmlType::from_name(name) {
+            Some(t) => Ok((t, None)),
+            None => bail!("unknown --type {name:?}"),
+        },
+    }
 }
 
 /// The SmolLM2 file whose tokenizer synthetic models borrow.
@@ -89,10 +117,7 @@ road is paved, a school teaches forty children, and in winter the slopes fill \
 with skiers from the cities in the valley below. ";
 
 fn probe_file(path: &Path, n_tokens: usize) -> Result<()> {
-    let (model, file) = Model::open(path, &[])?;
-    let Model::Deepseek2(m) = &model else {
-        bail!("{} did not load as deepseek2", path.display());
-    };
+    let (mut model, file) = Model::open(path, &[])?;
     let tok = super::load_tokenizer(&file, path)?;
     let mut ids = Vec::new();
     while ids.len() < n_tokens {
@@ -100,7 +125,11 @@ fn probe_file(path: &Path, n_tokens: usize) -> Result<()> {
     }
     ids.truncate(n_tokens);
     let t0 = std::time::Instant::now();
-    let c = probe::expert_counts(m, &ids)?;
+    let c = match &model {
+        Model::Deepseek2(m) => probe::expert_counts(m, &ids)?,
+        Model::Deepseek4(_) => probe::observed_expert_counts(&mut model, &ids)?,
+        _ => bail!("{} has no routed experts to count", path.display()),
+    };
     eprintln!(
         "routing over {} tokens, {} MoE layers ({:.1}s): top 10% of experts get {:.1}%, top 25% get {:.1}% of selections",
         ids.len(),
@@ -125,6 +154,7 @@ pub fn run(a: SynthArgs) -> Result<()> {
             tok_path.display()
         )
     })?;
+    let (ty, down_ty) = parse_type(&a.arch, a.ty.as_deref())?;
     let cfg = SynthConfig {
         arch: a.arch.clone(),
         size: a.size,
@@ -135,12 +165,16 @@ pub fn run(a: SynthArgs) -> Result<()> {
         ffn: a.ffn,
         seed: a.seed,
         skew: a.skew,
-        ty: a.ty,
+        ty,
+        down_ty,
+        heads: a.heads,
+        head_dim: a.head_dim,
+        mtp: !a.no_mtp,
     };
-    let r =
-        synth::write(&a.out, &cfg, &tok).with_context(|| format!("writing {}", a.out.display()))?;
+    let r = synth::write_any(&a.out, &cfg, &tok)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     drop(tok);
-    eprintln!("{}", r.plan.describe());
+    eprintln!("{}", r.plan);
     eprintln!(
         "wrote {} ({:.1} MiB) in {:.1}s ({:.1}s quantizing pools, {:.0} MiB/s)",
         a.out.display(),

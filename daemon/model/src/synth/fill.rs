@@ -5,8 +5,10 @@
 //! 256-value chunks quantized once, in parallel; a tensor is then a
 //! sequence of pool chunks, chunk `c` of tensor `t` chosen by a hash of
 //! `(seed, t, c)`. Output depends only on the seed, never on thread count.
-//! Small f32 tensors (norms, routers, biases) are drawn directly.
+//! Small tensors (norms, routers, biases, hyper-connection bases, hash
+//! routing tables) are drawn directly.
 
+use dwarfstar_kernels::quantize::{quantize, quantize_requires_imatrix};
 use dwarfstar_kernels::{quantize_row, GgmlType};
 use rayon::prelude::*;
 
@@ -67,19 +69,29 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Quantizes [`POOL_CHUNKS`] chunks of normal values `× sigma`.
+    /// Quantizes [`POOL_CHUNKS`] chunks of normal values `× sigma`. Types
+    /// ggml quantizes only against an importance matrix (IQ2_XXS, IQ2_XS,
+    /// IQ1_S) get uniform importance, as `dwarfstar quantize` gives them.
     pub fn build(ty: GgmlType, sigma: f32, seed: u64) -> Result<Pool, SynthError> {
         let chunk_bytes = ty
             .row_bytes(CHUNK)
             .ok_or_else(|| SynthError::Config(format!("{ty} does not tile {CHUNK} values")))?;
         let mut data = vec![0u8; chunk_bytes * POOL_CHUNKS];
         let key = seed ^ mix(ty.id() as u64) ^ mix(sigma.to_bits() as u64 + 1);
+        let ones = [1f32; CHUNK];
+        let weighted = quantize_requires_imatrix(ty);
         data.par_chunks_mut(chunk_bytes)
             .enumerate()
             .try_for_each(|(i, out)| {
                 let mut r = Rng::new(key ^ mix(i as u64));
                 let vals: Vec<f32> = (0..CHUNK).map(|_| r.normal() * sigma).collect();
-                quantize_row(ty, &vals, out)
+                if weighted {
+                    quantize(ty, &vals, CHUNK, Some(&ones), out)
+                        .map(|_| ())
+                        .map_err(|e| SynthError::Config(format!("quantizing a {ty} pool: {e}")))
+                } else {
+                    quantize_row(ty, &vals, out).map_err(SynthError::from)
+                }
             })?;
         Ok(Pool {
             ty,
@@ -93,20 +105,23 @@ impl Pool {
         self.chunk_bytes
     }
 
-    /// Fills `out` with chunks `first..` of the tensor keyed `key`.
-    /// `out.len()` is a whole number of chunks.
+    /// Fills `out` with chunks `first..` of the tensor keyed `key`. A
+    /// last partial chunk gets the head of its pick (whole blocks when the
+    /// tensor is whole blocks).
     pub fn fill(&self, key: u64, first: u64, out: &mut [u8]) {
         let cb = self.chunk_bytes;
         const PER_TASK: usize = 256;
+        let pick = |c: u64| {
+            let i = mix(key ^ c.wrapping_mul(0xd6e8_feb8_6659_fd93)) as usize & (POOL_CHUNKS - 1);
+            &self.data[i * cb..(i + 1) * cb]
+        };
         out.par_chunks_mut(cb * PER_TASK)
             .enumerate()
             .for_each(|(task, part)| {
                 let c0 = first + (task * PER_TASK) as u64;
-                for (j, dst) in part.chunks_exact_mut(cb).enumerate() {
-                    let pick = mix(key ^ (c0 + j as u64).wrapping_mul(0xd6e8_feb8_6659_fd93))
-                        as usize
-                        & (POOL_CHUNKS - 1);
-                    dst.copy_from_slice(&self.data[pick * cb..(pick + 1) * cb]);
+                for (j, dst) in part.chunks_mut(cb).enumerate() {
+                    let src = pick(c0 + j as u64);
+                    dst.copy_from_slice(&src[..dst.len()]);
                 }
             });
     }
@@ -145,6 +160,57 @@ pub fn bias(n_expert: usize, skew: f32, key: u64) -> Vec<f32> {
         .collect()
 }
 
+/// One layer's hash routing table (`ffn_gate_tid2eid`, `n_vocab` rows of
+/// `k` distinct expert ids): each token draws its experts without
+/// replacement, expert `e` of popularity rank `r` (a per-layer random
+/// permutation) with weight `(1 + r)^-skew` — Zipf-like as [`bias`] makes
+/// the learned layers, uniform at `skew` 0.
+pub fn hash_ids(n_vocab: usize, k: usize, n_expert: usize, skew: f32, key: u64) -> Vec<i32> {
+    let mut r = Rng::new(key);
+    let mut rank: Vec<usize> = (0..n_expert).collect();
+    for i in (1..n_expert).rev() {
+        let j = (r.next_u64() % (i as u64 + 1)) as usize;
+        rank.swap(i, j);
+    }
+    let weight: Vec<f32> = rank.iter().map(|&k| (1.0 + k as f32).powf(-skew)).collect();
+    let mut out = Vec::with_capacity(n_vocab * k);
+    let mut w = weight.clone();
+    for _ in 0..n_vocab {
+        w.copy_from_slice(&weight);
+        for _ in 0..k {
+            let total: f32 = w.iter().sum();
+            let mut u = r.uniform() * total;
+            // The last expert still in the draw if rounding runs past the end.
+            let mut pick = w.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+            for (e, &x) in w.iter().enumerate() {
+                if x > 0.0 && u < x {
+                    pick = e;
+                    break;
+                }
+                u -= x;
+            }
+            w[pick] = 0.0;
+            out.push(pick as i32);
+        }
+    }
+    out
+}
+
+/// The `base` of a hyper-connection mix (`(2 + hc)·hc` values: pre, post,
+/// comb): pre and post near 0 (each stream feeds the sub-block about
+/// half, takes its output about once), comb `+2` on the diagonal so the
+/// Sinkhorn mix mostly keeps each stream — near the identity, never exactly
+/// — each value with a little noise.
+pub fn hc_base(hc: usize, key: u64) -> Vec<f32> {
+    let mut r = Rng::new(key);
+    (0..(2 + hc) * hc)
+        .map(|i| {
+            let diag = i >= 2 * hc && (i - 2 * hc).is_multiple_of(hc + 1);
+            (if diag { 2.0 } else { 0.0 }) + 0.1 * r.normal()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +238,49 @@ mod tests {
             p.fill(4, 0, &mut again);
             assert_ne!(bytes, again);
         }
+    }
+
+    #[test]
+    fn iq2_pools_and_partial_chunks() {
+        let p = Pool::build(GgmlType::IQ2_XXS, 0.05, 1).unwrap();
+        let cb = p.chunk_bytes();
+        let mut whole = vec![0u8; cb * 3];
+        p.fill(9, 0, &mut whole);
+        let mut v = vec![0f32; CHUNK * 3];
+        dequantize_row(GgmlType::IQ2_XXS, &whole, &mut v).unwrap();
+        let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        assert!((0.03..0.07).contains(&rms), "rms {rms}");
+        // A tensor of 2.5 chunks (F16): the tail is the head of chunk 2.
+        let f = Pool::build(GgmlType::F16, 1.0, 1).unwrap();
+        let mut a = vec![0u8; f.chunk_bytes() * 3];
+        f.fill(4, 0, &mut a);
+        let mut b = vec![0u8; f.chunk_bytes() * 5 / 2];
+        f.fill(4, 0, &mut b);
+        assert_eq!(a[..b.len()], b[..]);
+    }
+
+    #[test]
+    fn hash_ids_are_distinct_in_range_and_skewed() {
+        let (n, k, e) = (4000, 6, 32);
+        let ids = hash_ids(n, k, e, 1.0, 5);
+        assert_eq!(ids.len(), n * k);
+        let mut count = vec![0usize; e];
+        for row in ids.chunks_exact(k) {
+            for (i, &x) in row.iter().enumerate() {
+                assert!((0..e as i32).contains(&x));
+                assert!(!row[..i].contains(&x), "{row:?}");
+                count[x as usize] += 1;
+            }
+        }
+        count.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(count[0] > 3 * count[e - 1], "{count:?}");
+        assert!(count[e - 1] > 0, "every expert is used: {count:?}");
+        let flat = hash_ids(n, k, e, 0.0, 5);
+        let mut c = vec![0usize; e];
+        flat.iter().for_each(|&x| c[x as usize] += 1);
+        let (lo, hi) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+        assert!(*hi < 2 * *lo, "{c:?}");
+        assert_eq!(ids, hash_ids(n, k, e, 1.0, 5));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Synthetic MoE GGUFs with realistic shapes, for testing and benchmarking
 //! what needs a big MoE model without downloading one.
 //!
-//! [`write`] produces a `deepseek2` file exactly as llama.cpp's converter
+//! [`write_any`] writes either architecture; [`ds4`] makes `deepseek4`
+//! (DeepSeek V4 Flash) files. [`write`] produces a `deepseek2` file exactly as llama.cpp's converter
 //! lays one out — MLA tensors (`attn_q_a`/`attn_q_b`, `attn_kv_a_mqa`,
 //! split `attn_k_b`/`attn_v_b`), leading dense layers, one shared expert,
 //! routed experts stacked as `ffn_{gate,up,down}_exps`, the `exp_probs_b`
@@ -12,10 +13,15 @@
 //! ([`fill::bias`]). Data is streamed through `GgufWriter` in bounded
 //! memory.
 //!
+//! - [`config`]: the request and the tensor list's entries, shared;
 //! - [`plan`]: dims from a target size, the tensor list;
-//! - [`fill`]: the deterministic values (pools of pre-quantized chunks);
+//! - [`ds4`]: the same for `deepseek4`;
+//! - [`fill`]: the deterministic values (pools of pre-quantized chunks),
+//!   streamed by both architectures' writers through one loop;
 //! - [`probe`]: counts which experts a model's router picks on a prompt.
 
+pub mod config;
+pub mod ds4;
 pub mod fill;
 pub mod plan;
 pub mod probe;
@@ -27,9 +33,10 @@ use std::time::Instant;
 use dwarfstar_gguf::{GgufError, GgufFile, GgufWriter, Value};
 use dwarfstar_kernels::{GgmlType, KernelError};
 
-pub use plan::{Fill, SynthConfig, SynthPlan, TensorPlan};
+pub use config::{Fill, SynthConfig, TensorPlan};
+pub use plan::SynthPlan;
 
-/// The one architecture generated so far.
+/// The default architecture (DeepSeek V2/V3 layout).
 pub const ARCH: &str = "deepseek2";
 
 /// Bytes generated per write (bounds the memory used).
@@ -52,10 +59,10 @@ pub enum SynthError {
     Config(String),
 }
 
-/// What [`write`] made, and how fast.
+/// What [`write`] (or [`ds4::write`], with its plan) made, and how fast.
 #[derive(Clone, Debug)]
-pub struct SynthReport {
-    pub plan: SynthPlan,
+pub struct SynthReport<P = SynthPlan> {
+    pub plan: P,
     /// Bytes of the whole file.
     pub bytes: u64,
     /// Seconds spent quantizing the pools.
@@ -65,7 +72,7 @@ pub struct SynthReport {
 }
 
 /// `general.file_type` (llama.cpp's `llama_ftype`) of a file mostly of `ty`.
-fn file_type(ty: GgmlType) -> u32 {
+pub(crate) fn file_type(ty: GgmlType) -> u32 {
     use GgmlType::*;
     match ty {
         F32 => 0,
@@ -162,37 +169,68 @@ fn metadata(w: &mut GgufWriter, p: &SynthPlan, tok: &GgufFile) -> Result<(), Syn
     w.add_kv(k("rope.scaling.factor"), 40f32)?;
     w.add_kv(k("rope.scaling.original_context_length"), 4096u32)?;
     w.add_kv(k("rope.scaling.yarn_log_multiplier"), 0.1f32)?;
-    for (key, v) in tok.metadata().iter() {
-        if key.starts_with("tokenizer.") {
-            w.add_kv(key, v.clone())?;
-        }
-    }
+    copy_tokenizer(w, tok)?;
     w.add_kv("general.quantization_version", 2u32)?;
     w.add_kv("general.file_type", Value::U32(file_type(p.ty)))?;
     Ok(())
 }
 
-/// Streams the tensor data of `tensors` to `out`.
+/// The bytes of a tensor drawn whole (not from a pool): `v` in `ty`.
+fn encode(ty: GgmlType, v: &[f32]) -> Result<Vec<u8>, SynthError> {
+    if ty == GgmlType::F32 {
+        return Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+    }
+    let len = ty.row_bytes(v.len()).ok_or_else(|| {
+        SynthError::Config(format!("{} values are not whole {ty} blocks", v.len()))
+    })?;
+    let mut out = vec![0u8; len];
+    dwarfstar_kernels::quantize_row(ty, v, &mut out)?;
+    Ok(out)
+}
+
+/// Streams the tensor data of `tensors` to `out`; `seed` and `skew` as in
+/// the plans.
 fn write_data(
     gw: &mut GgufWriter,
     out: &mut impl Write,
-    p: &SynthPlan,
+    seed: u64,
+    skew: f32,
     tensors: &[TensorPlan],
     pools: &[fill::Pool],
 ) -> Result<(), SynthError> {
     let mut buf = Vec::new();
     for (ti, t) in tensors.iter().enumerate() {
-        let key = p.seed ^ fill::mix(fill::name_key(&t.name) ^ ti as u64);
+        let key = seed ^ fill::mix(fill::name_key(&t.name) ^ ti as u64);
         let n = t.n_elements() as usize;
         let small: Option<Vec<f32>> = match t.fill {
             Fill::Pool { .. } => None,
             Fill::Norm => Some(fill::norm(n, key)),
             Fill::Router { sigma } => Some(fill::normal(n, sigma, key)),
-            Fill::Bias => Some(fill::bias(n, p.skew, key)),
+            Fill::Bias => Some(fill::bias(n, skew, key)),
+            Fill::Normal { mean, sigma } => Some(
+                fill::normal(n, sigma, key)
+                    .into_iter()
+                    .map(|v| v + mean)
+                    .collect(),
+            ),
+            Fill::HcBase { hc } => Some(fill::hc_base(hc, key)),
+            Fill::HashIds { n_expert } => {
+                let k = t.dims[0] as usize;
+                let ids = fill::hash_ids(n / k.max(1), k, n_expert, skew, key);
+                let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+                gw.write_tensor_data(out, &t.name, &bytes)?;
+                continue;
+            }
         };
         if let Some(v) = small {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            gw.write_tensor_data(out, &t.name, &bytes)?;
+            if v.len() != n {
+                return Err(SynthError::Config(format!(
+                    "{}: {} values for {n} elements",
+                    t.name,
+                    v.len()
+                )));
+            }
+            gw.write_tensor_data(out, &t.name, &encode(t.ty, &v)?)?;
             continue;
         }
         let Fill::Pool { sigma } = t.fill else {
@@ -217,20 +255,22 @@ fn write_data(
     Ok(())
 }
 
-/// Writes a synthetic model of `cfg` to `path`, with the tokenizer of
-/// `tok` (whose vocabulary sets `n_vocab`).
-pub fn write(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<SynthReport, SynthError> {
-    let t0 = Instant::now();
-    let plan = SynthPlan::resolve(cfg, vocab_size(tok)?)?;
-    let tensors = plan.tensors();
-    let mut gw = GgufWriter::new(32)?;
-    metadata(&mut gw, &plan, tok)?;
-    for t in &tensors {
+/// Declares `tensors` in `gw` (whose metadata is set), builds the pools
+/// they draw from, and streams the whole file to `path`. Returns the
+/// file's bytes and the seconds since `t0` when the pools were ready.
+pub(crate) fn stream(
+    path: &Path,
+    mut gw: GgufWriter,
+    tensors: &[TensorPlan],
+    seed: u64,
+    skew: f32,
+    t0: Instant,
+) -> Result<(u64, f64), SynthError> {
+    for t in tensors {
         gw.add_tensor_info(&t.name, &t.dims, t.ty)?;
     }
-
     let mut kinds: Vec<(GgmlType, f32)> = Vec::new();
-    for t in &tensors {
+    for t in tensors {
         if let Fill::Pool { sigma } = t.fill {
             if !kinds.contains(&(t.ty, sigma)) {
                 kinds.push((t.ty, sigma));
@@ -239,7 +279,7 @@ pub fn write(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<SynthRepo
     }
     let pools = kinds
         .iter()
-        .map(|&(ty, sigma)| fill::Pool::build(ty, sigma, plan.seed))
+        .map(|&(ty, sigma)| fill::Pool::build(ty, sigma, seed))
         .collect::<Result<Vec<_>, _>>()?;
     let pool_s = t0.elapsed().as_secs_f64();
 
@@ -252,7 +292,7 @@ pub fn write(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<SynthRepo
     let res = gw
         .write_header(&mut out)
         .map_err(SynthError::from)
-        .and_then(|_| write_data(&mut gw, &mut out, &plan, &tensors, &pools))
+        .and_then(|_| write_data(&mut gw, &mut out, seed, skew, tensors, &pools))
         .and_then(|_| gw.finish(&mut out).map_err(SynthError::from));
     match res {
         Err(SynthError::Gguf(GgufError::Write(source))) => return Err(io(source)),
@@ -260,10 +300,55 @@ pub fn write(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<SynthRepo
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     let bytes = file.metadata().map_err(io)?.len();
+    Ok((bytes, pool_s))
+}
+
+/// Copies every `tokenizer.*` key of `tok`.
+pub(crate) fn copy_tokenizer(w: &mut GgufWriter, tok: &GgufFile) -> Result<(), SynthError> {
+    for (key, v) in tok.metadata().iter() {
+        if key.starts_with("tokenizer.") {
+            w.add_kv(key, v.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a synthetic model of `cfg` to `path`, with the tokenizer of
+/// `tok` (whose vocabulary sets `n_vocab`).
+pub fn write(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<SynthReport, SynthError> {
+    let t0 = Instant::now();
+    let plan = SynthPlan::resolve(cfg, vocab_size(tok)?)?;
+    let tensors = plan.tensors();
+    let mut gw = GgufWriter::new(32)?;
+    metadata(&mut gw, &plan, tok)?;
+    let (bytes, pool_s) = stream(path, gw, &tensors, plan.seed, plan.skew, t0)?;
     Ok(SynthReport {
         plan,
         bytes,
         pool_s,
         total_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`write_any`] wrote: its plan's description, bytes and timings.
+pub type AnyReport = SynthReport<String>;
+
+/// Writes a model of `cfg.arch` (deepseek2 or deepseek4).
+pub fn write_any(path: &Path, cfg: &SynthConfig, tok: &GgufFile) -> Result<AnyReport, SynthError> {
+    let (plan, bytes, pool_s, total_s) = match cfg.arch.as_str() {
+        ds4::ARCH => {
+            let r = ds4::write(path, cfg, tok)?;
+            (r.plan.describe(), r.bytes, r.pool_s, r.total_s)
+        }
+        _ => {
+            let r = write(path, cfg, tok)?;
+            (r.plan.describe(), r.bytes, r.pool_s, r.total_s)
+        }
+    };
+    Ok(SynthReport {
+        plan,
+        bytes,
+        pool_s,
+        total_s,
     })
 }

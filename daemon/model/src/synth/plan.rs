@@ -12,6 +12,7 @@
 
 use dwarfstar_kernels::GgmlType;
 
+use super::config::{Fill, SynthConfig, TensorPlan};
 use super::SynthError;
 
 /// Hidden size, routed experts, experts per token, expert FFN size.
@@ -33,79 +34,6 @@ pub const MAX_AUTO_LAYERS: usize = 61;
 pub const QK_NOPE: usize = 128;
 pub const QK_ROPE: usize = 64;
 pub const V_HEAD: usize = 128;
-
-/// What the user asked for; `None` fields are chosen.
-#[derive(Clone, Debug)]
-pub struct SynthConfig {
-    /// Only `deepseek2` is generated so far.
-    pub arch: String,
-    /// Target file size in bytes (64 MiB when neither this nor `layers`).
-    pub size: Option<u64>,
-    pub layers: Option<usize>,
-    pub hidden: Option<usize>,
-    pub experts: Option<usize>,
-    pub top_k: Option<usize>,
-    /// Hidden size of one routed expert.
-    pub ffn: Option<usize>,
-    pub seed: u64,
-    /// Zipf exponent of expert popularity (0: uniform routing).
-    pub skew: f32,
-    /// The type of the big matrices.
-    pub ty: GgmlType,
-}
-
-impl SynthConfig {
-    /// A config for `arch` with everything else chosen.
-    pub fn new(size: Option<u64>, ty: GgmlType) -> SynthConfig {
-        SynthConfig {
-            arch: super::ARCH.to_string(),
-            size,
-            layers: None,
-            hidden: None,
-            experts: None,
-            top_k: None,
-            ffn: None,
-            seed: 0,
-            skew: 1.0,
-            ty,
-        }
-    }
-}
-
-/// How a tensor's values are made.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Fill {
-    /// Random values of standard deviation `sigma`, drawn from a pool of
-    /// pre-quantized 256-value chunks.
-    Pool { sigma: f32 },
-    /// An RMS-norm weight: `1 ± 5%`.
-    Norm,
-    /// An f32 router matrix of standard deviation `sigma`.
-    Router { sigma: f32 },
-    /// The `exp_probs_b` selection bias of an MoE layer (see `fill`).
-    Bias,
-}
-
-/// One tensor of the file.
-#[derive(Clone, Debug)]
-pub struct TensorPlan {
-    pub name: String,
-    /// ggml order: `dims[0]` is the row length.
-    pub dims: Vec<u64>,
-    pub ty: GgmlType,
-    pub fill: Fill,
-}
-
-impl TensorPlan {
-    pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
-    }
-
-    /// Bytes of the data (the shape is a whole number of blocks).
-    pub fn bytes(&self) -> u64 {
-        self.n_elements() / self.ty.block_size() as u64 * self.ty.type_size() as u64
-    }
-}
 
 /// Every dimension of the file, resolved.
 #[derive(Clone, Debug)]
@@ -185,10 +113,25 @@ impl SynthPlan {
     pub fn resolve(cfg: &SynthConfig, n_vocab: usize) -> Result<SynthPlan, SynthError> {
         if cfg.arch != super::ARCH {
             return Err(SynthError::Config(format!(
-                "architecture {:?} is not generated (only {})",
+                "architecture {:?} is not a {} plan ({} and {} are generated)",
                 cfg.arch,
-                super::ARCH
+                super::ARCH,
+                super::ARCH,
+                super::ds4::ARCH
             )));
+        }
+        for (set, what) in [
+            (cfg.down_ty.is_some(), "a separate down type"),
+            (cfg.heads.is_some(), "--heads"),
+            (cfg.head_dim.is_some(), "--head-dim"),
+            (!cfg.mtp, "--no-mtp"),
+        ] {
+            if set {
+                return Err(SynthError::Config(format!(
+                    "{what} is for {} only",
+                    super::ds4::ARCH
+                )));
+            }
         }
         if !(cfg.skew.is_finite() && cfg.skew >= 0.0) {
             return Err(SynthError::Config(format!("skew {} is not >= 0", cfg.skew)));

@@ -1,13 +1,18 @@
-//! Which experts a deepseek2 model's router picks on a prompt: per MoE
-//! layer, how many times each expert was selected.
+//! Which experts a model's router picks on a prompt: per MoE layer, how
+//! many times each expert was selected.
 //!
-//! The count uses the model's own public pieces: a layer run through
-//! [`Deepseek2Model::forward_layers`] with its FFN norm zeroed leaves
-//! `x + attention(x)` (a zero input gives a zero MoE and shared-expert
-//! output), which is exactly the router's input before its RMS norm; the
-//! routes then come from [`route`] as in the forward pass.
+//! For deepseek2 ([`expert_counts`]) the count uses the model's own public
+//! pieces: a layer run through [`Deepseek2Model::forward_layers`] with its
+//! FFN norm zeroed leaves `x + attention(x)` (a zero input gives a zero MoE
+//! and shared-expert output), which is exactly the router's input before
+//! its RMS norm; the routes then come from [`route`] as in the forward
+//! pass. For any architecture ([`observed_expert_counts`], used for
+//! deepseek4) a [`MatmulObserver`] counts the rows each routed expert's
+//! gate projection receives during a forward pass: one per token routed
+//! to it, hash-routed layers included.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use dwarfstar_kernels::{matmul, ops};
 
@@ -15,6 +20,8 @@ use crate::deepseek2::moe::route;
 use crate::deepseek2::weights::Ffn;
 use crate::deepseek2::Deepseek2Model;
 use crate::error::{ModelError, Result};
+use crate::observe::{MatIndex, MatmulObserver};
+use crate::Model;
 
 /// Selections per expert, for each MoE layer.
 #[derive(Clone, Debug, Default)]
@@ -105,4 +112,44 @@ pub fn expert_counts(model: &Deepseek2Model, tokens: &[u32]) -> Result<RouteCoun
         model.forward_layers(il..il + 1, &mut x, &mut [(n, &mut cache)])?;
     }
     Ok(counts)
+}
+
+/// Rows per routed expert of each layer's `ffn_gate_exps`.
+#[derive(Default)]
+struct GateRows(Mutex<BTreeMap<usize, Vec<u64>>>);
+
+impl MatmulObserver for GateRows {
+    fn observe(&self, tensor: &str, rows: &[f32], n_cols: usize, mat: MatIndex) {
+        let MatIndex::Expert { id, of } = mat else {
+            return;
+        };
+        let Some(il) = tensor
+            .strip_prefix("blk.")
+            .and_then(|r| r.strip_suffix(".ffn_gate_exps.weight"))
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            return;
+        };
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let c = m.entry(il).or_insert_with(|| vec![0; of as usize]);
+        if let Some(v) = c.get_mut(id as usize) {
+            *v += (rows.len() / n_cols.max(1)) as u64;
+        }
+    }
+}
+
+/// Runs `tokens` through `model` (one prompt pass) and counts, per layer,
+/// the tokens each routed expert ran on. The model's observer is replaced
+/// for the pass and cleared after it.
+pub fn observed_expert_counts(model: &mut Model, tokens: &[u32]) -> Result<RouteCounts> {
+    let rows = Arc::new(GateRows::default());
+    model.set_observer(Some(rows.clone()));
+    let mut st = model.new_state(tokens.len() + 1);
+    let res = model.forward(tokens, &mut st, false);
+    model.set_observer(None);
+    res?;
+    let m = rows.0.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(RouteCounts {
+        layers: m.iter().map(|(&il, c)| (il, c.clone())).collect(),
+    })
 }
