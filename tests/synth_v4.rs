@@ -386,3 +386,38 @@ fn v4_synth_paged_is_bit_identical() {
         assert!(s.streamed_layers > 0, "{what}: layers stream too: {s:?}");
     }
 }
+
+/// `quantize --recipe dwarf-q2` on a V4 source whose experts are F16 gives
+/// exactly ds4's layout, tensor by tensor the types `synth` writes for
+/// dwarf-q2 (routed gate/up IQ2_XXS, down Q2_K, attention, shared expert
+/// and head Q8_0, stream mixing, router and embedding F16, the rest F32,
+/// `tid2eid` I32), and the result runs.
+#[test]
+fn dwarf_q2_quantize_of_a_v4_source_gives_ds4s_layout() {
+    use dwarfstar_quantize::{check_written, plan, write as qwrite, NoProgress, Options, Recipe};
+    let src = TempFile::new("v4-f16-experts.gguf");
+    let mut cfg = small(4, 8, 11);
+    cfg.ty = GgmlType::F16;
+    cfg.down_ty = Some(GgmlType::F16);
+    write(&src.0, &cfg);
+    let out = TempFile::new("v4-f16-experts-dwarf-q2.gguf");
+    let file = GgufFile::open(&src.0).expect("source");
+    let opts = Options {
+        recipe: Recipe::DwarfQ2,
+        overrides: &[],
+        imatrix: None,
+        target_size: None,
+        allow_requantize: false,
+    };
+    let p = plan(&file, &opts).expect("plan");
+    qwrite(&file, &p, None, &out.0, &NoProgress).expect("quantized");
+    check_written(&out.0, &p).expect("written as planned");
+    let q = GgufFile::open(&out.0).expect("output");
+    assert_eq!(q.tensors().len(), file.tensors().len());
+    for t in q.tensors() {
+        assert_eq!(t.ty, recipe_type(&t.name), "{}", t.name);
+    }
+    let (m, _) = Model::open(&out.0, &[]).expect("quantized V4 loads");
+    let (toks, _) = greedy(&m, &[1, 2, 3, 4], 8);
+    assert_eq!(toks.len(), 8);
+}
