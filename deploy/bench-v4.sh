@@ -27,25 +27,30 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for c in "$cg_root"/dwarfstar-bench-v4-*; do [ -d "$c" ] && rmdir "$c" 2>/dev/null || true; done
+  for c in "$cg_root"/dwarfstar-bench-v4-$$-*; do [ -d "$c" ] && rmdir "$c" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# llama.cpp's default (weights repacked for its AVX kernels), unless LLAMA_REPACK=0 (its V4 graph
+# fails to load repacked Q8_0 attn_output_a: GGML_ASSERT(*cur_backend_id != -1)).
+llama_args=()
+if [ "${LLAMA_REPACK:-1}" = 0 ]; then llama_args=(--repack 0); fi
 # LD_PRELOAD shim where llama.cpp faults on AMX (see llama-noamx.c).
 preload=
-if ! ( "$bin/llama-bench" -m "$model" -t 1 -p 1 -n 0 -r 1 ) >/dev/null 2>&1; then
+if ! ( "$bin/llama-bench" -m "$model" -t 1 -p 1 -n 0 -r 1 "${llama_args[@]}" ) >/dev/null 2>&1; then
   preload=$work/noamx.so
   gcc -O2 -shared -fPIC "$here/deploy/llama-noamx.c" -o "$preload"
   echo "(llama-bench runs with AMX hidden: it faults on this machine)"
 fi
 llama() { LD_PRELOAD=$preload "$@"; }
-# Runs "$@" inside a fresh v1 memory cgroup capped at $1 bytes.
+# Runs "$@" inside a fresh v1 memory cgroup capped at $1 bytes, in place of the calling shell: call
+# it in a subshell (`&` or `$(...)`).
 in_cgroup() {
   local limit=$1; shift
   local cg=$cg_root/dwarfstar-bench-v4-$$-$RANDOM
   mkdir "$cg"; echo "$limit" > "$cg/memory.limit_in_bytes"
-  sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@"
+  exec sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@"
 }
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 echo "CPU: $cpu, $(nproc) cores; model $(basename "$model"), $((size >> 20)) MiB"
@@ -54,9 +59,6 @@ gcc -O3 -pthread "$here/deploy/membw.c" -o "$work/membw"
 bw=$("$work/membw" "$threads" 2>/dev/null)
 echo "active bytes per token: $((active >> 20)) MiB; read bandwidth ($threads threads): $bw GB/s; bound: $(python3 -c "print(f'{$bw*1e9/$active:.2f}')") tokens/s"
 
-# llama.cpp's default (weights repacked for its AVX kernels), unless LLAMA_REPACK=0.
-llama_args=()
-if [ "${LLAMA_REPACK:-1}" = 0 ]; then llama_args=(--repack 0); fi
 llama_bench() { # prints "pp tg"
   llama "$bin/llama-bench" -m "$model" -t "$threads" -p "$pp" -n "$tg" -r "$reps" "${llama_args[@]}" -o json 2>/dev/null |
     json '" ".join(str([r["avg_ts"] for r in d if r[k]>0][0]) for k in ("n_prompt","n_gen"))'
