@@ -5,7 +5,9 @@
 //! experts are read ahead exactly, and `run --json` / `bench --json` report
 //! sane paging fields.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use dwarfstar_model::store::StoreStats;
 
 use crate::common::*;
 use crate::paging::{
@@ -22,22 +24,29 @@ fn prompt() -> Vec<u32> {
     ids(&j["tokens"])[..24].to_vec()
 }
 
-fn v4_paged_matches_mapped(label: &str, exact: bool) {
-    let path = tiny(label);
-    let toks = prompt();
-    let mapped = open(&path, exact);
-    let want = trace(&mapped, &toks, 12);
-    let want_batch = batched(&mapped, &toks, &toks[..10]);
+/// Runs `toks` (12 greedy steps, and a batch) through `path` mapped and
+/// paged at the tightest budget (the expert cache at its minimum, layers
+/// streamed): the logits must be the same bits. Returns the paged run's
+/// store figures, checked for sanity, experts missed and evicted, layers
+/// streamed.
+pub(crate) fn paged_equals_mapped(
+    path: &Path,
+    toks: &[u32],
+    what: &str,
+    exact: bool,
+) -> StoreStats {
+    let mapped = open(path, exact);
+    let want = trace(&mapped, toks, 12);
+    let want_batch = batched(&mapped, toks, &toks[..10]);
     assert!(!mapped.store_stats().paged);
-
-    let mut paged = open(&path, exact);
-    let cfg = tightest_budget(&mut paged, &path);
-    let what = format!("V4 {label} (exact {exact})");
-    assert_bits_equal(&what, &want, &trace(&paged, &toks, 12));
+    let mut paged = open(path, exact);
+    let cfg = tightest_budget(&mut paged, path);
+    let what = format!("{what} (exact {exact})");
+    assert_bits_equal(&what, &want, &trace(&paged, toks, 12));
     assert_bits_equal(
         &format!("{what} batched"),
         &want_batch,
-        &batched(&paged, &toks, &toks[..10]),
+        &batched(&paged, toks, &toks[..10]),
     );
     let s = paged.store_stats();
     eprintln!(
@@ -47,9 +56,15 @@ fn v4_paged_matches_mapped(label: &str, exact: bool) {
     );
     sane(&s, &what);
     assert_eq!(s.budget_bytes, cfg.budget);
-    assert_eq!(s.tokens, 24 + 12 + 34);
     assert!(s.streamed_layers > 0, "{what}: layers stream too: {s:?}");
     assert!(s.expert_misses > 0 && s.evictions > 0, "{what}: {s:?}");
+    s
+}
+
+fn v4_paged_matches_mapped(label: &str, exact: bool) {
+    let what = format!("V4 {label}");
+    let s = paged_equals_mapped(&tiny(label), &prompt(), &what, exact);
+    assert_eq!(s.tokens, 24 + 12 + 34);
     assert!(s.expert_hits + s.expert_prefetch_hits > 0, "{what}: {s:?}");
     assert!(s.prefetches > 0, "{what}: nothing read ahead: {s:?}");
 }

@@ -142,18 +142,21 @@ fn sixty_layers_stay_finite() {
     assert!(max < 100.0, "max |logit| {max}");
 }
 
-#[test]
-fn output_depends_only_on_the_seed() {
+/// Writes `cfg` (seed 11) with the global pool and with a pool of one
+/// thread, and with seed 12: the first two must be the same bytes, the
+/// third other bytes of the same length. Returns the first file.
+pub(crate) fn assert_only_the_seed_decides(
+    tag: &str,
+    mut cfg: SynthConfig,
+    write: impl Fn(&std::path::Path, &SynthConfig) + Sync,
+) -> TempFile {
     let (a, b, c) = (
-        TempFile::new("seed-a"),
-        TempFile::new("seed-b"),
-        TempFile::new("seed-c"),
+        TempFile::new(&format!("{tag}-seed-a")),
+        TempFile::new(&format!("{tag}-seed-b")),
+        TempFile::new(&format!("{tag}-seed-c")),
     );
-    let mut cfg = SynthConfig::new(None, GgmlType::Q8_0);
-    cfg.layers = Some(2);
     cfg.seed = 11;
     write(&a.0, &cfg);
-    // A pool of one thread must give the same bytes as the global pool.
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -166,9 +169,19 @@ fn output_depends_only_on_the_seed() {
         std::fs::read(&b.0).unwrap(),
         std::fs::read(&c.0).unwrap(),
     );
-    assert!(ba == bb, "same seed, different bytes");
+    assert!(ba == bb, "{tag}: same seed, different bytes");
     assert_eq!(ba.len(), bc.len());
-    assert!(ba != bc, "another seed, same bytes");
+    assert!(ba != bc, "{tag}: another seed, same bytes");
+    a
+}
+
+#[test]
+fn output_depends_only_on_the_seed() {
+    let mut cfg = SynthConfig::new(None, GgmlType::Q8_0);
+    cfg.layers = Some(2);
+    let a = assert_only_the_seed_decides("moe", cfg, |p, c| {
+        write(p, c);
+    });
     // The loader reads every tensor as llama.cpp names and shapes them.
     let f = Arc::new(GgufFile::open(&a.0).unwrap());
     for name in [

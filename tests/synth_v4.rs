@@ -15,8 +15,8 @@ use dwarfstar_model::Model;
 use dwarfstar_tokenizer::{Tokenizer, TokenizerSpec};
 
 use crate::common::*;
-use crate::paging::{assert_bits_equal, batched, open, tightest_budget, trace};
-use crate::synth_moe::{tokenizer_source, TempFile};
+use crate::paging_v4::paged_equals_mapped;
+use crate::synth_moe::{assert_only_the_seed_decides, tokenizer_source, TempFile};
 
 /// A V4 config: `layers` layers of hidden 256 over `experts` experts.
 fn small(layers: usize, experts: usize, seed: u64) -> SynthConfig {
@@ -263,29 +263,9 @@ fn v4_synth_routes_skewed_and_flat() {
 
 #[test]
 fn v4_synth_depends_only_on_the_seed() {
-    let (a, b, c) = (
-        TempFile::new("v4-seed-a"),
-        TempFile::new("v4-seed-b"),
-        TempFile::new("v4-seed-c"),
-    );
-    let mut cfg = small(3, 8, 11);
-    write(&a.0, &cfg);
-    // A pool of one thread must give the same bytes as the global pool.
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(|| write(&b.0, &cfg));
-    cfg.seed = 12;
-    write(&c.0, &cfg);
-    let (ba, bb, bc) = (
-        std::fs::read(&a.0).unwrap(),
-        std::fs::read(&b.0).unwrap(),
-        std::fs::read(&c.0).unwrap(),
-    );
-    assert!(ba == bb, "same seed, different bytes");
-    assert_eq!(ba.len(), bc.len());
-    assert!(ba != bc, "another seed, same bytes");
+    assert_only_the_seed_decides("v4", small(3, 8, 11), |p, c| {
+        write(p, c);
+    });
 }
 
 /// The CLI: `--no-mtp` drops the MTP block (the ratios keep their trailing
@@ -360,30 +340,7 @@ fn v4_synth_paged_is_bit_identical() {
     write(&f.0, &small(5, 16, 5));
     let toks: Vec<u32> = (0..24u32).map(|i| (i * 7919 + 13) % 49152).collect();
     for exact in [false, true] {
-        let what = format!("synthetic V4 paged (exact {exact})");
-        let mapped = open(&f.0, exact);
-        let want = trace(&mapped, &toks, 12);
-        let want_batch = batched(&mapped, &toks, &toks[..10]);
-        let mut paged = open(&f.0, exact);
-        let cfg = tightest_budget(&mut paged, &f.0);
-        assert_bits_equal(&what, &want, &trace(&paged, &toks, 12));
-        assert_bits_equal(
-            &format!("{what}, batched"),
-            &want_batch,
-            &batched(&paged, &toks, &toks[..10]),
-        );
-        let s = paged.store_stats();
-        eprintln!(
-            "{what}: budget {} of {} bytes: {s:?}",
-            cfg.budget,
-            paged.weight_bytes()
-        );
-        assert!(
-            s.paged && s.resident_bytes <= s.budget_bytes,
-            "{what}: {s:?}"
-        );
-        assert!(s.expert_misses > 0 && s.evictions > 0, "{what}: {s:?}");
-        assert!(s.streamed_layers > 0, "{what}: layers stream too: {s:?}");
+        paged_equals_mapped(&f.0, &toks, "synthetic V4 paged", exact);
     }
 }
 

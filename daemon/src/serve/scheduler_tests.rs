@@ -170,6 +170,15 @@ fn tokens(ev: &[Event]) -> Vec<u32> {
         .collect()
 }
 
+/// Submits one request, runs the scheduler until idle, and returns its
+/// events.
+fn serve_one(s: &mut Scheduler<Fake>, sub: &Submitter, prompt: Vec<u32>, n: usize) -> Vec<Event> {
+    let (r, mut rx) = req(prompt, n);
+    sub.submit(r).unwrap();
+    run_all(s);
+    drain(&mut rx)
+}
+
 fn run_all(s: &mut Scheduler<Fake>) {
     for _ in 0..1000 {
         s.admit(false);
@@ -257,10 +266,7 @@ fn end_of_generation_stops_and_the_context_caps_length() {
     let want = reference(&[5, 6, 7], 20, &[]);
     let eog = want[3];
     let (mut s, sub, _) = sched(cfg(), &[eog]);
-    let (r, mut rx) = req(vec![5, 6, 7], 20);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, vec![5, 6, 7], 20);
     let got = tokens(&ev);
     assert_eq!(got, reference(&[5, 6, 7], 20, &[eog]));
     assert_eq!(*got.last().unwrap(), eog);
@@ -270,10 +276,7 @@ fn end_of_generation_stops_and_the_context_caps_length() {
     // sampled but never run), then "length".
     let (mut s, sub, _) = sched(cfg(), &[]);
     let p: Vec<u32> = (0..60).map(|i| i % 3).collect();
-    let (r, mut rx) = req(p, 1000);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, p, 1000);
     assert_eq!(tokens(&ev).len(), 5);
     assert_eq!(ev.last(), Some(&Event::Done(Finish::Length)));
 
@@ -316,21 +319,15 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
     a.extend([1, 1]);
     let mut b = system.clone();
     b.extend([2, 3, 4]);
-    let (r, mut rx) = req(a.clone(), 5);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    assert_eq!(tokens(&drain(&mut rx)), reference(&a, 5, &[]));
-    let (r, mut rx) = req(b.clone(), 5);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    assert_eq!(
+        tokens(&serve_one(&mut s, &sub, a.clone(), 5)),
+        reference(&a, 5, &[])
+    );
+    let ev = serve_one(&mut s, &sub, b.clone(), 5);
     assert_eq!(ev[0], Event::Started { cached_tokens: 20 });
     assert_eq!(tokens(&ev), reference(&b, 5, &[]));
     // The same prompt again: all but its last token come from the cache.
-    let (r, mut rx) = req(b.clone(), 5);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, b.clone(), 5);
     assert_eq!(
         ev[0],
         Event::Started {
@@ -354,10 +351,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     let system: Vec<u32> = (0..20).map(|i| (i * 5) % 9).collect();
     let mut a = system.clone();
     a.extend([1, 1]);
-    let (r, mut rx) = req(a.clone(), 5);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let reply = tokens(&drain(&mut rx));
+    let reply = tokens(&serve_one(&mut s, &sub, a.clone(), 5));
     assert_eq!(reply, reference(&a, 5, &[]));
     // Prompt-end copy and sequence-end state are both kept.
     assert_eq!(m.prefix_entries.load(Relaxed), 2);
@@ -367,10 +361,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     let mut next = a.clone();
     next.extend(&reply);
     next.extend([7, 7, 7]);
-    let (r, mut rx) = req(next.clone(), 3);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, next.clone(), 3);
     assert_eq!(
         ev[0],
         Event::Started {
@@ -382,10 +373,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     // A turn whose reply re-tokenized otherwise still has the prompt.
     let mut other = a.clone();
     other.extend([8, 8, 8, 8]);
-    let (r, mut rx) = req(other.clone(), 3);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, other.clone(), 3);
     assert_eq!(
         ev[0],
         Event::Started {
@@ -395,10 +383,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     assert_eq!(tokens(&ev), reference(&other, 3, &[]));
 
     // The same prompt again.
-    let (r, mut rx) = req(a.clone(), 5);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, a.clone(), 5);
     assert_eq!(
         ev[0],
         Event::Started {
@@ -410,10 +395,7 @@ fn states_that_do_not_cut_are_reused_from_whole_keys() {
     // Only the system prompt in common: nothing whole to reuse.
     let mut c = system.clone();
     c.extend([3, 3, 3]);
-    let (r, mut rx) = req(c.clone(), 3);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    let ev = drain(&mut rx);
+    let ev = serve_one(&mut s, &sub, c.clone(), 3);
     assert_eq!(ev[0], Event::Started { cached_tokens: 0 });
     assert_eq!(tokens(&ev), reference(&c, 3, &[]));
     assert_eq!(m.prefix_hits.load(Relaxed), 3);
@@ -540,8 +522,5 @@ fn admission_waits_while_the_positions_would_outgrow_the_kv_room() {
     assert_eq!(m.queue_depth.load(Relaxed), 0);
 
     // One sequence always runs, even one reaching past the room.
-    let (r, mut rx) = req(vec![5, 6], 40);
-    sub.submit(r).unwrap();
-    run_all(&mut s);
-    assert_eq!(tokens(&drain(&mut rx)).len(), 40);
+    assert_eq!(tokens(&serve_one(&mut s, &sub, vec![5, 6], 40)).len(), 40);
 }

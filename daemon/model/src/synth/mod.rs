@@ -16,6 +16,7 @@
 //! - [`config`]: the request and the tensor list's entries, shared;
 //! - [`plan`]: dims from a target size, the tensor list;
 //! - [`ds4`]: the same for `deepseek4`;
+//! - [`ladder`]: a target size to a width and a layer count, for both;
 //! - [`fill`]: the deterministic values (pools of pre-quantized chunks),
 //!   streamed by both architectures' writers through one loop;
 //! - [`probe`]: counts which experts a model's router picks on a prompt.
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod ds4;
 pub mod fill;
+pub mod ladder;
 pub mod plan;
 pub mod probe;
 

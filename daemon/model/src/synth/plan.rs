@@ -13,6 +13,7 @@
 use dwarfstar_kernels::GgmlType;
 
 use super::config::{Fill, SynthConfig, TensorPlan};
+use super::ladder::Ladder;
 use super::SynthError;
 
 /// Hidden size, routed experts, experts per token, expert FFN size.
@@ -139,61 +140,24 @@ impl SynthPlan {
         let plan = match (cfg.layers, cfg.size) {
             (Some(l), _) => SynthPlan::with(cfg, LADDER[0], l, n_vocab),
             (None, size) => {
-                let target = size.unwrap_or(64 << 20);
-                let mut best = None;
-                for rung in LADDER {
-                    let l = SynthPlan::layers_for(cfg, rung, target, n_vocab);
-                    best = Some(SynthPlan::with(cfg, rung, l, n_vocab));
-                    if l <= MAX_AUTO_LAYERS {
-                        break;
-                    }
+                let build = |rung, l| SynthPlan::with(cfg, rung, l, n_vocab);
+                // llama.cpp reads 26- and 27-layer files as V2-Lite.
+                let adjust = |l: usize| if l == 26 || l == 27 { 28 } else { l };
+                Ladder {
+                    rungs: &LADDER,
+                    min_layers: 2,
+                    max_layers: 1 << 16,
+                    max_auto: MAX_AUTO_LAYERS,
+                    build: &build,
+                    bytes: &|p: &SynthPlan| p.total_bytes(),
+                    adjust: &adjust,
+                    arch: super::ARCH,
                 }
-                let plan = best.ok_or_else(|| SynthError::Config("empty ladder".into()))?;
-                let smallest = SynthPlan::with(cfg, LADDER[0], 2, n_vocab).total_bytes();
-                if target < smallest * 9 / 10 {
-                    return Err(SynthError::Config(format!(
-                        "--size {} MiB is too small: the smallest model (2 layers) is {:.1} MiB",
-                        target >> 20,
-                        smallest as f64 / (1u64 << 20) as f64
-                    )));
-                }
-                plan
+                .fit(size.unwrap_or(64 << 20))?
             }
         };
         plan.check()?;
         Ok(plan)
-    }
-
-    /// The layer count whose file size is closest to `target` (at least 2).
-    fn layers_for(
-        cfg: &SynthConfig,
-        rung: (usize, usize, usize, usize),
-        target: u64,
-        n_vocab: usize,
-    ) -> usize {
-        let size = |l: usize| SynthPlan::with(cfg, rung, l, n_vocab).total_bytes();
-        // Sizes grow with the layer count; binary search, then the nearer.
-        let (mut lo, mut hi) = (2usize, 2usize);
-        while size(hi) < target && hi < 1 << 16 {
-            lo = hi;
-            hi *= 2;
-        }
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            if size(mid) < target {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        let (dl, dh) = (target.abs_diff(size(lo)), target.abs_diff(size(hi)));
-        let l = if dl <= dh { lo } else { hi };
-        // llama.cpp reads 26- and 27-layer files as V2-Lite; avoid by default.
-        if l == 26 || l == 27 {
-            28
-        } else {
-            l
-        }
     }
 
     fn check(&self) -> Result<(), SynthError> {

@@ -37,6 +37,7 @@ use dwarfstar_kernels::quantize::quantize_supported;
 use dwarfstar_kernels::GgmlType;
 
 use super::config::SynthConfig;
+use super::ladder::Ladder;
 use super::{SynthError, SynthReport};
 
 /// The architecture name of the files.
@@ -147,57 +148,22 @@ impl Ds4Plan {
         let plan = match (cfg.layers, cfg.size) {
             (Some(l), _) => Ds4Plan::with(cfg, LADDER[0], l, n_vocab),
             (None, size) => {
-                let target = size.unwrap_or(64 << 20);
-                let mut best = None;
-                for rung in LADDER {
-                    let l = Ds4Plan::layers_for(cfg, rung, target, n_vocab);
-                    best = Some(Ds4Plan::with(cfg, rung, l, n_vocab));
-                    if l <= MAX_AUTO_LAYERS {
-                        break;
-                    }
+                let build = |rung, l| Ds4Plan::with(cfg, rung, l, n_vocab);
+                Ladder {
+                    rungs: &LADDER,
+                    min_layers: 1,
+                    max_layers: 1 << 12,
+                    max_auto: MAX_AUTO_LAYERS,
+                    build: &build,
+                    bytes: &|p: &Ds4Plan| p.total_bytes(),
+                    adjust: &|l| l,
+                    arch: ARCH,
                 }
-                let plan = best.ok_or_else(|| SynthError::Config("empty ladder".into()))?;
-                let smallest = Ds4Plan::with(cfg, LADDER[0], 1, n_vocab).total_bytes();
-                if target < smallest * 9 / 10 {
-                    return Err(SynthError::Config(format!(
-                        "--size {} MiB is too small: the smallest {ARCH} model (1 layer) is {:.1} MiB",
-                        target >> 20,
-                        smallest as f64 / (1u64 << 20) as f64
-                    )));
-                }
-                plan
+                .fit(size.unwrap_or(64 << 20))?
             }
         };
         plan.check()?;
         Ok(plan)
-    }
-
-    /// The layer count whose file size is closest to `target` (at least 1).
-    fn layers_for(
-        cfg: &SynthConfig,
-        rung: (usize, usize, usize),
-        target: u64,
-        n_vocab: usize,
-    ) -> usize {
-        let size = |l: usize| Ds4Plan::with(cfg, rung, l, n_vocab).total_bytes();
-        let (mut lo, mut hi) = (1usize, 1usize);
-        while size(hi) < target && hi < 1 << 12 {
-            lo = hi;
-            hi *= 2;
-        }
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            if size(mid) < target {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        if target.abs_diff(size(lo)) <= target.abs_diff(size(hi)) {
-            lo
-        } else {
-            hi
-        }
     }
 
     fn check(&self) -> Result<(), SynthError> {
