@@ -111,24 +111,45 @@ pub fn vocab_size(tok: &GgufFile) -> Result<usize, SynthError> {
     Ok(tok.get_str_array("tokenizer.ggml.tokens")?.len())
 }
 
-/// The metadata of a file of `plan`, with every `tokenizer.*` key of `tok`.
-fn metadata(w: &mut GgufWriter, p: &SynthPlan, tok: &GgufFile) -> Result<(), SynthError> {
-    let k = |s: &str| format!("{ARCH}.{s}");
-    let (all, active) = p.params();
-    w.add_kv("general.architecture", ARCH)?;
+/// The `general.*` keys every synthetic file starts with: its
+/// architecture, a name with the seed, and llama.cpp's size label
+/// (`{experts}x{params of one expert}M-A{active params}B`).
+fn general(
+    w: &mut GgufWriter,
+    arch: &str,
+    seed: u64,
+    n_expert: usize,
+    expert_params: u64,
+    active: u64,
+) -> Result<(), SynthError> {
+    w.add_kv("general.architecture", arch)?;
     w.add_kv("general.type", "model")?;
     w.add_kv(
         "general.name",
-        format!("DwarfStar synthetic deepseek2 (seed {})", p.seed),
+        format!("DwarfStar synthetic {arch} (seed {seed})"),
     )?;
     w.add_kv(
         "general.size_label",
         format!(
-            "{}x{:.1}M-A{:.2}B",
-            p.n_expert,
-            (3 * p.hidden * p.expert_ff) as f64 / 1e6,
+            "{n_expert}x{:.1}M-A{:.2}B",
+            expert_params as f64 / 1e6,
             active as f64 / 1e9
         ),
+    )?;
+    Ok(())
+}
+
+/// The metadata of a file of `plan`, with every `tokenizer.*` key of `tok`.
+fn metadata(w: &mut GgufWriter, p: &SynthPlan, tok: &GgufFile) -> Result<(), SynthError> {
+    let k = |s: &str| format!("{ARCH}.{s}");
+    let (all, active) = p.params();
+    general(
+        w,
+        ARCH,
+        p.seed,
+        p.n_expert,
+        (3 * p.hidden * p.expert_ff) as u64,
+        active,
     )?;
     w.add_kv("general.description", p.describe())?;
     w.add_kv("general.parameter_count", all)?;

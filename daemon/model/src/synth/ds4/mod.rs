@@ -284,21 +284,8 @@ fn metadata(w: &mut GgufWriter, p: &Ds4Plan, tok: &GgufFile) -> Result<(), Synth
     let k = |s: &str| format!("{ARCH}.{s}");
     let (_, active) = p.params();
     let n_block = p.n_block();
-    w.add_kv("general.architecture", ARCH)?;
-    w.add_kv("general.type", "model")?;
-    w.add_kv(
-        "general.name",
-        format!("DwarfStar synthetic deepseek4 (seed {})", p.seed),
-    )?;
-    w.add_kv(
-        "general.size_label",
-        format!(
-            "{}x{:.1}M-A{:.2}B",
-            p.n_expert,
-            (3 * p.hidden * p.expert_ff) as f64 / 1e6,
-            active as f64 / 1e9
-        ),
-    )?;
+    let expert = (3 * p.hidden * p.expert_ff) as u64;
+    super::general(w, ARCH, p.seed, p.n_expert, expert, active)?;
     w.add_kv(k("block_count"), n_block as u32)?;
     w.add_kv(k("context_length"), CONTEXT)?;
     w.add_kv(k("embedding_length"), p.hidden as u32)?;
