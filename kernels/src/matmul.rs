@@ -421,6 +421,9 @@ impl Dots {
             if let Some((f, shape)) = legacy::tile_for(ty, level) {
                 return Dots::Tiles(f, shape);
             }
+            if let Some((f, shape)) = crate::quants::iquants::dot::tile_for(ty, level) {
+                return Dots::Tiles(f, shape);
+            }
         }
         let _ = (ty, level);
         Dots::Pairs(vd)

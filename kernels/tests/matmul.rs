@@ -450,3 +450,52 @@ fn matmul_many_rejects_bad_input() {
     assert!(matmul_many(&mut mixed, &x, 1).is_err());
     assert!(matmul_many(&mut [], &x, 1).is_ok());
 }
+
+/// IQ2_XXS goes through a tile on AVX-512 (each row's grid points decoded
+/// once for four tokens): every (row, token) equals that level's single
+/// dot product bit for bit, at token counts across the tile and block
+/// edges, in one thread and split across several.
+#[test]
+fn iq2_xxs_tiles_equal_pairwise_dots() {
+    let ty = GgmlType::IQ2_XXS;
+    let mut rng = Rng::new(4242);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for (rows, cols) in [(1, 256), (5, 512), (67, 768)] {
+        // Random codes under a sane scale (IQ2_XXS quantization needs an
+        // importance matrix; any code is a valid grid point and sign set).
+        let mut w = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
+        for b in w.chunks_exact_mut(66) {
+            for v in b.iter_mut() {
+                *v = rng.next_u64() as u8;
+            }
+            let d = half::f16::from_f32(0.001 + rng.uniform().abs() * 0.01);
+            b[..2].copy_from_slice(&d.to_le_bytes());
+        }
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33] {
+            let x = rng.vec(n * cols, 1.0);
+            for level in SimdLevel::available() {
+                let want = naive(ty, &w, rows, cols, &x, n, level);
+                let mut got = vec![f32::NAN; n * rows];
+                let m = MatRef {
+                    ty,
+                    data: &w,
+                    rows,
+                    cols,
+                };
+                pool.install(|| matmul_at(m, &x, n, &mut got, level).unwrap());
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        e.to_bits(),
+                        "{rows}x{cols} n={n} {level:?} at token {} row {}: {g} vs {e}",
+                        i / rows,
+                        i % rows
+                    );
+                }
+            }
+        }
+    }
+}

@@ -159,6 +159,30 @@ pub fn vec_dot_iq2_xxs_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     0.125 * sumf
 }
 
+/// The matmul tile for `ty` at `level`, where an i-quant has one: IQ2_XXS
+/// on AVX-512 (each row's grid points decoded once for four tokens).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn tile_for(
+    ty: crate::types::GgmlType,
+    level: SimdLevel,
+) -> Option<(
+    crate::quants::legacy::TileFn,
+    crate::quants::legacy::TileShape,
+)> {
+    let shape = crate::quants::legacy::TileShape { rows: 1, tokens: 4 };
+    match ty {
+        crate::types::GgmlType::IQ2_XXS
+            if level == SimdLevel::Avx512 && x86::iq2_xxs_tile_usable() =>
+        {
+            Some((
+                x86::iq2_xxs_tile_avx512 as crate::quants::legacy::TileFn,
+                shape,
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The IQ2_XXS x Q8_K dot product for `level`.
 pub fn iq2_xxs_q8_k(level: SimdLevel) -> VecDotFn {
     match level {
