@@ -451,8 +451,8 @@ fn matmul_many_rejects_bad_input() {
     assert!(matmul_many(&mut [], &x, 1).is_ok());
 }
 
-/// IQ2_XXS goes through a tile on AVX-512 (each row's grid points decoded
-/// once for four tokens): every (row, token) equals that level's single
+/// IQ2_XXS goes through a tile on AVX-512 and AVX2 (each row's grid points
+/// decoded once for four or two tokens): every (row, token) equals that level's single
 /// dot product bit for bit, at token counts across the tile and block
 /// edges, in one thread and split across several.
 #[test]

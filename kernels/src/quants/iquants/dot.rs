@@ -8,6 +8,8 @@
 //! order of the final f32 additions. The scalar level runs [`x86_order`]:
 //! portable loops in the AVX2 kernels' order, the same bits. Every function takes `n` and raw
 //! bytes, uses `min(n / block, blocks present)` blocks, and never panics.
+//! [`tile_for`] gives the matmul IQ2_XXS tiles (`x86_tile`) that decode a
+//! weight row once for several tokens, with the single dots' bits.
 
 use bytemuck::Pod;
 use half::f16;
@@ -22,6 +24,8 @@ use crate::simd::SimdLevel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 pub mod x86_order;
+#[cfg(target_arch = "x86_64")]
+mod x86_tile;
 
 /// A 32-weight block of 4-bit codes mapped through a 16-entry signed table
 /// and one f32 scale (IQ4_NL, MXFP4): the layout shared by the Q8_0 dot
@@ -160,7 +164,8 @@ pub fn vec_dot_iq2_xxs_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
 }
 
 /// The matmul tile for `ty` at `level`, where an i-quant has one: IQ2_XXS
-/// on AVX-512 (each row's grid points decoded once for four tokens).
+/// (each row's grid points decoded once for four tokens on AVX-512, two on
+/// AVX2).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn tile_for(
     ty: crate::types::GgmlType,
@@ -169,16 +174,19 @@ pub(crate) fn tile_for(
     crate::quants::legacy::TileFn,
     crate::quants::legacy::TileShape,
 )> {
-    let shape = crate::quants::legacy::TileShape { rows: 1, tokens: 4 };
-    match ty {
-        crate::types::GgmlType::IQ2_XXS
-            if level == SimdLevel::Avx512 && x86::iq2_xxs_tile_usable() =>
-        {
-            Some((
-                x86::iq2_xxs_tile_avx512 as crate::quants::legacy::TileFn,
-                shape,
-            ))
-        }
+    use crate::quants::legacy::{TileFn, TileShape};
+    if ty != crate::types::GgmlType::IQ2_XXS {
+        return None;
+    }
+    match level {
+        SimdLevel::Avx512 if x86_tile::iq2_xxs_tile_usable() => Some((
+            x86_tile::iq2_xxs_tile_avx512 as TileFn,
+            TileShape { rows: 1, tokens: 4 },
+        )),
+        SimdLevel::Avx2 if x86_tile::iq2_xxs_tile_avx2_usable() => Some((
+            x86_tile::iq2_xxs_tile_avx2 as TileFn,
+            TileShape { rows: 1, tokens: 2 },
+        )),
         _ => None,
     }
 }

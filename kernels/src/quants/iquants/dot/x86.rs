@@ -21,13 +21,13 @@ use super::{nl_q8_0_ref, nl_sumi, vec_dot_iq2_xxs_q8_k_ref, vec_dot_iq4_xs_q8_k_
 use crate::quants::kquants::BlockQ8_K;
 use crate::quants::legacy::BlockQ8_0;
 
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
 }
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     has_avx2()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
@@ -37,7 +37,7 @@ fn has_avx512() -> bool {
 /// For each 7-bit sign index, 8 bytes of +1 / -1 (0x01 / 0xff) for
 /// `_mm256_sign_epi8` (ggml's `keven_signs_q2xs`), built from
 /// [`KSIGNS_IQ2XS`].
-const SIGNS64: [u64; 128] = {
+pub(super) const SIGNS64: [u64; 128] = {
     let mut t = [0u64; 128];
     let mut i = 0;
     while i < 128 {
@@ -57,12 +57,12 @@ const SIGNS64: [u64; 128] = {
 
 /// f16 -> f32 with the F16C instruction (exact, as the software one).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn h2f(h: f16) -> f32 {
+pub(super) fn h2f(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum256(v: __m256) -> f32 {
+pub(super) fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -159,13 +159,13 @@ pub(crate) fn iq4_xs_q8_k_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 /// Grid point `l` (0..4) of a 32-weight group's index word.
 #[inline]
-fn grid(indices: u32, l: usize) -> i64 {
+pub(super) fn grid(indices: u32, l: usize) -> i64 {
     IQ2XXS_GRID[((indices >> (8 * l)) & 0xff) as usize] as i64
 }
 
 /// The odd scale `2s + 1` of a 32-weight group's sign/scale word.
 #[inline]
-fn odd_scale(signs_scale: u32) -> i16 {
+pub(super) fn odd_scale(signs_scale: u32) -> i16 {
     (2 * (signs_scale >> 28) + 1) as i16
 }
 
@@ -230,7 +230,7 @@ fn lookup64_512(table: __m512i, q: __m256i) -> __m512i {
 
 /// `lo` in the low 16 i16 lanes, `hi` in the high 16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn halves_i16(lo: i16, hi: i16) -> __m512i {
+pub(super) fn halves_i16(lo: i16, hi: i16) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi))
 }
 
@@ -316,7 +316,7 @@ pub(crate) fn iq4_xs_q8_k_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// The 32 sign bits of a 32-weight group as a byte mask (bit j = weight j
 /// negative).
 #[inline]
-fn sign_mask32(signs_scale: u32) -> u64 {
+pub(super) fn sign_mask32(signs_scale: u32) -> u64 {
     (0..4).fold(0u64, |m, l| {
         m | (KSIGNS_IQ2XS[((signs_scale >> (7 * l)) & 127) as usize] as u64) << (8 * l)
     })
@@ -365,117 +365,4 @@ pub(crate) fn iq2_xxs_q8_k_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let nb = (n / QK_K).min(xs.len()).min(ys.len());
     // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked above).
     unsafe { iq2_xxs_avx512(&xs[..nb], &ys[..nb]) }
-}
-
-/// IQ2_XXS rows against `NT` tokens at once (AVX-512): each 64-weight
-/// chunk's grid points, sign mask and scales are gathered once and used for
-/// every token. Every token's sums run as in [`iq2_xxs_avx512`], in the
-/// same order, so each result is that dot product's bits.
-///
-/// # Safety
-/// AVX-512 F/BW/VL, AVX2, FMA and F16C present; `a + t·a_stride` holds
-/// `xs.len()` Q8_K blocks (4-byte aligned) and `out + t·os` is writable for
-/// every `t < NT`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn iq2_xxs_tokens_avx512<const NT: usize>(
-    xs: &[BlockIQ2XXS],
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let y = |t: usize, i: usize| &*a.add(t * a_stride).cast::<BlockQ8_K>().add(i);
-        let mut acc = [_mm512_setzero_ps(); NT];
-        for (i, x) in xs.iter().enumerate() {
-            let mut sumi = [_mm512_setzero_si512(); NT];
-            for k in 0..QK_K / 64 {
-                let (g0, s0) = x.words(2 * k);
-                let (g1, s1) = x.words(2 * k + 1);
-                let q2 = _mm512_set_epi64(
-                    grid(g1, 3),
-                    grid(g1, 2),
-                    grid(g1, 1),
-                    grid(g1, 0),
-                    grid(g0, 3),
-                    grid(g0, 2),
-                    grid(g0, 1),
-                    grid(g0, 0),
-                );
-                let neg = sign_mask32(s0) | sign_mask32(s1) << 32;
-                let ls = halves_i16(odd_scale(s0), odd_scale(s1));
-                for (t, s) in sumi.iter_mut().enumerate() {
-                    let v = _mm512_loadu_si512(y(t, i).qs.as_ptr().add(64 * k).cast());
-                    let v = _mm512_mask_sub_epi8(v, neg, _mm512_setzero_si512(), v);
-                    let dot = _mm512_maddubs_epi16(q2, v);
-                    *s = _mm512_add_epi32(*s, _mm512_madd_epi16(dot, ls));
-                }
-            }
-            for (t, (c, s)) in acc.iter_mut().zip(&sumi).enumerate() {
-                let d = _mm512_set1_ps(h2f(x.d) * y(t, i).d);
-                *c = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(*s), *c);
-            }
-        }
-        for (t, c) in acc.iter().enumerate() {
-            *out.add(t * os) = 0.125 * _mm512_reduce_add_ps(*c);
-        }
-    }
-}
-
-/// The matmul's IQ2_XXS tile (AVX-512): `nr` weight rows × `nt` tokens,
-/// four tokens per pass over a row, so prefill decodes each row's grid
-/// points a quarter as often. `nb` counts 32-value blocks (the tiles'
-/// unit); IQ2_XXS rows hold `nb / 8` super-blocks.
-///
-/// # Safety
-/// As the matmul's tile functions: rows `w + r·ws` (`r < nr`) hold the
-/// super-blocks, tokens `a + t·as_` (`t < nt`) as many Q8_K blocks, and
-/// `out + t·os + r` is writable; AVX-512 F/BW/VL present.
-pub(crate) unsafe fn iq2_xxs_tile_avx512(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    nr: usize,
-    a: *const u8,
-    as_: usize,
-    nt: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: the caller's contract; blocks are 2-byte aligned (rows are
-    // whole blocks in a 4-byte aligned tensor).
-    unsafe {
-        for r in 0..nr {
-            let xs = std::slice::from_raw_parts(w.add(r * ws).cast::<BlockIQ2XXS>(), nb / 8);
-            let mut t = 0;
-            while t < nt {
-                let (at, o) = (a.add(t * as_), out.add(t * os + r));
-                let step = match nt - t {
-                    1 => {
-                        iq2_xxs_tokens_avx512::<1>(xs, at, as_, o, os);
-                        1
-                    }
-                    2 => {
-                        iq2_xxs_tokens_avx512::<2>(xs, at, as_, o, os);
-                        2
-                    }
-                    3 => {
-                        iq2_xxs_tokens_avx512::<3>(xs, at, as_, o, os);
-                        3
-                    }
-                    _ => {
-                        iq2_xxs_tokens_avx512::<4>(xs, at, as_, o, os);
-                        4
-                    }
-                };
-                t += step;
-            }
-        }
-    }
-}
-
-/// Whether [`iq2_xxs_tile_avx512`] may run here.
-pub(crate) fn iq2_xxs_tile_usable() -> bool {
-    has_avx512()
 }
