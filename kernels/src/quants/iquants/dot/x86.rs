@@ -17,6 +17,7 @@ use half::f16;
 
 use super::super::grids::{IQ2XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL};
 use super::super::{blocks, BlockIQ2XXS, BlockIQ4XS, QK_K};
+use super::x86_tile::{iq2_xxs_tokens_avx2, iq2_xxs_tokens_avx512};
 use super::{nl_q8_0_ref, nl_sumi, vec_dot_iq2_xxs_q8_k_ref, vec_dot_iq4_xs_q8_k_ref, NlBlock};
 use crate::quants::kquants::BlockQ8_K;
 use crate::quants::legacy::BlockQ8_0;
@@ -169,31 +170,6 @@ pub(super) fn odd_scale(signs_scale: u32) -> i16 {
     (2 * (signs_scale >> 28) + 1) as i16
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn iq2_xxs_avx2(xs: &[BlockIQ2XXS], ys: &[BlockQ8_K]) -> f32 {
-    let sign = |s: u32, l: usize| SIGNS64[((s >> (7 * l)) & 127) as usize] as i64;
-    // SAFETY: all loads read inside the blocks of `ys`.
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let mut sumi = [_mm256_setzero_si256(); 2];
-            for ib32 in 0..QK_K / 32 {
-                let (g, s) = x.words(ib32);
-                let a = _mm256_loadu_si256(y.qs.as_ptr().add(32 * ib32).cast());
-                let q2 = _mm256_set_epi64x(grid(g, 3), grid(g, 2), grid(g, 1), grid(g, 0));
-                let sg = _mm256_set_epi64x(sign(s, 3), sign(s, 2), sign(s, 1), sign(s, 0));
-                let dot = _mm256_maddubs_epi16(q2, _mm256_sign_epi8(a, sg));
-                let p = _mm256_madd_epi16(dot, _mm256_set1_epi16(odd_scale(s)));
-                sumi[ib32 & 1] = _mm256_add_epi32(sumi[ib32 & 1], p);
-            }
-            let d = _mm256_set1_ps(h2f(x.d) * y.d);
-            let s = _mm256_add_epi32(sumi[0], sumi[1]);
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
-        }
-        0.125 * hsum256(acc)
-    }
-}
-
 /// AVX2 IQ2_XXS x Q8_K dot product.
 pub(crate) fn iq2_xxs_q8_k_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {
     if !has_avx2() {
@@ -201,8 +177,11 @@ pub(crate) fn iq2_xxs_q8_k_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     let (xs, ys) = (blocks::<BlockIQ2XXS>(w), blocks::<BlockQ8_K>(act));
     let nb = (n / QK_K).min(xs.len()).min(ys.len());
-    // SAFETY: AVX2, FMA and F16C are present (checked above).
-    unsafe { iq2_xxs_avx2(&xs[..nb], &ys[..nb]) }
+    let mut out = 0f32;
+    // SAFETY: AVX2, FMA and F16C are present (checked above); `ys` holds
+    // `nb` blocks, 4-byte aligned as `blocks` gave them.
+    unsafe { iq2_xxs_tokens_avx2::<1>(&xs[..nb], ys.as_ptr().cast(), 0, &mut out, 0) };
+    out
 }
 
 // ------------------------------------------------------------- AVX-512
@@ -322,40 +301,6 @@ pub(super) fn sign_mask32(signs_scale: u32) -> u64 {
     })
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn iq2_xxs_avx512(xs: &[BlockIQ2XXS], ys: &[BlockQ8_K]) -> f32 {
-    // SAFETY: all loads read inside the blocks of `ys`.
-    unsafe {
-        let mut acc = _mm512_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let mut sumi = _mm512_setzero_si512();
-            for k in 0..QK_K / 64 {
-                let (g0, s0) = x.words(2 * k);
-                let (g1, s1) = x.words(2 * k + 1);
-                let q2 = _mm512_set_epi64(
-                    grid(g1, 3),
-                    grid(g1, 2),
-                    grid(g1, 1),
-                    grid(g1, 0),
-                    grid(g0, 3),
-                    grid(g0, 2),
-                    grid(g0, 1),
-                    grid(g0, 0),
-                );
-                let neg = sign_mask32(s0) | sign_mask32(s1) << 32;
-                let a = _mm512_loadu_si512(y.qs.as_ptr().add(64 * k).cast());
-                let a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
-                let dot = _mm512_maddubs_epi16(q2, a);
-                let ls = halves_i16(odd_scale(s0), odd_scale(s1));
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, ls));
-            }
-            let d = _mm512_set1_ps(h2f(x.d) * y.d);
-            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
-        }
-        0.125 * _mm512_reduce_add_ps(acc)
-    }
-}
-
 /// AVX-512 IQ2_XXS x Q8_K dot product.
 pub(crate) fn iq2_xxs_q8_k_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
     if !has_avx512() {
@@ -363,6 +308,9 @@ pub(crate) fn iq2_xxs_q8_k_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     let (xs, ys) = (blocks::<BlockIQ2XXS>(w), blocks::<BlockQ8_K>(act));
     let nb = (n / QK_K).min(xs.len()).min(ys.len());
-    // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked above).
-    unsafe { iq2_xxs_avx512(&xs[..nb], &ys[..nb]) }
+    let mut out = 0f32;
+    // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked
+    // above); `ys` holds `nb` blocks, 4-byte aligned as `blocks` gave them.
+    unsafe { iq2_xxs_tokens_avx512::<1>(&xs[..nb], ys.as_ptr().cast(), 0, &mut out, 0) };
+    out
 }

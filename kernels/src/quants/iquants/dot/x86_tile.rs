@@ -1,9 +1,9 @@
 //! Matmul tiles for IQ2_XXS (AVX-512 and AVX2): a weight row's grid
 //! points, sign masks and scales are gathered once per pass and used for
 //! several tokens, so prefill, where each expert sees a handful of tokens,
-//! decodes each row a fraction as often. Every token's sums run exactly as
-//! in the single dot products of [`super::x86`], so the results are their
-//! bits.
+//! decodes each row a fraction as often. The single IQ2_XXS dot products
+//! of [`super::x86`] are these kernels at one token, so a tile's results
+//! are their bits by construction.
 
 use std::arch::x86_64::*;
 
@@ -15,7 +15,7 @@ use crate::quants::kquants::BlockQ8_K;
 
 /// IQ2_XXS rows against `NT` tokens at once (AVX-512): each 64-weight
 /// chunk's grid points, sign mask and scales are gathered once and used for
-/// every token. Every token's sums run as in [`super::x86`]'s AVX-512 IQ2_XXS dot, in the
+/// every token. Every token's sums run as in the single AVX-512 dot, in the
 /// same order, so each result is that dot product's bits.
 ///
 /// # Safety
@@ -23,7 +23,7 @@ use crate::quants::kquants::BlockQ8_K;
 /// `xs.len()` Q8_K blocks (4-byte aligned) and `out + t·os` is writable for
 /// every `t < NT`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn iq2_xxs_tokens_avx512<const NT: usize>(
+pub(super) unsafe fn iq2_xxs_tokens_avx512<const NT: usize>(
     xs: &[BlockIQ2XXS],
     a: *const u8,
     a_stride: usize,
@@ -69,15 +69,50 @@ unsafe fn iq2_xxs_tokens_avx512<const NT: usize>(
     }
 }
 
-/// The matmul's IQ2_XXS tile (AVX-512): `nr` weight rows × `nt` tokens,
-/// four tokens per pass over a row, so prefill decodes each row's grid
-/// points a quarter as often. `nb` counts 32-value blocks (the tiles'
+/// A pass of one weight row over `k + 1` tokens (`per[k]`).
+type Tokens = unsafe fn(&[BlockIQ2XXS], *const u8, usize, *mut f32, usize);
+
+/// `nr` weight rows × `nt` tokens, each row's pass taking up to
+/// `per.len()` tokens at a time. `nb` counts 32-value blocks (the tiles'
 /// unit); IQ2_XXS rows hold `nb / 8` super-blocks.
 ///
 /// # Safety
 /// As the matmul's tile functions: rows `w + r·ws` (`r < nr`) hold the
 /// super-blocks, tokens `a + t·as_` (`t < nt`) as many Q8_K blocks, and
-/// `out + t·os + r` is writable; AVX-512 F/BW/VL present.
+/// `out + t·os + r` is writable; the CPU has what `per`'s kernels need.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_by_tokens(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    a: *const u8,
+    as_: usize,
+    nt: usize,
+    out: *mut f32,
+    os: usize,
+    per: &[Tokens],
+) {
+    // SAFETY: the caller's contract; blocks are 2-byte aligned (rows are
+    // whole blocks in a 4-byte aligned tensor).
+    unsafe {
+        for r in 0..nr {
+            let xs = std::slice::from_raw_parts(w.add(r * ws).cast::<BlockIQ2XXS>(), nb / 8);
+            let mut t = 0;
+            while t < nt {
+                let k = (nt - t).min(per.len());
+                per[k - 1](xs, a.add(t * as_), as_, out.add(t * os + r), os);
+                t += k;
+            }
+        }
+    }
+}
+
+/// The matmul's IQ2_XXS tile (AVX-512): four tokens per pass over a row,
+/// so prefill decodes each row's grid points a quarter as often.
+///
+/// # Safety
+/// As [`rows_by_tokens`], with AVX-512 F/BW/VL present.
 pub(crate) unsafe fn iq2_xxs_tile_avx512(
     nb: usize,
     w: *const u8,
@@ -89,36 +124,14 @@ pub(crate) unsafe fn iq2_xxs_tile_avx512(
     out: *mut f32,
     os: usize,
 ) {
-    // SAFETY: the caller's contract; blocks are 2-byte aligned (rows are
-    // whole blocks in a 4-byte aligned tensor).
-    unsafe {
-        for r in 0..nr {
-            let xs = std::slice::from_raw_parts(w.add(r * ws).cast::<BlockIQ2XXS>(), nb / 8);
-            let mut t = 0;
-            while t < nt {
-                let (at, o) = (a.add(t * as_), out.add(t * os + r));
-                let step = match nt - t {
-                    1 => {
-                        iq2_xxs_tokens_avx512::<1>(xs, at, as_, o, os);
-                        1
-                    }
-                    2 => {
-                        iq2_xxs_tokens_avx512::<2>(xs, at, as_, o, os);
-                        2
-                    }
-                    3 => {
-                        iq2_xxs_tokens_avx512::<3>(xs, at, as_, o, os);
-                        3
-                    }
-                    _ => {
-                        iq2_xxs_tokens_avx512::<4>(xs, at, as_, o, os);
-                        4
-                    }
-                };
-                t += step;
-            }
-        }
-    }
+    let per: [Tokens; 4] = [
+        iq2_xxs_tokens_avx512::<1>,
+        iq2_xxs_tokens_avx512::<2>,
+        iq2_xxs_tokens_avx512::<3>,
+        iq2_xxs_tokens_avx512::<4>,
+    ];
+    // SAFETY: forwarded.
+    unsafe { rows_by_tokens(nb, w, ws, nr, a, as_, nt, out, os, &per) }
 }
 
 /// Whether [`iq2_xxs_tile_avx512`] may run here.
@@ -127,12 +140,12 @@ pub(crate) fn iq2_xxs_tile_usable() -> bool {
 }
 
 /// [`iq2_xxs_tokens_avx512`] for AVX2: `NT` tokens per pass over a row,
-/// each token's sums as in [`super::x86`]'s AVX2 IQ2_XXS dot.
+/// each token's sums as in the single AVX2 dot.
 ///
 /// # Safety
 /// AVX2, FMA and F16C present; otherwise as [`iq2_xxs_tokens_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn iq2_xxs_tokens_avx2<const NT: usize>(
+pub(super) unsafe fn iq2_xxs_tokens_avx2<const NT: usize>(
     xs: &[BlockIQ2XXS],
     a: *const u8,
     a_stride: usize,
@@ -170,11 +183,11 @@ unsafe fn iq2_xxs_tokens_avx2<const NT: usize>(
     }
 }
 
-/// The matmul's IQ2_XXS tile for AVX2: as [`iq2_xxs_tile_avx512`], two
-/// tokens per pass (AVX2's 16 registers hold two tokens' sums).
+/// The matmul's IQ2_XXS tile for AVX2: two tokens per pass (AVX2's 16
+/// registers hold two tokens' sums).
 ///
 /// # Safety
-/// As [`iq2_xxs_tile_avx512`], with AVX2, FMA and F16C present.
+/// As [`rows_by_tokens`], with AVX2, FMA and F16C present.
 pub(crate) unsafe fn iq2_xxs_tile_avx2(
     nb: usize,
     w: *const u8,
@@ -186,23 +199,9 @@ pub(crate) unsafe fn iq2_xxs_tile_avx2(
     out: *mut f32,
     os: usize,
 ) {
-    // SAFETY: as in `iq2_xxs_tile_avx512`.
-    unsafe {
-        for r in 0..nr {
-            let xs = std::slice::from_raw_parts(w.add(r * ws).cast::<BlockIQ2XXS>(), nb / 8);
-            let mut t = 0;
-            while t < nt {
-                let (at, o) = (a.add(t * as_), out.add(t * os + r));
-                if nt - t >= 2 {
-                    iq2_xxs_tokens_avx2::<2>(xs, at, as_, o, os);
-                    t += 2;
-                } else {
-                    iq2_xxs_tokens_avx2::<1>(xs, at, as_, o, os);
-                    t += 1;
-                }
-            }
-        }
-    }
+    let per: [Tokens; 2] = [iq2_xxs_tokens_avx2::<1>, iq2_xxs_tokens_avx2::<2>];
+    // SAFETY: forwarded.
+    unsafe { rows_by_tokens(nb, w, ws, nr, a, as_, nt, out, os, &per) }
 }
 
 /// Whether [`iq2_xxs_tile_avx2`] may run here.
