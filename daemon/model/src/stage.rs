@@ -112,6 +112,34 @@ pub(crate) fn submit_remote(
         .collect()
 }
 
+/// Waits for the batches [`submit_remote`] sent and hands each expert's
+/// `(token, slot)` list with its rows of the answer to `place`, in the
+/// order sent; an answer of the wrong size is an error.
+pub(crate) fn collect_remote(
+    tickets: Vec<Sent>,
+    by_expert: &[Vec<(usize, usize)>],
+    d: usize,
+    mut place: impl FnMut(&[(usize, usize)], &[f32]),
+) -> Result<()> {
+    for (ticket, es) in tickets {
+        let y = ticket.wait()?;
+        let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
+        if y.len() != rows * d {
+            return Err(ModelError::Invalid(format!(
+                "a remote expert holder returned {} values for {rows} rows of {d}",
+                y.len()
+            )));
+        }
+        let mut off = 0;
+        for e in es {
+            let list = &by_expert[e];
+            place(list, &y[off..off + list.len() * d]);
+            off += list.len() * d;
+        }
+    }
+    Ok(())
+}
+
 impl Model {
     /// Width of a hidden row between layers (DeepSeek V4: its
     /// hyper-connection streams).

@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result};
 use super::hparams::{Gating, MoeParams};
 use super::weights::{GateUp, Mlp, MoeWeights};
 use super::Ctx;
-use crate::stage::{submit_remote, ExpertBatch};
+use crate::stage::{collect_remote, submit_remote, ExpertBatch};
 
 /// The experts one token uses, best first, with their weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,22 +184,7 @@ pub(crate) fn moe_ffn(
         Some(sh) => Some(mlp(cx, sh, x, n)?),
         None => None,
     };
-    for (ticket, es) in tickets {
-        let y = ticket.wait()?;
-        let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
-        if y.len() != rows * d {
-            return Err(ModelError::Invalid(format!(
-                "a remote expert holder returned {} values for {rows} rows of {d}",
-                y.len()
-            )));
-        }
-        let mut off = 0;
-        for e in es {
-            let list = &by_expert[e];
-            place(&mut slots, list, &y[off..off + list.len() * d]);
-            off += list.len() * d;
-        }
-    }
+    collect_remote(tickets, &by_expert, d, |list, y| place(&mut slots, list, y))?;
     let mut out = vec![0f32; n * d];
     for t in 0..n {
         let o = &mut out[t * d..(t + 1) * d];

@@ -16,7 +16,7 @@
 //! the same slots, so the sums equal the single-node ones bit for bit.
 
 use crate::error::{ModelError, Result};
-use crate::stage::{submit_remote, ExpertBatch};
+use crate::stage::{collect_remote, submit_remote, ExpertBatch};
 
 use super::weights::{MoeWeights, Router, SharedExpert};
 use super::Ctx;
@@ -212,22 +212,7 @@ pub(crate) fn moe(
         Some(sh) => Some(shared_expert(cx, sh, x, n, c.limit_shexp)?),
         None => None,
     };
-    for (ticket, es) in tickets {
-        let y = ticket.wait()?;
-        let rows: usize = es.iter().map(|&e| by_expert[e].len()).sum();
-        if y.len() != rows * d {
-            return Err(ModelError::Invalid(format!(
-                "a remote expert holder returned {} values for {rows} rows of {d}",
-                y.len()
-            )));
-        }
-        let mut off = 0;
-        for e in es {
-            let list = &by_expert[e];
-            place(&mut slots, list, &y[off..off + list.len() * d]);
-            off += list.len() * d;
-        }
-    }
+    collect_remote(tickets, &by_expert, d, |list, y| place(&mut slots, list, y))?;
     let mut out = vec![0f32; n * d];
     for (t, o) in out.chunks_exact_mut(d).enumerate() {
         for s in 0..k {
