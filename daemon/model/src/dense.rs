@@ -78,6 +78,19 @@ fn norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// The order attention sums values in for a sequence running `rows` tokens
+/// in one pass. llama.cpp (`llama_exact`) uses sgemm for batches and
+/// vec_dot for one token; otherwise every pass sums as one token's does, so
+/// a position's output does not depend on how many run with it (speculative
+/// decoding's verification equals plain decoding).
+pub(crate) fn value_order(llama_exact: bool, rows: usize) -> VSumOrder {
+    if llama_exact && rows > 1 {
+        VSumOrder::Gemm
+    } else {
+        VSumOrder::VecDot
+    }
+}
+
 impl DenseModel {
     fn mm(&self, src: &dyn WeightBytes, w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
         if let Some(o) = &self.observer {
@@ -323,7 +336,16 @@ impl DenseModel {
     ) -> Vec<f32> {
         let hp = &self.hp;
         if caches.iter().any(|c| c.ty() != KvType::F32) {
-            return crate::kv_attn::attention(hp, q, caches, spans, il, n, window);
+            return crate::kv_attn::attention(
+                hp,
+                q,
+                caches,
+                spans,
+                il,
+                n,
+                window,
+                self.llama_exact,
+            );
         }
         let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
         let group = hp.n_head / hp.n_head_kv;
@@ -351,12 +373,7 @@ impl DenseModel {
                     .map(|j| ops::dot_kq(qh, &lk[j * kd + g * dk..j * kd + (g + 1) * dk]) * scale)
                     .collect();
                 ops::softmax_aligned(&mut sc, lo);
-                // ggml sums values with sgemm for batches, vec_dot for one token.
-                let order = if rows > 1 {
-                    VSumOrder::Gemm
-                } else {
-                    VSumOrder::VecDot
-                };
+                let order = value_order(self.llama_exact, rows);
                 let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
                 ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
             });

@@ -14,7 +14,7 @@
 //! arithmetic, so a batch may mix cache types.
 
 use dwarfstar_kernels::dispatch::VecDotFn;
-use dwarfstar_kernels::ops::{self, VSumOrder};
+use dwarfstar_kernels::ops;
 use dwarfstar_kernels::quants::{float, legacy};
 use dwarfstar_kernels::{type_kernels, GgmlType};
 use rayon::prelude::*;
@@ -92,6 +92,7 @@ pub(crate) fn attention(
     il: usize,
     n: usize,
     window: usize,
+    llama_exact: bool,
 ) -> Vec<f32> {
     let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
     let group = hp.n_head / hp.n_head_kv;
@@ -124,12 +125,7 @@ pub(crate) fn attention(
                 let p = pos0 + t - row0;
                 let lo = first(p);
                 let qh = &q[t * hp.q_dim() + h * dk..t * hp.q_dim() + (h + 1) * dk];
-                // ggml sums values with sgemm for batches, vec_dot for one token.
-                let order = if rows > 1 {
-                    VSumOrder::Gemm
-                } else {
-                    VSumOrder::VecDot
-                };
+                let order = crate::dense::value_order(llama_exact, rows);
                 match &seqs[s] {
                     SeqKv::F32 => {
                         let (lk, lv) = (&kv.layers[il].k, &kv.layers[il].v);
