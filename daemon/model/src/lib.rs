@@ -9,7 +9,8 @@
 //! - [`dense`]: the forward pass of dense transformers over a layer range;
 //! - [`kv`]: KV caches; [`kv_file`] saves and restores them, [`kv_store`]
 //!   keeps a directory of them keyed by token prefix;
-//! - [`sampler`]: logits to tokens;
+//! - [`sampler`]: logits to tokens; [`draft`]: draft tokens for speculative
+//!   decoding;
 //! - [`generate`]: the prompt → tokens loop with stop conditions;
 //! - [`stage`]: a node's share of a split model (layer ranges, remote experts);
 //! - [`store`]: where weight bytes come from, within a memory budget;
@@ -25,6 +26,7 @@ pub mod deepseek2;
 pub mod deepseek4;
 pub mod dense;
 mod dense_arch;
+pub mod draft;
 pub mod error;
 pub mod generate;
 
@@ -52,7 +54,7 @@ pub use error::{ModelError, Result};
 pub use generate::Forward;
 pub use kv::{KvCache, KvType};
 pub use observe::{MatIndex, MatmulObserver};
-pub use sampler::{Sampler, SamplerConfig};
+pub use sampler::{Sampler, SamplerConfig, Verdict};
 pub use stage::{ExpertBatch, ExpertDispatch, ExpertTicket};
 
 /// A loaded model of any supported architecture: the registry of

@@ -2,7 +2,8 @@
 //! after repetition penalty, top-k, top-p and min-p, from a seeded RNG.
 //!
 //! The chain runs in llama.cpp's default order: penalties, top-k, top-p,
-//! min-p, temperature, then a draw.
+//! min-p, temperature, then a draw. [`Sampler::verify`] is speculative
+//! decoding's acceptance test over the same chain.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,10 +87,51 @@ impl Sampler {
 
     /// Picks the next token from `logits`, given the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        if let Some(t) = self.prepare(logits, history) {
+            return t;
+        }
+        let r: f32 = self.rng.gen();
+        self.draw(r)
+    }
+
+    /// Speculative decoding's acceptance test for `draft`, proposed by a
+    /// drafter that picks its most likely token (a one-point distribution
+    /// q): accepted with probability min(1, p/q) = p(draft) under this
+    /// sampler's distribution p; on rejection the token is drawn from the
+    /// residual max(0, p − q), renormalised, i.e. p without `draft`. The
+    /// tokens produced are then distributed exactly as [`Sampler::sample`]'s
+    /// (Leviathan et al., 2023); greedy accepts exactly the argmax.
+    pub fn verify(&mut self, logits: &[f32], history: &[u32], draft: u32) -> Verdict {
+        if let Some(t) = self.prepare(logits, history) {
+            return if t == draft {
+                Verdict::Accept
+            } else {
+                Verdict::Reject(t)
+            };
+        }
+        let p = self.cand.iter().find(|c| c.0 == draft).map_or(0.0, |c| c.1);
+        let r: f32 = self.rng.gen();
+        if r < p {
+            return Verdict::Accept;
+        }
+        self.cand.retain(|c| c.0 != draft);
+        let rest: f32 = self.cand.iter().map(|c| c.1).sum();
+        if self.cand.is_empty() || rest <= 0.0 {
+            // Rounding left nothing else: the draft is all there is.
+            return Verdict::Accept;
+        }
+        let r: f32 = self.rng.gen::<f32>() * rest;
+        Verdict::Reject(self.draw(r))
+    }
+
+    /// Runs the chain up to the draw: `Some(token)` when it is decided
+    /// (greedy), else leaves the candidates in `self.cand` with their
+    /// probabilities, best first.
+    fn prepare(&mut self, logits: &[f32], history: &[u32]) -> Option<u32> {
         let c = &self.cfg;
         let penalize = c.repeat_penalty != 1.0 && c.repeat_last_n > 0;
         if c.temperature <= 0.0 && !penalize {
-            return argmax(logits);
+            return Some(argmax(logits));
         }
         self.cand.clear();
         self.cand
@@ -116,7 +158,7 @@ impl Sampler {
                     best = i;
                 }
             }
-            return self.cand[best].0;
+            return Some(self.cand[best].0);
         }
         // Sort descending once; every filter below keeps a prefix.
         let k = if c.top_k > 0 {
@@ -156,16 +198,33 @@ impl Sampler {
             self.cand.truncate(keep.max(1));
         }
         let p = probs(&self.cand, c.temperature);
-        let r: f32 = self.rng.gen();
+        for (c, p) in self.cand.iter_mut().zip(p) {
+            c.1 = p;
+        }
+        None
+    }
+
+    /// The candidate where the running sum of probabilities first passes
+    /// `r` (the last one if rounding never gets there).
+    fn draw(&self, r: f32) -> u32 {
         let mut acc = 0.0;
-        for (i, v) in p.iter().enumerate() {
-            acc += v;
+        for &(id, p) in &self.cand {
+            acc += p;
             if r < acc {
-                return self.cand[i].0;
+                return id;
             }
         }
         self.cand[self.cand.len() - 1].0
     }
+}
+
+/// [`Sampler::verify`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The draft token is the next token.
+    Accept,
+    /// It is not; this one is.
+    Reject(u32),
 }
 
 #[cfg(test)]
