@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 /// A running `dwarfstar serve`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
     agent: ureq::Agent,
@@ -34,9 +34,18 @@ fn agent() -> ureq::Agent {
 }
 
 impl Server {
-    /// Starts the server on port 0 and reads the address it printed.
+    /// Starts the server with SmolLM2 on port 0 and reads the address it
+    /// printed.
     fn start(extra: &[&str], env_keys: Option<&str>) -> Server {
-        let model = model_path(SMOLLM2);
+        Server::start_model(&model_path(SMOLLM2), extra, env_keys)
+    }
+
+    /// [`Server::start`] with `model`.
+    pub(crate) fn start_model(
+        model: &std::path::Path,
+        extra: &[&str],
+        env_keys: Option<&str>,
+    ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dwarfstar"));
         cmd.args([
             "serve",
@@ -97,7 +106,7 @@ impl Server {
         (status, r.body_mut().read_to_string().unwrap())
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let (s, text) = self.post_raw(path, &body.to_string(), None);
         (
             s,
@@ -139,7 +148,7 @@ impl Server {
         panic!("the stream ended without [DONE]: {out:?}");
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (s, t) = self.get("/metrics", None);
         assert_eq!(s, 200);
         t
@@ -147,7 +156,7 @@ impl Server {
 }
 
 /// The value of a sample line of `/metrics`.
-fn metric(text: &str, sample: &str) -> f64 {
+pub(crate) fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("{sample} not in /metrics"))

@@ -21,6 +21,7 @@ mod paging_mesh;
 mod paging_v4;
 mod quantize;
 mod reference;
+mod spec;
 mod stage;
 mod synth_moe;
 mod synth_v4;

@@ -548,6 +548,35 @@ fn smollm2_in_three_pipeline_stages_matches_one_machine() {
     assert_eq!(stages(&plan), 3, "{plan}");
 }
 
+/// Speculative decoding through the pipeline: the coordinator drafts with
+/// a dwarf-q2 SmolLM2, the stages verify each step's drafted positions in
+/// one pass, and the text is still one machine's.
+#[test]
+fn smollm2_with_a_draft_model_in_two_pipeline_stages_matches_one_machine() {
+    let draft = crate::spec::draft_of(SMOLLM2);
+    let args = [
+        "--stages",
+        "2",
+        "--draft-model",
+        draft.to_str().unwrap(),
+        "--spec-always",
+    ];
+    let plan = mesh_matches_one_machine_and(&model_path(SMOLLM2), 2, &args, |coord| {
+        let base = coord.http.as_ref().unwrap();
+        let text = ureq::get(format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let drafted = crate::api::metric(&text, "dwarfstar_spec_drafted_tokens_total");
+        let accepted = crate::api::metric(&text, "dwarfstar_spec_accepted_tokens_total");
+        eprintln!("2-stage mesh with a draft: drafted {drafted}, accepted {accepted}");
+        assert!(drafted > 0.0 && accepted > 0.0, "{text}");
+    });
+    assert_eq!(stages(&plan), 2, "{plan}");
+}
+
 #[test]
 fn deepseek_v3_with_experts_on_two_daemons_matches_one_machine() {
     let m = fixtures().join("tiny-deepseek-v3/tiny-dsv3-q8_0.gguf");

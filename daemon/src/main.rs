@@ -34,7 +34,7 @@ enum Command {
     /// Perplexity, KL divergence and top-1 agreement of two models.
     Quality(cli::quality::QualityArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Write a synthetic MoE GGUF (deepseek2 or deepseek4) of realistic shape and size.
     Synth(cli::synth::SynthArgs),
 }
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Synth(a) => cli::synth::run(a),
     }
 }

@@ -237,6 +237,11 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<Value> {
             "entries": m.prefix_entries.load(Relaxed),
             "bytes": m.prefix_bytes.load(Relaxed),
         },
+        "speculation": {
+            "drafted": m.spec_drafted.load(Relaxed),
+            "accepted": m.spec_accepted.load(Relaxed),
+            "acceptance_rate": m.acceptance_rate(),
+        },
     }))
 }
 

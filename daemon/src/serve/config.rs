@@ -73,6 +73,27 @@ pub struct ModelConfig {
     pub kv_cache_dir: Option<PathBuf>,
     /// Disk space for `kv_cache_dir`, e.g. "2GiB" (the default).
     pub kv_cache_size: Option<String>,
+    /// A smaller model of the same vocabulary that drafts tokens for
+    /// speculative decoding (a lower-bit quantization of this one, say).
+    pub draft_model: Option<PathBuf>,
+    /// Most tokens drafted per sequence and step (default 3).
+    pub spec_tokens: Option<usize>,
+    /// Draft on every step, even while drafting measures slower than plain
+    /// decoding (default false: draft only while it pays).
+    pub spec_always: bool,
+}
+
+/// Draft tokens per step when neither the file nor a flag says.
+pub const DEFAULT_SPEC_TOKENS: usize = 3;
+
+/// Speculative decoding's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DraftSettings {
+    pub model: PathBuf,
+    /// Most tokens drafted per sequence and step (at least 1).
+    pub tokens: usize,
+    /// Draft on every step, paying or not.
+    pub always: bool,
 }
 
 /// `[limits]`: budgets of the scheduler.
@@ -125,6 +146,9 @@ pub struct Overrides {
     pub prefill_chunk: Option<usize>,
     pub override_kv: Vec<String>,
     pub kv_type: Option<String>,
+    pub draft_model: Option<PathBuf>,
+    pub spec_tokens: Option<usize>,
+    pub spec_always: bool,
 }
 
 /// Everything `serve` runs with, checked.
@@ -154,6 +178,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// `[model] kv_cache_dir` and its budget in bytes.
     pub kv_cache: Option<(PathBuf, u64)>,
+    /// Speculative decoding with a draft model (the configured model only).
+    pub draft: Option<DraftSettings>,
 }
 
 impl FileConfig {
@@ -275,8 +301,24 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         }
         None => None,
     };
+    let spec_tokens = o.spec_tokens.or(model.spec_tokens);
+    if spec_tokens == Some(0) {
+        bail!("spec_tokens must be at least 1 (leave draft_model unset to decode without drafts)");
+    }
+    let draft = match o.draft_model.or(model.draft_model) {
+        Some(m) => Some(DraftSettings {
+            model: m,
+            tokens: spec_tokens.unwrap_or(DEFAULT_SPEC_TOKENS),
+            always: o.spec_always || model.spec_always,
+        }),
+        None if spec_tokens.is_some() => {
+            bail!("spec_tokens needs a draft model: give --draft-model or [model] draft_model")
+        }
+        None => None,
+    };
     Ok(Settings {
         kv_cache,
+        draft,
         addr,
         http_explicit,
         grpc_addr,

@@ -18,14 +18,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use dwarfstar_model::draft::ModelDrafter;
 use dwarfstar_model::{KvType, Model};
 use dwarfstar_tokenizer::Tokenizer;
 
-use super::config::LimitsConfig;
+use super::config::{DraftSettings, LimitsConfig};
 use super::kv_disk;
 use super::metrics::Metrics;
 use super::replan::{Replan, Resume};
 use super::scheduler::{self, SchedConfig, Scheduler, Submitter};
+use super::spec::Speculation;
 use crate::cli::load_tokenizer;
 use crate::node::backend::DistBackend;
 use crate::node::local::{LocalConfig, LocalNode};
@@ -144,6 +146,8 @@ pub struct EngineFactory {
     pub limits: LimitsConfig,
     /// `[model] kv_cache_dir` and its bytes (the configured model, alone).
     pub kv_cache: Option<(PathBuf, u64)>,
+    /// Speculative decoding (the configured model, alone or coordinated).
+    pub draft: Option<DraftSettings>,
     pub metrics: Arc<Metrics>,
     /// The node's id in Control answers ("local" alone).
     pub node_id: String,
@@ -236,20 +240,19 @@ impl EngineFactory {
             cfg.kv_positions = positions.max(ctx_size);
         }
         let eog = eog_table(&tok, model.n_vocab());
+        let spec = self.speculation(path, &gguf, ctx_size)?;
         let model = Arc::new(model);
         let (submit, rx) = scheduler::queue(self.limits.queue, self.metrics.clone());
         match self.kv_cache.as_ref().filter(|_| configured) {
             Some((dir, bytes)) => {
                 let backend = kv_disk::DiskCached::open(model.clone(), dir, *bytes)?;
-                self.spawn(Scheduler::new(backend, cfg, eog, rx, self.metrics.clone()))?
+                let s = Scheduler::new(backend, cfg, eog, rx, self.metrics.clone());
+                self.spawn(with_spec(s, spec))?
             }
-            None => self.spawn(Scheduler::new(
-                model.clone(),
-                cfg,
-                eog,
-                rx,
-                self.metrics.clone(),
-            ))?,
+            None => {
+                let s = Scheduler::new(model.clone(), cfg, eog, rx, self.metrics.clone());
+                self.spawn(with_spec(s, spec))?
+            }
         }
         Ok(self.engine(path, model, tok, submit, ctx_size, None))
     }
@@ -287,11 +290,12 @@ impl EngineFactory {
                  prefixes are reused from memory only"
             );
         }
+        let spec = self.speculation(path, &gguf, ctx_size)?;
         let hold = Arc::new(Replan::default());
         let slot = Arc::new(RwLock::new(backend.clone()));
-        self.spawn(
-            Scheduler::new(backend, cfg, eog, rx, self.metrics.clone()).with_replan(hold.clone()),
-        )?;
+        let s =
+            Scheduler::new(backend, cfg, eog, rx, self.metrics.clone()).with_replan(hold.clone());
+        self.spawn(with_spec(s, spec))?;
         Ok(self.engine(path, model, tok, submit, ctx_size, Some((hold, slot))))
     }
 
@@ -358,6 +362,44 @@ impl EngineFactory {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+impl EngineFactory {
+    /// The drafter for `path` (the configured model only), its vocabulary
+    /// checked against `target`'s. Blocking: it maps the draft file.
+    fn speculation(
+        &self,
+        path: &Path,
+        target: &dwarfstar_gguf::GgufFile,
+        ctx_size: usize,
+    ) -> Result<Option<Speculation>> {
+        let Some(d) = self.draft.as_ref().filter(|_| self.is_configured(path)) else {
+            return Ok(None);
+        };
+        let (draft, gguf) = Model::open(&d.model, &[])
+            .with_context(|| format!("loading the draft model {}", d.model.display()))?;
+        dwarfstar_model::draft::check_vocab(target, &gguf)
+            .with_context(|| format!("draft model {}", d.model.display()))?;
+        tracing::info!(
+            "speculative decoding: {} drafts up to {} tokens a step",
+            d.model.display(),
+            d.tokens
+        );
+        let drafter = ModelDrafter::new(Arc::new(draft), ctx_size);
+        let mut spec = Speculation::new(Box::new(drafter), d.tokens);
+        if d.always {
+            spec.payoff = None;
+        }
+        Ok(Some(spec))
+    }
+}
+
+/// `s`, drafting with `spec` where there is one.
+fn with_spec<B: scheduler::Backend>(s: Scheduler<B>, spec: Option<Speculation>) -> Scheduler<B> {
+    match spec {
+        Some(spec) => s.with_speculation(spec),
+        None => s,
     }
 }
 

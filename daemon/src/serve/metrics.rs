@@ -42,6 +42,10 @@ pub struct Metrics {
     pub steps: AtomicU64,
     /// Forward passes that ran two or more sequences together.
     pub batched_steps: AtomicU64,
+    /// Draft tokens run for verification (speculative decoding).
+    pub spec_drafted: AtomicU64,
+    /// Draft tokens the target accepted.
+    pub spec_accepted: AtomicU64,
     ttft: Mutex<Histogram>,
     decoded: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -68,6 +72,8 @@ impl Metrics {
             prefix_bytes: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
             batched_steps: AtomicU64::new(0),
+            spec_drafted: AtomicU64::new(0),
+            spec_accepted: AtomicU64::new(0),
             ttft: Mutex::default(),
             decoded: Mutex::default(),
         }
@@ -119,6 +125,16 @@ impl Metrics {
         }
     }
 
+    /// Accepted over drafted tokens since start (0 before any draft).
+    pub fn acceptance_rate(&self) -> f64 {
+        let d = self.spec_drafted.load(Relaxed);
+        if d == 0 {
+            0.0
+        } else {
+            self.spec_accepted.load(Relaxed) as f64 / d as f64
+        }
+    }
+
     /// Tokens sampled per second over the last ten seconds (or since start).
     pub fn tokens_per_second(&self) -> f64 {
         let now = Instant::now();
@@ -158,7 +174,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "dwarfstar_generated_tokens_total",
                 "Tokens sampled.",
@@ -194,12 +210,27 @@ impl Metrics {
                 "Forward passes that ran two or more sequences together.",
                 self.batched_steps.load(Relaxed),
             ),
+            (
+                "dwarfstar_spec_drafted_tokens_total",
+                "Draft tokens verified (speculative decoding).",
+                self.spec_drafted.load(Relaxed),
+            ),
+            (
+                "dwarfstar_spec_accepted_tokens_total",
+                "Draft tokens accepted.",
+                self.spec_accepted.load(Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
             family(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {v}");
         }
-        let gauges: [(&str, &str, f64); 6] = [
+        let gauges: [(&str, &str, f64); 7] = [
+            (
+                "dwarfstar_spec_acceptance_rate",
+                "Accepted over drafted tokens since start (0 without drafts).",
+                self.acceptance_rate(),
+            ),
             (
                 "dwarfstar_tokens_per_second",
                 "Tokens sampled per second, last 10 s.",

@@ -5,6 +5,7 @@
 //! - [`engine`]: the model served now, and how `meshctl load` swaps it;
 //! - [`scheduler`]: the engine thread — admission, chunked prefill, one
 //!   batched forward pass per step, sampling, cancellation;
+//! - [`spec`]: speculative decoding's per-sequence draft lengths;
 //! - [`prefix`]: the cache of recent states for shared prompt starts;
 //! - [`openai`]: request parsing and response bodies;
 //! - [`api`]: the axum routes, auth, streaming;
@@ -27,6 +28,7 @@ pub mod openai;
 pub mod prefix;
 pub mod replan;
 pub mod scheduler;
+pub mod spec;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -96,6 +98,19 @@ pub struct ServeArgs {
     /// [default: f32, f16 for V4; or [model] kv_type].
     #[arg(long, value_name = "TYPE")]
     pub kv_type: Option<String>,
+    /// Speculative decoding: a smaller GGUF model of the same vocabulary
+    /// (e.g. `dwarfstar quantize --recipe dwarf-q2` of the served model)
+    /// drafts tokens the served model then verifies in one pass. Greedy
+    /// output is unchanged; sampling keeps the model's distribution.
+    #[arg(long, value_name = "FILE")]
+    pub draft_model: Option<PathBuf>,
+    /// Most tokens drafted per sequence and step [default: 3].
+    #[arg(long, value_name = "N")]
+    pub spec_tokens: Option<usize>,
+    /// Draft on every step, even while drafting measures slower than plain
+    /// decoding (by default a step drafts only while that pays).
+    #[arg(long, requires = "draft_model")]
+    pub spec_always: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -119,6 +134,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         prefill_chunk: a.prefill_chunk,
         override_kv: a.override_kv,
         kv_type: a.kv_type,
+        draft_model: a.draft_model,
+        spec_tokens: a.spec_tokens,
+        spec_always: a.spec_always,
     };
     let env_keys = std::env::var("DWARFSTAR_API_KEYS").ok();
     let s = config::resolve(file, flags, env_keys.as_deref())?;
@@ -200,6 +218,7 @@ async fn serve_on(
         mem_budget,
         limits: s.limits.clone(),
         kv_cache: s.kv_cache.clone(),
+        draft: s.draft.clone(),
         metrics: metrics.clone(),
         node_id: "local".into(),
         grpc_addr: grpc_text.clone(),

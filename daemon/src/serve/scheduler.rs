@@ -16,6 +16,10 @@
 //! A backend with a disk cache ([`Backend::load_prefix`]) is asked on a
 //! miss, and offered every ended sequence's state.
 //!
+//! With a drafter ([`Scheduler::with_speculation`]), decoding sequences
+//! also run draft tokens and keep those the target agrees with (see
+//! [`super::spec`]).
+//!
 //! The logic is generic over [`Backend`] so tests can drive it with a fake
 //! model and no sockets; the real backend is [`dwarfstar_model::Model`].
 
@@ -24,12 +28,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
-use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState};
+use dwarfstar_model::draft::DraftAsk;
+use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState, Verdict};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::prefix::PrefixCache;
 use super::replan::{Replan, Resume};
+use super::spec::{DraftLen, Speculation};
 
 /// What the scheduler needs of a model.
 pub trait Backend {
@@ -214,15 +220,20 @@ pub struct SchedConfig {
 
 /// One running sequence.
 struct Seq<S> {
+    /// The drafter's key for it.
+    id: u64,
     req: GenRequest,
     state: S,
     /// Prompt then generated tokens; `history[state_len..]` is the input
-    /// still to run.
+    /// still to run (during a step, its last `drafted` are draft tokens).
     history: Vec<u32>,
     n_gen: usize,
     sampler: Sampler,
     counts: HashMap<u32, u32>,
     ended: bool,
+    /// Draft tokens at the end of `history` this step.
+    drafted: usize,
+    draft_len: DraftLen,
 }
 
 /// The engine loop's state. See the module doc.
@@ -238,6 +249,8 @@ pub struct Scheduler<B: Backend> {
     replan: Option<Arc<Replan<B>>>,
     /// A request taken from the queue that waits for cache room.
     waiting: Option<GenRequest>,
+    spec: Option<Speculation>,
+    next_id: u64,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -261,7 +274,25 @@ impl<B: Backend> Scheduler<B> {
             metrics,
             replan: None,
             waiting: None,
+            spec: None,
+            next_id: 0,
         }
+    }
+
+    /// Drafts tokens for decoding sequences with `spec`'s drafter. States
+    /// that cannot be cut back exactly (see
+    /// [`dwarfstar_model::Capabilities::cuts_anywhere`]) would recompute
+    /// their whole prefix after each rejected draft, so they run without.
+    pub fn with_speculation(mut self, spec: Speculation) -> Self {
+        if self.backend.cuts_anywhere() {
+            self.spec = Some(spec);
+        } else {
+            tracing::warn!(
+                "speculative decoding is off: this model's state cannot be cut back to the \
+                 accepted drafts"
+            );
+        }
+        self
     }
 
     /// Lets a re-planner swap the backend between steps ([`Replan`]).
@@ -450,7 +481,10 @@ impl<B: Backend> Scheduler<B> {
         let _ = r.events.send(Event::Started {
             cached_tokens: cached,
         });
+        self.next_id += 1;
+        let max = self.spec.as_ref().map_or(1, |s| s.max_tokens);
         self.active.push(Seq {
+            id: self.next_id,
             history: r.prompt.clone(),
             sampler: Sampler::new(r.sampler.clone()),
             req: r,
@@ -458,6 +492,8 @@ impl<B: Backend> Scheduler<B> {
             n_gen: 0,
             counts: HashMap::new(),
             ended: false,
+            drafted: 0,
+            draft_len: DraftLen::new(max),
         });
     }
 
@@ -476,6 +512,15 @@ impl<B: Backend> Scheduler<B> {
         // cannot be cut, a prompt's last token waits for the next step, so
         // the state of all but that token can be kept for prefix reuse.
         let hold_last = !self.backend.cuts_anywhere() && self.cfg.cache_entries > 0;
+        let started = std::time::Instant::now();
+        let drafting = match self.spec.as_mut() {
+            Some(s) => s.payoff.as_mut().is_none_or(|p| p.draft_now()),
+            None => false,
+        };
+        if drafting {
+            self.draft();
+        }
+        let drafted = self.active.iter().any(|s| s.drafted > 0);
         let mut budget = self.cfg.prefill_chunk.max(1);
         let mut take = Vec::with_capacity(self.active.len());
         let mut prefill = 0;
@@ -501,7 +546,7 @@ impl<B: Backend> Scheduler<B> {
         for (s, &t) in self.active.iter_mut().zip(&take) {
             if t > 0 {
                 let at = backend.state_len(&s.state);
-                items.push((&s.history[at..at + t], &mut s.state, false));
+                items.push((&s.history[at..at + t], &mut s.state, s.drafted > 0));
             }
         }
         if items.is_empty() {
@@ -521,6 +566,10 @@ impl<B: Backend> Scheduler<B> {
             Ok(l) => l.into_iter(),
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
+                for s in &mut self.active {
+                    let n = s.history.len() - std::mem::take(&mut s.drafted);
+                    s.history.truncate(n);
+                }
                 for (s, &t) in self.active.iter_mut().zip(&take) {
                     if t > 0 {
                         let _ = s.req.events.send(Event::Failed(e.clone()));
@@ -557,35 +606,85 @@ impl<B: Backend> Scheduler<B> {
                 }
                 continue;
             }
-            penalize(
-                &mut l,
-                &s.counts,
-                s.req.presence_penalty,
-                s.req.frequency_penalty,
-            );
-            let tok = s.sampler.sample(&l, &s.history);
-            s.history.push(tok);
-            s.n_gen += 1;
-            sampled += 1;
-            if s.req.presence_penalty != 0.0 || s.req.frequency_penalty != 0.0 {
-                *s.counts.entry(tok).or_insert(0) += 1;
-            }
-            let _ = s.req.events.send(Event::Token(tok));
-            let eog = self.eog.get(tok as usize).copied().unwrap_or(false);
-            let finish = if eog && !s.req.ignore_eos {
-                Some(Finish::Stop)
-            } else if s.n_gen >= s.req.max_tokens || s.history.len() > self.cfg.ctx_size {
-                Some(Finish::Length)
-            } else {
-                None
+            let ends = Ends {
+                eog: &self.eog,
+                ctx_size: self.cfg.ctx_size,
             };
-            if let Some(f) = finish {
-                let _ = s.req.events.send(Event::Done(f));
-                s.ended = true;
+            if s.drafted > 0 {
+                let (emitted, accepted) = verify(&self.backend, &ends, s, &l);
+                sampled += emitted;
+                self.metrics
+                    .spec_accepted
+                    .fetch_add(accepted as u64, Relaxed);
+            } else {
+                let (tok, _) = sample(s, &mut l, None);
+                sampled += 1;
+                ends.emit(s, tok);
             }
         }
         self.metrics.decoded(sampled);
+        // Decode-only steps tell whether drafting pays.
+        if prefill == 0 {
+            if let Some(p) = self.spec.as_mut().and_then(|s| s.payoff.as_mut()) {
+                p.learn(drafted, started.elapsed(), sampled);
+            }
+        }
         self.retire();
+    }
+
+    /// Appends draft tokens to the decoding sequences that want them (see
+    /// [`super::spec`]); a drafter's failure only costs this step's drafts.
+    fn draft(&mut self) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        let mut wants = Vec::new();
+        for (i, s) in self.active.iter_mut().enumerate() {
+            let pending = s.history.len() - self.backend.state_len(&s.state);
+            if s.n_gen == 0 || pending != 1 || s.ended {
+                continue;
+            }
+            // The state holds the context; the request its max_tokens,
+            // one of them the token sampled after the drafts.
+            let room = (self.cfg.ctx_size.saturating_sub(s.history.len()))
+                .min(s.req.max_tokens.saturating_sub(s.n_gen + 1));
+            let k = s.draft_len.want().min(room).min(spec.max_tokens);
+            if k > 0 {
+                wants.push((i, k));
+            }
+        }
+        if wants.is_empty() {
+            return;
+        }
+        let asks: Vec<DraftAsk> = wants
+            .iter()
+            .map(|&(i, k)| DraftAsk {
+                seq: self.active[i].id,
+                history: &self.active[i].history,
+                k,
+            })
+            .collect();
+        let drafts = spec.drafter.draft(&asks);
+        drop(asks);
+        let drafts = match drafts {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("drafting failed; this step runs without drafts: {e}");
+                return;
+            }
+        };
+        let n_vocab = self.eog.len();
+        for (&(i, k), d) in wants.iter().zip(drafts) {
+            let s = &mut self.active[i];
+            let d: Vec<u32> = d
+                .into_iter()
+                .take(k)
+                .take_while(|&t| (t as usize) < n_vocab)
+                .collect();
+            s.history.extend_from_slice(&d);
+            s.drafted = d.len();
+            self.metrics.spec_drafted.fetch_add(d.len() as u64, Relaxed);
+        }
     }
 
     /// Removes ended sequences, keeping their states in the prefix cache.
@@ -596,6 +695,9 @@ impl<B: Backend> Scheduler<B> {
                 .partition(|s| s.ended);
             self.active = keep;
             for mut s in ended {
+                if let Some(spec) = self.spec.as_mut() {
+                    spec.drafter.forget(s.id);
+                }
                 let len = self.backend.state_len(&s.state);
                 if len > 0 {
                     self.backend.save_prefix(&s.history[..len], &s.state);
@@ -615,6 +717,89 @@ impl<B: Backend> Scheduler<B> {
     }
 }
 
+/// What ends a sequence.
+struct Ends<'a> {
+    eog: &'a [bool],
+    ctx_size: usize,
+}
+
+impl Ends<'_> {
+    /// Appends `tok` to `s`, sends it to the request, and ends `s` when it
+    /// is the last one. Whether it was.
+    fn emit<S>(&self, s: &mut Seq<S>, tok: u32) -> bool {
+        s.history.push(tok);
+        s.n_gen += 1;
+        if s.req.presence_penalty != 0.0 || s.req.frequency_penalty != 0.0 {
+            *s.counts.entry(tok).or_insert(0) += 1;
+        }
+        let _ = s.req.events.send(Event::Token(tok));
+        let eog = self.eog.get(tok as usize).copied().unwrap_or(false);
+        let finish = if eog && !s.req.ignore_eos {
+            Some(Finish::Stop)
+        } else if s.n_gen >= s.req.max_tokens || s.history.len() > self.ctx_size {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        if let Some(f) = finish {
+            let _ = s.req.events.send(Event::Done(f));
+            s.ended = true;
+        }
+        s.ended
+    }
+}
+
+/// The next token from one position's logits `l` (penalised by what `s`
+/// generated so far), or, given the `draft` for that position, the
+/// acceptance test: the token and whether it is the draft.
+fn sample<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
+    penalize(
+        l,
+        &s.counts,
+        s.req.presence_penalty,
+        s.req.frequency_penalty,
+    );
+    match draft {
+        None => (s.sampler.sample(l, &s.history), false),
+        Some(d) => match s.sampler.verify(l, &s.history, d) {
+            Verdict::Accept => (d, true),
+            Verdict::Reject(t) => (t, false),
+        },
+    }
+}
+
+/// Checks `s`'s drafts (its last `drafted` history tokens) against the
+/// logits of the step's `drafted + 1` positions: emits the accepted drafts
+/// and one token more (a draft's replacement, or the next after them all),
+/// cuts the state back to the accepted positions and adapts the draft
+/// length. The tokens emitted and the drafts accepted.
+fn verify<B: Backend>(
+    backend: &B,
+    ends: &Ends,
+    s: &mut Seq<B::State>,
+    logits: &[f32],
+) -> (u64, usize) {
+    let d = std::mem::take(&mut s.drafted);
+    let base = s.history.len() - d;
+    let drafts = s.history.split_off(base);
+    let nv = logits.len() / (d + 1);
+    let (mut emitted, mut accepted) = (0, 0);
+    for i in 0..=d {
+        let mut l = logits[i * nv..(i + 1) * nv].to_vec();
+        let (tok, ok) = sample(s, &mut l, drafts.get(i).copied());
+        emitted += 1;
+        accepted += ok as usize;
+        if ends.emit(s, tok) || !ok {
+            break;
+        }
+    }
+    // The accepted drafts' positions hold what plain decoding would have
+    // computed; the rest are dropped.
+    backend.truncate(&mut s.state, base + accepted);
+    s.draft_len.update(d, accepted);
+    (emitted, accepted)
+}
+
 /// OpenAI's presence and frequency penalties on `logits`, from the counts of
 /// the tokens generated so far.
 fn penalize(logits: &mut [f32], counts: &HashMap<u32, u32>, presence: f32, frequency: f32) {
@@ -628,3 +813,7 @@ fn penalize(logits: &mut [f32], counts: &HashMap<u32, u32>, presence: f32, frequ
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod spec_tests;

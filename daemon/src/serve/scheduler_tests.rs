@@ -8,11 +8,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::*;
 use crate::serve::replan::{Replan, Resume};
 
-const VOCAB: usize = 16;
+pub(super) const VOCAB: usize = 16;
 
 /// A model whose next-token logits depend on every token its state holds,
 /// so any slip in batching or caching changes the output.
-struct Fake {
+pub(super) struct Fake {
     /// Per forward pass: each item's token count and whether it was a
     /// prompt chunk (more than one token, or a first token).
     calls: RefCell<Vec<Vec<usize>>>,
@@ -23,12 +23,12 @@ struct Fake {
 }
 
 #[derive(Clone, Debug)]
-struct FakeState {
-    tokens: Vec<u32>,
+pub(super) struct FakeState {
+    pub(super) tokens: Vec<u32>,
     capacity: usize,
 }
 
-fn next_logits(tokens: &[u32]) -> Vec<f32> {
+pub(super) fn next_logits(tokens: &[u32]) -> Vec<f32> {
     let mut h: u64 = 1469598103934665603;
     for &t in tokens {
         h = (h ^ t as u64).wrapping_mul(1099511628211);
@@ -77,18 +77,27 @@ impl Backend for Fake {
             .borrow_mut()
             .push(items.iter().map(|i| i.0.len()).collect());
         let mut out = Vec::new();
-        for (toks, st, _) in items.iter_mut() {
+        for (toks, st, all) in items.iter_mut() {
             if st.tokens.len() + toks.len() > st.capacity {
                 return Err("context full".into());
             }
-            st.tokens.extend_from_slice(toks);
-            out.push(next_logits(&st.tokens));
+            let mut l = Vec::new();
+            for &t in toks.iter() {
+                st.tokens.push(t);
+                if *all {
+                    l.extend(next_logits(&st.tokens));
+                }
+            }
+            if !*all {
+                l = next_logits(&st.tokens);
+            }
+            out.push(l);
         }
         Ok(out)
     }
 }
 
-fn cfg() -> SchedConfig {
+pub(super) fn cfg() -> SchedConfig {
     SchedConfig {
         max_batch: 4,
         prefill_chunk: 8,
@@ -104,7 +113,7 @@ fn sched(cfg: SchedConfig, eog: &[u32]) -> (Scheduler<Fake>, Submitter, Arc<Metr
     sched_cutting(cfg, eog, true)
 }
 
-fn sched_cutting(
+pub(super) fn sched_cutting(
     cfg: SchedConfig,
     eog: &[u32],
     cuts: bool,
@@ -122,7 +131,7 @@ fn sched_cutting(
     (Scheduler::new(fake, cfg, e, rx, m.clone()), sub, m)
 }
 
-fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, UnboundedReceiver<Event>) {
+pub(super) fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, UnboundedReceiver<Event>) {
     let (tx, rx) = unbounded_channel();
     (
         GenRequest {
@@ -139,7 +148,7 @@ fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, UnboundedReceiver<Ev
 }
 
 /// The greedy continuation computed one token at a time, no scheduler.
-fn reference(prompt: &[u32], n: usize, eog: &[u32]) -> Vec<u32> {
+pub(super) fn reference(prompt: &[u32], n: usize, eog: &[u32]) -> Vec<u32> {
     let mut toks = prompt.to_vec();
     let mut out = Vec::new();
     for _ in 0..n {
@@ -153,7 +162,7 @@ fn reference(prompt: &[u32], n: usize, eog: &[u32]) -> Vec<u32> {
     out
 }
 
-fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<Event> {
+pub(super) fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<Event> {
     let mut v = Vec::new();
     while let Ok(e) = rx.try_recv() {
         v.push(e);
@@ -161,7 +170,7 @@ fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<Event> {
     v
 }
 
-fn tokens(ev: &[Event]) -> Vec<u32> {
+pub(super) fn tokens(ev: &[Event]) -> Vec<u32> {
     ev.iter()
         .filter_map(|e| match e {
             Event::Token(t) => Some(*t),
@@ -179,7 +188,7 @@ fn serve_one(s: &mut Scheduler<Fake>, sub: &Submitter, prompt: Vec<u32>, n: usiz
     drain(&mut rx)
 }
 
-fn run_all(s: &mut Scheduler<Fake>) {
+pub(super) fn run_all(s: &mut Scheduler<Fake>) {
     for _ in 0..1000 {
         s.admit(false);
         if s.active() == 0 {
