@@ -152,6 +152,10 @@ fn node_json(n: &NodeStatus) -> Value {
             "bytes_served_in": t.bytes_served_in,
             "bytes_served_out": t.bytes_served_out,
         })),
+        "speculation": n.speculation.as_ref().map(|s| json!({
+            "drafted": s.drafted,
+            "accepted": s.accepted,
+        })),
         "paging": n.paging.as_ref().map(|p| json!({
             "paged": p.paged,
             "budget_bytes": p.budget_bytes,
@@ -247,6 +251,16 @@ pub fn status_text(r: &StatusReply) -> String {
                 tr.frames_served,
                 human_bytes(tr.bytes_served_in),
                 human_bytes(tr.bytes_served_out),
+            ));
+        }
+    }
+    if let Some(s) = local.and_then(|n| n.speculation.as_ref()) {
+        if s.drafted > 0 {
+            out.push_str(&format!(
+                "speculation here: {} draft tokens, {} accepted ({:.0}%)\n",
+                s.drafted,
+                s.accepted,
+                100.0 * s.accepted as f64 / s.drafted as f64
             ));
         }
     }
@@ -530,6 +544,10 @@ mod tests {
                 tokens: 3,
                 bytes_read_per_token: (1 << 20) as f64,
             }),
+            speculation: local.then_some(dwarfstar_proto::v1::Speculation {
+                drafted: 40,
+                accepted: 30,
+            }),
             ..Default::default()
         };
         let r = StatusReply {
@@ -554,6 +572,7 @@ mod tests {
             "plan v7",
             "served 12 frames",
             "paged, 900.0 MiB resident of a 1.0 GiB budget; expert hit rate 0.750, 1.0 MiB read per token",
+            "speculation here: 40 draft tokens, 30 accepted (75%)",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
@@ -564,5 +583,7 @@ mod tests {
         assert_eq!(j["nodes"][1]["paging"], Value::Null);
         assert_eq!(j["nodes"][0]["paging"]["expert_hit_rate"], 0.75);
         assert_eq!(j["nodes"][0]["traffic"]["frames_served"], 12);
+        assert_eq!(j["nodes"][0]["speculation"]["accepted"], 30);
+        assert_eq!(j["nodes"][1]["speculation"], Value::Null);
     }
 }

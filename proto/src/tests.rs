@@ -237,6 +237,10 @@ fn control_messages_round_trip() {
                 tokens: 2,
                 bytes_read_per_token: 2048.0,
             }),
+            speculation: Some(Speculation {
+                drafted: 10,
+                accepted: 7,
+            }),
         }],
         model: "m.gguf".into(),
         plan_version: 1,

@@ -391,6 +391,7 @@ impl NodeApi for LocalNode {
             version: env!("CARGO_PKG_VERSION").into(),
             traffic: Some(super::traffic::snapshot()),
             paging: Some(super::paging::to_proto(&self.cfg.model.store_stats())),
+            speculation: Some(self.cfg.metrics.speculation()),
         };
         Ok(StatusReply {
             node_id: self.cfg.id.clone(),

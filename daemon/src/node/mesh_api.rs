@@ -516,6 +516,7 @@ impl NodeApi for MeshNode {
                 } else {
                     None
                 },
+                speculation: local.then(|| self.metrics.speculation()),
             });
         }
         Ok(StatusReply {

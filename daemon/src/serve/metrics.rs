@@ -125,6 +125,14 @@ impl Metrics {
         }
     }
 
+    /// The draft counters, as Control's status carries them.
+    pub fn speculation(&self) -> dwarfstar_proto::v1::Speculation {
+        dwarfstar_proto::v1::Speculation {
+            drafted: self.spec_drafted.load(Relaxed),
+            accepted: self.spec_accepted.load(Relaxed),
+        }
+    }
+
     /// Accepted over drafted tokens since start (0 before any draft).
     pub fn acceptance_rate(&self) -> f64 {
         let d = self.spec_drafted.load(Relaxed);
