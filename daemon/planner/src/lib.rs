@@ -9,7 +9,9 @@
 //! - [`cost`]: the cost model (see its doc for the formulas and the paging
 //!   limits);
 //! - [`search`]: pipeline orders, the exact layer split per order, expert
-//!   placements.
+//!   placements;
+//! - [`predict`]: the time split, memory, batched and prefill predictions;
+//! - [`sim`]: the simulator (hardware files, profiles, built-in shapes).
 //!
 //! What is chosen, and how:
 //!
@@ -46,6 +48,7 @@
 pub mod cost;
 pub mod predict;
 pub mod search;
+pub mod sim;
 pub mod types;
 
 #[cfg(test)]
