@@ -116,3 +116,66 @@ pub fn run(a: PlanArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2() -> PathBuf {
+        let dir = std::env::var_os("DWARFSTAR_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+        let p = dir.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+        assert!(
+            p.exists(),
+            "{} is missing: run deploy/fetch-models.sh (or set DWARFSTAR_MODELS_DIR)",
+            p.display()
+        );
+        p
+    }
+
+    #[test]
+    fn models_come_from_files_or_the_catalog() {
+        let m = load_model(smollm2().to_str().unwrap()).unwrap();
+        assert_eq!(m.shape.n_layer, 30);
+        // 9 heads of 64, 3 KV heads: the projections split over 3 groups.
+        let h = m.head_split.as_ref().unwrap();
+        assert_eq!(h.groups, 3);
+        assert!(h.per_layer_bytes.iter().all(|&b| b > 0));
+        let v4 = load_model("deepseek-v4-flash:dwarf-q2").unwrap();
+        assert_eq!(v4.shape.n_layer, 43);
+        let e = load_model("nope:q1").unwrap_err().to_string();
+        assert!(e.contains("no built-in model nope:q1"), "{e}");
+        let e = load_model("/no/such.gguf").unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn smollm2_on_this_machine_is_simulated() {
+        let m = load_model(smollm2().to_str().unwrap()).unwrap();
+        let hw = HardwareFile::from_toml(
+            "all_links = { profile = \"loopback\" }\n\
+             [[node]]\nid = \"a\"\nprofile = \"this-machine\"\n\
+             [[node]]\nid = \"b\"\nprofile = \"this-machine\"",
+        )
+        .unwrap();
+        let p = load_profiles(None).unwrap();
+        let one = sim::simulate(&m, &hw, &p, &SimOptions::default()).unwrap();
+        // It fits one node: the planner keeps it there.
+        assert_eq!(one.plan.stages.len(), 1);
+        let two = sim::simulate(
+            &m,
+            &hw,
+            &p,
+            &SimOptions {
+                force_stages: Some(2),
+                ..SimOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(two.plan.stages.len(), 2);
+        assert!(two.prediction.decode.hops > 0.0);
+        let text = sim::render(&two);
+        assert!(text.contains("predicted decode"), "{text}");
+    }
+}
