@@ -36,7 +36,8 @@
 //! A step of `n` tokens (batched decode over `n` streams, or a prefill of
 //! `n` prompt tokens) reads every weight once, reads `cnt · (1 − (1 −
 //! k/E)^n)` of a holder's `cnt` experts (those any of the `n` picks), does
-//! `n` times the flops (at `batch_gflops` when given), sends `n` rows per
+//! `n` times the flops (at `batch_gflops` when given, but never in less
+//! time than one token's flops at `matmul_gflops`), sends `n` rows per
 //! hop for one latency, and contacts a peer with probability `1 − (1 −
 //! P)^n`.
 //!
@@ -93,12 +94,13 @@ impl Node {
         if bytes <= 0.0 && flops <= 0.0 {
             return 0.0;
         }
-        let rate = if self.batch_flops > 0.0 {
-            self.batch_flops
-        } else {
-            self.flops
-        };
-        (bytes / self.bw).max(n * flops / rate)
+        // A step of n tokens is never cheaper than one token's (the
+        // per-weight work of the matrix-vector kernels is shared by the n
+        // tokens), and its flops run at most at the batched rate.
+        let rate = self.batch_flops.max(self.flops);
+        (bytes / self.bw)
+            .max(n * flops / rate)
+            .max(flops / self.flops)
     }
 }
 
