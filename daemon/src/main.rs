@@ -1,7 +1,7 @@
 //! `dwarfstar`: the DwarfStar command-line tool and daemon.
 //!
-//! Subcommands: `run` (one-shot generation), `tokenize`, `inspect` and
-//! `bench`. Each lives in its own module under [`cli`].
+//! Subcommands: `run` (one-shot generation), `tokenize`, `inspect`,
+//! `bench`, `plan --simulate` (the offline simulator), and more. Each lives in its own module under [`cli`].
 
 mod cli;
 mod node;
@@ -37,6 +37,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Write a synthetic MoE GGUF (deepseek2 or deepseek4) of realistic shape and size.
     Synth(cli::synth::SynthArgs),
+    /// Plan and predict a model on machines described in a hardware file (offline).
+    Plan(cli::plan::PlanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Serve(a) => serve::run(*a),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Plan(a) => cli::plan::run(a),
     }
 }

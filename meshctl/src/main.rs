@@ -4,13 +4,14 @@
 //! rendering lives in [`render`].
 
 mod render;
+mod simulate;
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use dwarfstar_proto::v1::control_client::ControlClient;
 use dwarfstar_proto::v1::{
     generate_event, GenerateRequest, LoadRequest, PeersRequest, PlanRequest, StatusRequest,
@@ -47,7 +48,8 @@ enum Command {
     Status,
     /// Every known peer with its capabilities and link.
     Peers,
-    /// The plan in force (or, with --preview, a fresh one not applied).
+    /// The plan in force (or, with --preview, a fresh one not applied; with
+    /// --simulate HW.toml, a plan over described machines, offline).
     Plan(PlanArgs),
     /// Load a model: the node asked coordinates it across the mesh (another
     /// model replaces the one served; the same one is re-planned).
@@ -57,19 +59,42 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("mode").args(["preview", "simulate"])))]
 struct PlanArgs {
     /// Compute a fresh plan with the options below, without applying it.
     #[arg(long)]
     preview: bool,
-    /// Preview: model name or path (default: the loaded one).
-    #[arg(long, requires = "preview")]
+    /// Plan over the machines of this hardware file instead of the mesh,
+    /// without a daemon (profiles: deploy/hardware/).
+    #[arg(long, value_name = "HW.toml")]
+    simulate: Option<std::path::PathBuf>,
+    /// Preview: model name or path (default: the loaded one). Simulate: a
+    /// built-in shape (MODEL:RECIPE) or a simulator model JSON.
+    #[arg(long, requires = "mode")]
     model: Option<String>,
-    /// Preview: force this many pipeline stages.
-    #[arg(long, requires = "preview")]
+    /// Force this many pipeline stages.
+    #[arg(long, requires = "mode")]
     stages: Option<u32>,
-    /// Preview: spread MoE experts across nodes.
-    #[arg(long, requires = "preview")]
+    /// Spread MoE experts across nodes.
+    #[arg(long, requires = "mode")]
     expert_parallel: bool,
+    /// Simulate: also predict head-parallel attention.
+    #[arg(long, requires = "simulate")]
+    head_parallel: bool,
+    /// Simulate: prompt tokens for the time to first token.
+    #[arg(long, requires = "simulate", default_value_t = 512)]
+    prompt_tokens: u64,
+    /// Simulate: stream counts for aggregate tokens/s.
+    #[arg(
+        long,
+        requires = "simulate",
+        value_delimiter = ',',
+        default_value = "1,4,16"
+    )]
+    streams: Vec<u32>,
+    /// Simulate: a folder of extra profile files.
+    #[arg(long, requires = "simulate", value_name = "DIR")]
+    profiles: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +336,24 @@ async fn run(cli: Cli) -> Result<()> {
     if let Command::Generate(a) = &cli.command {
         generate_request(a)?;
     }
+    // Simulation needs no daemon.
+    if let Command::Plan(a) = &cli.command {
+        if let Some(hw) = &a.simulate {
+            return simulate::run(
+                hw,
+                &simulate::SimArgs {
+                    model: a.model.clone(),
+                    stages: a.stages,
+                    expert_parallel: a.expert_parallel,
+                    head_parallel: a.head_parallel,
+                    prompt_tokens: a.prompt_tokens,
+                    streams: a.streams.clone(),
+                    profiles: a.profiles.clone(),
+                },
+                cli.json,
+            );
+        }
+    }
     let mut client = connect(&cli).await?;
     let json = cli.json;
     match &cli.command {
@@ -474,6 +517,14 @@ mod tests {
     fn plan_options_need_preview() {
         assert!(Cli::try_parse_from(["meshctl", "plan", "--stages", "2"]).is_err());
         assert!(Cli::try_parse_from(["meshctl", "plan", "--preview", "--stages", "2"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["meshctl", "plan", "--simulate", "hw.toml", "--stages", "2"])
+                .is_ok()
+        );
+        assert!(Cli::try_parse_from(["meshctl", "plan", "--head-parallel"]).is_err());
+        assert!(
+            Cli::try_parse_from(["meshctl", "plan", "--preview", "--simulate", "hw.toml"]).is_err()
+        );
         assert!(Cli::try_parse_from(["meshctl", "load"]).is_err());
     }
 }

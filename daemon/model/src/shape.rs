@@ -399,5 +399,7 @@ pub fn shape_of(file: &GgufFile, tensors: &[TensorInfo]) -> Result<ModelShape> {
     })
 }
 
+pub mod builtin;
+
 #[cfg(test)]
 mod tests;

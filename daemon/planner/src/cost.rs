@@ -25,6 +25,22 @@
 //!   layer's expert phase costs the slowest of the local experts and those
 //!   round trips (they run at the same time).
 //!
+//! - **fixed costs** ([`crate::CostTerms`]): `layer_overhead_s` per layer
+//!   a node runs, `step_overhead_s` per step on every node that takes part.
+//!
+//! Skewed routing: with `expert_skew` `s > 0` expert popularity is Zipf(s)
+//! and a node caching `C` of `X` expert bytes keeps the most popular, so a
+//! token misses `T · (1 − H(C/X·E)/H(E))` (`H` the generalised harmonic
+//! number, continuous) instead of `T · (X − C)/X`.
+//!
+//! A step of `n` tokens (batched decode over `n` streams, or a prefill of
+//! `n` prompt tokens) reads every weight once, reads `cnt · (1 − (1 −
+//! k/E)^n)` of a holder's `cnt` experts (those any of the `n` picks), does
+//! `n` times the flops (at `batch_gflops` when given, but never in less
+//! time than one token's flops at `matmul_gflops`), sends `n` rows per
+//! hop for one latency, and contacts a peer with probability `1 − (1 −
+//! P)^n`.
+//!
 //! Paging limits: only routed experts page. Everything else a node holds
 //! (dense and shared-expert weights, KV for `kv_tokens` positions, the
 //! embedding on the coordinator, the output on the output node) plus a
@@ -35,7 +51,12 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::types::{ActDType, ModelShape, PlanError, PlanRequest};
+use crate::types::{ActDType, CostTerms, ModelShape, PlanError, PlanRequest};
+
+mod memory;
+
+pub use memory::hit_rate;
+pub(crate) use memory::{Holding, MemFit};
 
 /// The link assumed between two nodes the request gives none for: 1 Gbit/s,
 /// 1 ms.
@@ -49,6 +70,10 @@ pub(crate) struct Node {
     pub bw: f64,
     pub flops: f64,
     pub disk: f64,
+    /// Fixed seconds per layer and per step; flop/s of batched kernels.
+    pub layer_oh: f64,
+    pub step_oh: f64,
+    pub batch_flops: f64,
 }
 
 impl Node {
@@ -63,6 +88,24 @@ impl Node {
             return 0.0;
         }
         (bytes / self.bw).max(flops / self.flops)
+    }
+
+    /// Roofline time of a step of `n` tokens: `bytes` read once, `flops`
+    /// per token.
+    pub fn roof_n(&self, bytes: f64, flops: f64, n: f64) -> f64 {
+        if n <= 1.0 {
+            return self.roof(bytes, flops);
+        }
+        if bytes <= 0.0 && flops <= 0.0 {
+            return 0.0;
+        }
+        // A step of n tokens is never cheaper than one token's (the
+        // per-weight work of the matrix-vector kernels is shared by the n
+        // tokens), and its flops run at most at the batched rate.
+        let rate = self.batch_flops.max(self.flops);
+        (bytes / self.bw)
+            .max(n * flops / rate)
+            .max(flops / self.flops)
     }
 }
 
@@ -100,6 +143,8 @@ pub(crate) struct Ctx {
     pub output: u64,
     pub output_flops: f64,
     pub kv_tokens: u64,
+    /// Zipf exponent of expert popularity (0: uniform).
+    pub skew: f64,
     links: BTreeMap<(usize, usize), (f64, f64)>,
     /// Per node, per layer: time of the whole layer with every expert local.
     pub layer_time: Vec<Vec<f64>>,
@@ -144,8 +189,9 @@ fn check_model(m: &ModelShape) -> Result<(), PlanError> {
 }
 
 impl Ctx {
-    /// Checks `req` and normalises it.
-    pub fn new(req: &PlanRequest) -> Result<Ctx, PlanError> {
+    /// Checks `req` and normalises it, with the cost terms `terms`.
+    pub fn new(req: &PlanRequest, terms: &CostTerms) -> Result<Ctx, PlanError> {
+        finite_nonneg("expert_skew", terms.expert_skew)?;
         if req.nodes.is_empty() {
             return Err(PlanError::NoNodes);
         }
@@ -162,13 +208,32 @@ impl Ctx {
             finite_nonneg(&format!("node {} matmul_gflops", c.id), c.matmul_gflops)?;
             finite_nonneg(&format!("node {} mem_bw_gbs", c.id), c.mem_bw_gbs)?;
             finite_nonneg(&format!("node {} disk_read_gbs", c.id), c.disk_read_gbs)?;
+            let t = terms.nodes.get(&c.id).cloned().unwrap_or_default();
+            finite_nonneg(
+                &format!("node {} layer_overhead_s", c.id),
+                t.layer_overhead_s,
+            )?;
+            finite_nonneg(&format!("node {} step_overhead_s", c.id), t.step_overhead_s)?;
+            finite_nonneg(&format!("node {} batch_gflops", c.id), t.batch_gflops)?;
             nodes.push(Node {
                 id: c.id.clone(),
                 budget: c.mem_budget,
                 bw: c.mem_bw_gbs * 1e9,
                 flops: c.matmul_gflops * 1e9,
                 disk: c.disk_read_gbs * 1e9,
+                layer_oh: t.layer_overhead_s,
+                step_oh: t.step_overhead_s,
+                batch_flops: t.batch_gflops * 1e9,
             });
+        }
+        if let Some(id) = terms
+            .nodes
+            .keys()
+            .find(|id| !nodes.iter().any(|n| &n.id == *id))
+        {
+            return Err(PlanError::BadInput(format!(
+                "cost terms name node {id}, which is not among the nodes"
+            )));
         }
         if !nodes.iter().any(Node::usable) {
             return Err(PlanError::BadInput(
@@ -242,7 +307,9 @@ impl Ctx {
                             return f64::INFINITY;
                         }
                         let u = l.n_used as f64;
-                        n.roof(l.ne_bytes, l.ne_flops) + n.roof(u * l.eb as f64, u * l.e_flops)
+                        n.roof(l.ne_bytes, l.ne_flops)
+                            + n.roof(u * l.eb as f64, u * l.e_flops)
+                            + n.layer_oh
                     })
                     .collect()
             })
@@ -257,6 +324,7 @@ impl Ctx {
             output: m.output_bytes,
             output_flops: 2.0 * m.output_params as f64,
             kv_tokens: req.kv_tokens,
+            skew: terms.expert_skew,
             links,
             layer_time,
         })
@@ -264,6 +332,11 @@ impl Ctx {
 
     /// Seconds to send `bytes` from `a` to `b` (0 within a node).
     pub fn hop(&self, a: usize, b: usize, bytes: u64) -> f64 {
+        self.hop_f(a, b, bytes as f64)
+    }
+
+    /// [`Ctx::hop`] of a fractional (expected) byte count.
+    pub fn hop_f(&self, a: usize, b: usize, bytes: f64) -> f64 {
         if a == b {
             return 0.0;
         }
@@ -272,7 +345,7 @@ impl Ctx {
             .get(&(a.min(b), a.max(b)))
             .copied()
             .unwrap_or(DEFAULT_LINK);
-        lat + bytes as f64 * 8.0 / bps
+        lat + bytes * 8.0 / bps
     }
 
     /// One activation row on the wire.
@@ -297,86 +370,44 @@ impl Ctx {
     /// The time of the hops around the pipeline `order` (node indices), with
     /// the output on the coordinator or on the last stage.
     pub fn chain_time(&self, order: &[usize], out_on_coord: bool, act: ActDType) -> f64 {
-        let a = self.act_bytes(act);
+        self.chain_time_n(order, out_on_coord, act, 1.0, 1.0)
+    }
+
+    /// [`Ctx::chain_time`] for a step of `n` rows, `logit_rows` of them
+    /// coming back as logits.
+    pub fn chain_time_n(
+        &self,
+        order: &[usize],
+        out_on_coord: bool,
+        act: ActDType,
+        n: f64,
+        logit_rows: f64,
+    ) -> f64 {
+        let a = self.act_bytes(act) as f64 * n;
         let (Some(&first), Some(&last)) = (order.first(), order.last()) else {
             return 0.0;
         };
-        let mut t = self.hop(self.coord, first, a);
+        let mut t = self.hop_f(self.coord, first, a);
         for w in order.windows(2) {
-            t += self.hop(w[0], w[1], a);
+            t += self.hop_f(w[0], w[1], a);
         }
-        t + if out_on_coord {
-            self.hop(last, self.coord, a)
+        let row = if out_on_coord {
+            self.act_bytes(act)
         } else {
-            self.hop(last, self.coord, self.n_vocab * 4)
-        }
-    }
-}
-
-/// What a node holds under a plan.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Holding {
-    pub weights: u64,
-    pub kv: u64,
-    pub embed: u64,
-    pub output: u64,
-    /// Routed-expert bytes held (`X`).
-    pub experts: u64,
-    /// Routed-expert bytes a token touches here (`T`), expected.
-    pub touched: f64,
-    /// The largest single layer's active experts held here.
-    pub working: u64,
-}
-
-/// Memory verdict for one node.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct MemFit {
-    /// Bytes over budget that cannot page.
-    pub overflow: u64,
-    /// Expert bytes paged from disk.
-    pub paged: u64,
-    /// Seconds per token of paging.
-    pub page_time: f64,
-}
-
-impl Holding {
-    pub fn resident(&self) -> u64 {
-        self.weights
-            .saturating_add(self.kv)
-            .saturating_add(self.embed)
-            .saturating_add(self.output)
-    }
-
-    /// Bytes that must be in RAM whatever pages.
-    pub fn required(&self, node: &Node) -> u64 {
-        let ex = if node.disk > 0.0 {
-            self.working.min(self.experts)
-        } else {
-            self.experts
+            self.n_vocab * 4
         };
-        self.resident().saturating_add(ex)
+        t + self.hop_f(last, self.coord, row as f64 * logit_rows)
     }
 
-    pub fn fit(&self, node: &Node) -> MemFit {
-        let overflow = self.required(node).saturating_sub(node.budget);
-        if node.disk <= 0.0 {
-            return MemFit {
-                overflow,
-                ..MemFit::default()
-            };
+    /// Fixed per-step cost of the nodes in `order` and the coordinator.
+    pub fn step_overhead(&self, order: &[usize]) -> f64 {
+        let mut t = self.nodes[self.coord].step_oh;
+        for &n in order {
+            if n != self.coord {
+                t += self.nodes[n].step_oh;
+            }
         }
-        let room = node.budget.saturating_sub(self.resident());
-        let paged = self.experts.saturating_sub(room);
-        let page_time = if paged > 0 && self.experts > 0 {
-            self.touched * (paged as f64 / self.experts as f64) / node.disk
-        } else {
-            0.0
-        };
-        MemFit {
-            overflow,
-            paged,
-            page_time,
-        }
+        t
     }
 }
 
@@ -391,11 +422,42 @@ pub(crate) struct Candidate {
     pub act: ActDType,
 }
 
+/// Where a step's predicted seconds go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Split {
+    /// Rooflines of the layers, the local experts, embedding and output.
+    pub compute: f64,
+    /// Expert bytes read from disk.
+    pub paging: f64,
+    /// Activation and logits hops along the pipeline.
+    pub hops: f64,
+    /// Expert-parallel round trips beyond the local experts' time.
+    pub expert_round_trips: f64,
+    /// Per-layer and per-step fixed costs.
+    pub overhead: f64,
+    /// Head-parallel attention's round trips beyond the stage node's own
+    /// share (0 unless that option is simulated).
+    #[serde(default)]
+    pub head_round_trips: f64,
+}
+
+impl Split {
+    pub fn total(&self) -> f64 {
+        self.compute
+            + self.paging
+            + self.hops
+            + self.expert_round_trips
+            + self.overhead
+            + self.head_round_trips
+    }
+}
+
 /// A candidate's predicted cost.
 #[derive(Clone, Debug)]
 pub(crate) struct Eval {
     pub overflow: u64,
     pub time: f64,
+    pub split: Split,
     pub holdings: Vec<Holding>,
     pub fits: Vec<MemFit>,
 }
@@ -433,56 +495,81 @@ fn p_contact(e: u32, c: u32, k: u32) -> f64 {
 impl Ctx {
     /// Predicts `c`'s per-token time and each node's memory.
     pub fn evaluate(&self, c: &Candidate) -> Eval {
+        self.evaluate_n(c, 1.0, 1.0)
+    }
+
+    /// Predicts the time of one step of `n` tokens under `c` (see the
+    /// module doc), `logit_rows` of them through the output (all for
+    /// decode, 1 for a prefill), and each node's memory.
+    pub fn evaluate_n(&self, c: &Candidate, n: f64, logit_rows: f64) -> Eval {
         let mut h = vec![Holding::default(); self.nodes.len()];
         h[self.coord].embed = self.embed;
         h[c.output].output = self.output;
-        let act = self.act_bytes(c.act);
-        let mut time = self.embed_time() + self.output_time(c.output);
-        for (n, range) in &c.stages {
-            let node = &self.nodes[*n];
+        let act = self.act_bytes(c.act) as f64;
+        let out = &self.nodes[c.output];
+        let mut sp = Split {
+            compute: n * self.embed_time()
+                + out.roof_n(self.output as f64, self.output_flops, logit_rows),
+            ..Split::default()
+        };
+        for (s, range) in &c.stages {
+            let node = &self.nodes[*s];
             for l in range.clone() {
                 let ly = &self.layers[l as usize];
-                h[*n].weights += ly.weights;
-                h[*n].kv += ly.kv;
-                time += node.roof(ly.ne_bytes, ly.ne_flops);
+                h[*s].weights += ly.weights;
+                h[*s].kv += ly.kv;
+                sp.compute += node.roof_n(ly.ne_bytes, ly.ne_flops, n);
+                sp.overhead += node.layer_oh;
                 if !ly.is_moe() {
                     continue;
                 }
                 let (e, k) = (ly.n_exp as f64, ly.n_used as f64);
+                // Share of a layer's experts that some token of the step picks.
+                let picked = 1.0 - (1.0 - k / e).powf(n);
                 let mut local = 0.0f64;
                 let mut remote = 0.0f64;
                 for &(p, cnt) in &c.experts[l as usize] {
                     let hp = &mut h[p];
+                    let read = cnt as f64 * picked * ly.eb as f64;
                     hp.experts += cnt as u64 * ly.eb;
-                    hp.touched += k * cnt as f64 / e * ly.eb as f64;
+                    hp.touched += read;
                     hp.working = hp.working.max(cnt.min(ly.n_used) as u64 * ly.eb);
+                    hp.n_exp = hp.n_exp.max(ly.n_exp);
                     let m = k * cnt as f64 / e;
-                    let work = self.nodes[p].roof(m * ly.eb as f64, m * ly.e_flops);
-                    if p == *n {
+                    let work = self.nodes[p].roof_n(read, m * ly.e_flops, n);
+                    if p == *s {
                         local += work;
                     } else if cnt > 0 {
-                        let pc = p_contact(ly.n_exp, cnt, ly.n_used);
-                        let req = act + ly.n_used as u64 * 8;
-                        let rtt = self.hop(*n, p, req) + self.hop(p, *n, act);
+                        let pc = 1.0 - (1.0 - p_contact(ly.n_exp, cnt, ly.n_used)).powf(n);
+                        let req = n * (act + k * 8.0);
+                        let rtt = self.hop_f(*s, p, req) + self.hop_f(p, *s, n * act);
                         remote = remote.max(pc * rtt + work);
                     }
                 }
-                time += local.max(remote);
+                sp.compute += local;
+                sp.expert_round_trips += (remote - local).max(0.0);
             }
         }
         let order: Vec<usize> = c.stages.iter().map(|s| s.0).collect();
-        time += self.chain_time(&order, c.output == self.coord, c.act);
+        sp.hops += self.chain_time_n(&order, c.output == self.coord, c.act, n, logit_rows);
+        let mut members: std::collections::BTreeSet<usize> = order.iter().copied().collect();
+        for l in &c.experts {
+            members.extend(l.iter().filter(|(_, k)| *k > 0).map(|(p, _)| *p));
+        }
+        members.insert(self.coord);
+        sp.overhead += members.iter().map(|&m| self.nodes[m].step_oh).sum::<f64>();
         let mut overflow = 0u64;
         let mut fits = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
-            let f = h[i].fit(node);
+            let f = h[i].fit(node, self.skew);
             overflow = overflow.saturating_add(f.overflow);
-            time += f.page_time;
+            sp.paging += f.page_time;
             fits.push(f);
         }
         Eval {
             overflow,
-            time,
+            time: sp.total(),
+            split: sp,
             holdings: h,
             fits,
         }

@@ -9,7 +9,9 @@
 //! - [`cost`]: the cost model (see its doc for the formulas and the paging
 //!   limits);
 //! - [`search`]: pipeline orders, the exact layer split per order, expert
-//!   placements.
+//!   placements;
+//! - [`predict`]: the time split, memory, batched and prefill predictions;
+//! - [`sim`]: the simulator (hardware files, profiles, built-in shapes).
 //!
 //! What is chosen, and how:
 //!
@@ -44,7 +46,9 @@
 //! bytes missing and, per node, what it had to hold.
 
 pub mod cost;
+pub mod predict;
 pub mod search;
+pub mod sim;
 pub mod types;
 
 #[cfg(test)]
@@ -52,10 +56,11 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-pub use cost::DEFAULT_LINK;
+pub use cost::{Split, DEFAULT_LINK};
+pub use predict::{plan_and_predict, NodeMemory, PredictOptions, Prediction, StreamRate};
 pub use types::{
-    ActDType, ExpertShard, LayerShape, Link, ModelShape, NodeCaps, Plan, PlanError, PlanRequest,
-    Stage, DEFAULT_KV_TOKENS,
+    ActDType, CostTerms, ExpertShard, LayerShape, Link, ModelShape, NodeCaps, NodeTerms, Plan,
+    PlanError, PlanRequest, Stage, DEFAULT_KV_TOKENS,
 };
 
 use cost::{Candidate, Ctx, Eval};
@@ -73,7 +78,19 @@ pub const SPREAD_MIN_GAIN: f64 = 0.05;
 
 /// Plans `req`; see the crate doc.
 pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
-    let ctx = Ctx::new(req)?;
+    plan_with(req, &CostTerms::default())
+}
+
+/// Plans `req` with the cost terms `terms` (fixed costs, batched kernels,
+/// skewed routing).
+pub fn plan_with(req: &PlanRequest, terms: &CostTerms) -> Result<Plan, PlanError> {
+    let ctx = Ctx::new(req, terms)?;
+    let (cand, ev) = choose(&ctx, req)?;
+    Ok(build(&ctx, req, &cand, &ev))
+}
+
+/// The chosen candidate for `req`, or why none fits.
+pub(crate) fn choose(ctx: &Ctx, req: &PlanRequest) -> Result<(Candidate, Eval), PlanError> {
     let usable = ctx.nodes.iter().filter(|n| n.usable()).count();
     let max_k = usable.min(ctx.layers.len());
     let ks: BTreeSet<usize> = match req.force_stages {
@@ -89,7 +106,7 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
         }
         None => (1..=max_k).collect(),
     };
-    let best = |act| best_for(&ctx, &ks, req.expert_parallel, act);
+    let best = |act| best_for(ctx, &ks, req.expert_parallel, act);
     let (cand, ev) = match req.force_act_dtype {
         Some(act) => best(act),
         None => {
@@ -110,9 +127,9 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
     }
     .ok_or_else(|| PlanError::BadInput("no pipeline can be formed".into()))?;
     if ev.overflow > 0 {
-        return Err(infeasible(&ctx, &cand, &ev));
+        return Err(infeasible(ctx, &cand, &ev));
     }
-    Ok(build(&ctx, req, &cand, &ev))
+    Ok((cand, ev))
 }
 
 /// The best candidate for one activation dtype.
@@ -231,7 +248,7 @@ fn infeasible(ctx: &Ctx, cand: &Candidate, ev: &Eval) -> PlanError {
     }
 }
 
-fn build(ctx: &Ctx, req: &PlanRequest, c: &Candidate, ev: &Eval) -> Plan {
+pub(crate) fn build(ctx: &Ctx, req: &PlanRequest, c: &Candidate, ev: &Eval) -> Plan {
     let id = |n: usize| ctx.nodes[n].id.clone();
     let stages = c
         .stages

@@ -86,7 +86,10 @@ fn split(
     // Costs that do not depend on where the boundaries fall.
     let mut fixed: Key = (
         0,
-        ctx.chain_time(order, out_on_coord, act) + ctx.embed_time() + ctx.output_time(output),
+        ctx.chain_time(order, out_on_coord, act)
+            + ctx.embed_time()
+            + ctx.output_time(output)
+            + ctx.step_overhead(order),
     );
     if !order.contains(&ctx.coord) {
         let h = Holding {
@@ -94,9 +97,10 @@ fn split(
             output: if out_on_coord { ctx.output } else { 0 },
             ..Holding::default()
         };
-        let f = h.fit(&ctx.nodes[ctx.coord]);
+        let f = h.fit(&ctx.nodes[ctx.coord], ctx.skew);
         fixed = (fixed.0 + f.overflow, fixed.1 + f.page_time);
     }
+    let e_max = ctx.layers.iter().map(|l| l.n_exp).max().unwrap_or(0);
     let mut best: Vec<Vec<Option<Key>>> = vec![vec![None; l + 1]; k + 1];
     let mut parent = vec![vec![0usize; l + 1]; k + 1];
     best[0][0] = Some((0, 0.0));
@@ -116,9 +120,10 @@ fn split(
                     experts: pre.experts[b] - pre.experts[a],
                     touched: pre.touched[b] - pre.touched[a],
                     working,
+                    n_exp: e_max,
                     ..Holding::default()
                 };
-                let f = h.fit(node);
+                let f = h.fit(node, ctx.skew);
                 let page = if free_paging { 0.0 } else { f.page_time };
                 let t = pre.time[n][b] - pre.time[n][a] + page;
                 let cand = (base.0.saturating_add(f.overflow), base.1 + t);

@@ -115,6 +115,38 @@ pub struct NodeCaps {
     pub disk_read_gbs: f64,
 }
 
+/// Cost terms beyond [`NodeCaps`] (kept apart so that the capabilities a
+/// node announces keep their wire form). The defaults add nothing: a plan
+/// made with `CostTerms::default()` is the plan [`crate::plan`] makes.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct CostTerms {
+    /// Per node id; a node missing here gets [`NodeTerms::default`].
+    #[serde(default)]
+    pub nodes: std::collections::BTreeMap<String, NodeTerms>,
+    /// Zipf exponent of routed-expert popularity (0: uniform routing). A
+    /// node caching a fraction of its experts keeps the most popular ones,
+    /// so it hits more often than that fraction when this is above 0.
+    #[serde(default)]
+    pub expert_skew: f64,
+}
+
+/// One node's fixed costs and batched throughput.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeTerms {
+    /// Seconds every layer costs per step beyond its roofline (kernel
+    /// launches, synchronisation, small ops).
+    #[serde(default)]
+    pub layer_overhead_s: f64,
+    /// Seconds every step costs a node that takes part (scheduling, the
+    /// step's set-up), whatever it runs.
+    #[serde(default)]
+    pub step_overhead_s: f64,
+    /// f32-equivalent GFLOP/s of the kernels when a step carries many
+    /// tokens (matrix-matrix: batched decode, prefill). 0: `matmul_gflops`.
+    #[serde(default)]
+    pub batch_gflops: f64,
+}
+
 /// A measured link between two nodes (either direction).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Link {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod imatrix;
 pub mod inspect;
+pub mod plan;
 pub mod quality;
 pub mod quantize;
 pub mod run;

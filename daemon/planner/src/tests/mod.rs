@@ -1,7 +1,9 @@
 //! Tests of the planner: fixtures and the invariant checker shared by the
-//! unit tests ([`unit`]) and the property tests ([`props`]).
+//! unit tests ([`unit`]), the cost-term tests ([`terms`]) and the property
+//! tests ([`props`]).
 
 mod props;
+mod terms;
 mod unit;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::{plan, PlanError};
+use crate::{plan, plan_and_predict, CostTerms, NodeTerms, PlanError, PredictOptions};
 
 const IDS: [&str; 6] = ["12D3KooWa", "12D3KooWb", "QmC", "QmD", "node-e", "node-f"];
 
@@ -217,6 +217,75 @@ proptest! {
             let f = c.get("fast").copied().unwrap_or(0);
             let s = c.get("slow").copied().unwrap_or(0);
             prop_assert!(f >= s, "fast {} < slow {}: {:?}", f, s, p.stages);
+        }
+    }
+}
+
+fn arb_terms(r: &PlanRequest) -> impl Strategy<Value = CostTerms> {
+    let ids: Vec<String> = r.nodes.iter().map(|n| n.id.clone()).collect();
+    (
+        proptest::collection::vec((0.0f64..1e-3, 0.0f64..1e-2, 0.0f64..5000.0), ids.len()),
+        prop_oneof![Just(0.0), 0.1f64..1.5],
+    )
+        .prop_map(move |(t, skew)| CostTerms {
+            nodes: ids
+                .iter()
+                .cloned()
+                .zip(t)
+                .map(|(id, (l, s, b))| {
+                    (
+                        id,
+                        NodeTerms {
+                            layer_overhead_s: l,
+                            step_overhead_s: s,
+                            batch_gflops: b,
+                        },
+                    )
+                })
+                .collect(),
+            expert_skew: skew,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+        ..ProptestConfig::default()
+    })]
+
+    /// With any cost terms: a valid plan, a split that adds up to the
+    /// plan's tokens/s, and batched steps that cost more in all but less
+    /// per token as streams are added.
+    #[test]
+    fn predictions_are_consistent(
+        (r, terms) in arb_request().prop_flat_map(|r| {
+            let t = arb_terms(&r);
+            (Just(r), t)
+        })
+    ) {
+        let opts = PredictOptions {
+            streams: vec![1, 2, 4, 16, 64],
+            ..PredictOptions::default()
+        };
+        match plan_and_predict(&r, &terms, &opts) {
+            Ok((p, pred)) => {
+                check_plan(&r, &p);
+                let t = pred.decode.total();
+                prop_assert!(t.is_finite() && t > 0.0);
+                prop_assert!((p.predicted_tokens_per_s * t - 1.0).abs() < 1e-9);
+                prop_assert!((pred.streams[0].step_s - t).abs() <= 1e-12 * t.max(1.0));
+                for w in pred.streams.windows(2) {
+                    let (a, b) = (&w[0], &w[1]);
+                    prop_assert!(b.step_s >= a.step_s * (1.0 - 1e-9), "{a:?} {b:?}");
+                    prop_assert!(
+                        b.step_s / b.streams as f64 <= a.step_s / a.streams as f64 * (1.0 + 1e-9),
+                        "{a:?} {b:?}"
+                    );
+                }
+                prop_assert!(pred.ttft_s >= pred.decode.total() * (1.0 - 1e-9) - pred.decode.hops);
+            }
+            Err(PlanError::Infeasible { .. }) | Err(PlanError::BadInput(_)) => {}
+            Err(e) => prop_assert!(false, "{e}"),
         }
     }
 }
