@@ -155,6 +155,11 @@ impl Membership {
             .collect()
     }
 
+    /// Whether this node has heard of `node` (up, down or lost).
+    pub fn knows(&self, node: &str) -> bool {
+        self.peers.contains_key(node)
+    }
+
     /// Why `node` was declared lost, while it is.
     pub fn lost(&self, node: &str) -> Option<&str> {
         self.peers.get(node)?.lost.as_deref()
@@ -459,8 +464,9 @@ impl Membership {
             p.lost = None;
             self.out.push_back(Action::Rejoined { node: from.clone() });
         }
-        // A member of the plan in force that holds another plan (it
-        // restarted, or took another coordinator's) no longer serves it.
+        // A member of the plan in force that holds another plan (it took
+        // another coordinator's, or a failed round's) no longer serves it;
+        // it is alive, and counts for the next plan.
         let Some(s) = &self.serving else { return };
         let expected = (s.version, self.me.clone());
         let in_round = self.round.as_ref().is_some_and(|r| r.has(&from));
@@ -470,7 +476,7 @@ impl Membership {
                 None => "no plan".into(),
             };
             let reason = format!("it holds {holds}, not plan v{}", s.version);
-            self.lose(&from, reason);
+            self.break_plan(&from, reason);
         }
     }
 
@@ -502,6 +508,11 @@ impl Membership {
                 self.fail_round(why);
             }
         }
+        self.break_plan(node, reason);
+    }
+
+    /// The plan in force lost `node`, if it is a member.
+    fn break_plan(&mut self, node: &str, reason: String) {
         if let Some(s) = &mut self.serving {
             if !s.broken && s.members.iter().any(|m| m == node) {
                 s.broken = true;

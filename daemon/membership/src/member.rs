@@ -51,6 +51,12 @@ impl Membership {
         Ok(())
     }
 
+    /// Whether `(version, from)` is still the plan this node takes (a later
+    /// proposal may have come while it waited to load).
+    pub fn wants(&self, from: &str, version: u64) -> bool {
+        self.wanted == Some((version, from.to_string()))
+    }
+
     /// This node loaded its share of `version` from `from`: `Ok` when that
     /// plan is still the one it takes (it holds it now), else the later
     /// plan that superseded it (the share is dropped).

@@ -481,6 +481,8 @@ fn a_serving_member_taken_by_another_coordinator_breaks_the_plan() {
         seen.iter().any(|(_, a)| matches!(a,
         Action::PlanBroken { lost, reason, .. } if lost == "c" && reason.contains("plan v6 of z")))
     );
+    assert!(m.lost("c").is_none(), "alive: it counts for the next plan");
+    assert_eq!(m.live_peers().len(), 2);
     // A proposal of a later plan ends this node's plan in force.
     assert_eq!(m.on_proposal(t0, "z", 6), Ok(()));
     assert_eq!(m.serving(), None);
