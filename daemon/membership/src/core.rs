@@ -181,6 +181,11 @@ impl Membership {
                 self.check_gather();
             }
             Event::PeerDown { node, reason } => {
+                // A plan whose coordinator is gone binds nobody: any
+                // proposal may replace it (its clock may lag the dead one's).
+                if self.wanted.as_ref().is_some_and(|w| w.1 == node) {
+                    self.wanted = None;
+                }
                 let member = self.is_member(&node);
                 let p = self.peers.entry(node.clone()).or_default();
                 p.up = false;

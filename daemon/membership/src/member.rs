@@ -20,6 +20,18 @@ impl Membership {
         self.held.clone()
     }
 
+    /// The version a plan of this node's must exceed to be taken by every
+    /// node that took the plans this node knows.
+    pub fn next_version(&self, at_least: u64) -> u64 {
+        let known = [&self.wanted, &self.held]
+            .into_iter()
+            .flatten()
+            .map(|(v, _)| v + 1)
+            .max()
+            .unwrap_or(0);
+        at_least.max(known)
+    }
+
     /// A proposal of plan `version` from `from`: `Ok` to load it. Taking
     /// it ends this node's own round (failed as superseded) and the plan it
     /// coordinates (the runtime stops its engine).

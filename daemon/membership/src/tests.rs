@@ -564,3 +564,26 @@ fn a_member_refusing_the_proposal_fails_the_round_and_a_release_ends_serving() {
     assert_eq!(m.serving(), None);
     assert_eq!(m.poll_timeout(), None);
 }
+
+#[test]
+fn a_plan_whose_coordinator_is_gone_binds_nobody() {
+    let t0 = Instant::now();
+    let mut w = Membership::new("w", Config::default());
+    w.on_proposal(t0, "a", 100).unwrap();
+    w.loaded("a", 100).unwrap();
+    assert_eq!(w.next_version(50), 101, "later than what it took");
+    assert_eq!(w.next_version(200), 200);
+    // Another coordinator whose clock lags is refused while "a" is there...
+    assert!(w.on_proposal(t0, "b", 90).is_err());
+    // ...and taken once "a" is gone.
+    w.handle(
+        t0,
+        Event::PeerDown {
+            node: "a".into(),
+            reason: "closed".into(),
+        },
+    );
+    assert_eq!(w.on_proposal(t0, "b", 90), Ok(()));
+    assert_eq!(w.loaded("b", 90), Ok(()));
+    assert!(w.on_announce("b", 90));
+}
