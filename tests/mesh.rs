@@ -26,6 +26,13 @@ pub(crate) struct Daemon {
     _state: TempDir,
 }
 
+impl Daemon {
+    /// Its process id (to stop it with a signal).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -187,6 +187,20 @@ fn plan_messages_round_trip() {
             model: "m.gguf".into(),
         })),
     });
+    round_trip(&MeshMessage {
+        body: Some(mesh_message::Body::Heartbeat(Heartbeat {
+            seq: 9,
+            plan_version: 7,
+        })),
+    });
+    round_trip(&MeshMessage {
+        body: Some(mesh_message::Body::HeartbeatAck(HeartbeatAck {
+            seq: 9,
+            node: "12D3KooWB".into(),
+            plan_version: 7,
+            coordinator: "12D3KooWA".into(),
+        })),
+    });
 }
 
 #[test]

@@ -127,14 +127,27 @@ impl MeshHandle {
         self.ask(|reply| Command::FetchCaps { peer, reply }).await?
     }
 
-    /// Sends a control request (bytes the runtime defines) and awaits the peer's response.
-    pub async fn send_control(&self, peer: PeerId, request: Vec<u8>) -> Result<Vec<u8>, MeshError> {
-        self.ask(|reply| Command::SendControl {
+    /// Sends a control request (bytes the runtime defines) and awaits the peer's response for
+    /// at most `within` (and the configured request timeout): a peer that stopped without
+    /// closing its connection fails the call at its deadline.
+    pub async fn send_control(
+        &self,
+        peer: PeerId,
+        request: Vec<u8>,
+        within: Duration,
+    ) -> Result<Vec<u8>, MeshError> {
+        let ask = self.ask(|reply| Command::SendControl {
             peer,
             request,
             reply,
-        })
-        .await?
+        });
+        match tokio::time::timeout(within, ask).await {
+            Ok(r) => r?,
+            Err(_) => Err(MeshError::Request {
+                peer,
+                reason: format!("no answer within {within:?}"),
+            }),
+        }
     }
 
     /// Replaces this node's capabilities and pushes them to every connected peer.

@@ -13,6 +13,9 @@ use dwarfstar_mesh::{
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+/// Deadline of control requests that are answered.
+const SOON: Duration = Duration::from_secs(10);
+
 const SECRET: &[u8] = b"integration-test join secret 0123456789";
 
 fn state_dir(name: &str) -> PathBuf {
@@ -56,8 +59,13 @@ struct Node {
 fn serve(mut events: MeshEvents) -> mpsc::UnboundedReceiver<MeshEvent> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let mut hung = Vec::new();
         while let Some(ev) = events.recv().await {
             match ev {
+                MeshEvent::ControlRequest(_, req, responder) if req.starts_with(b"hang") => {
+                    // Never answered, never dropped (a peer that stopped).
+                    hung.push(responder);
+                }
                 MeshEvent::ControlRequest(_, mut req, responder) => {
                     req.reverse();
                     let _ = responder.respond(req).await;
@@ -202,13 +210,28 @@ async fn same_secret_nodes_admit_exchange_caps_control_and_frames() {
 
     // Control protocol both ways.
     assert_eq!(
-        b.handle.send_control(pa, b"plan".to_vec()).await.unwrap(),
+        b.handle
+            .send_control(pa, b"plan".to_vec(), SOON)
+            .await
+            .unwrap(),
         b"nalp"
     );
     assert_eq!(
-        a.handle.send_control(pb, vec![1, 2, 3]).await.unwrap(),
+        a.handle
+            .send_control(pb, vec![1, 2, 3], SOON)
+            .await
+            .unwrap(),
         vec![3, 2, 1]
     );
+    // A request the peer never answers fails at its deadline, long before
+    // the request timeout (5 s here).
+    let t = std::time::Instant::now();
+    let hung = b
+        .handle
+        .send_control(pa, b"hang".to_vec(), Duration::from_millis(300));
+    let err = hung.await.unwrap_err().to_string();
+    assert!(err.contains("no answer within 300ms"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
     // Frames both ways over one reused connection; a 4 MiB tensor arrives intact.
     let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 8.0).collect();
@@ -270,7 +293,11 @@ async fn wrong_secret_is_not_admitted() {
     assert!(a.handle.peers().await.unwrap().is_empty());
     assert!(c.handle.peers().await.unwrap().is_empty());
     assert!(a.seen.try_recv().is_err(), "a saw nothing of c");
-    assert!(c.handle.send_control(pa, b"x".to_vec()).await.is_err());
+    assert!(c
+        .handle
+        .send_control(pa, b"x".to_vec(), SOON)
+        .await
+        .is_err());
     assert!(c.handle.capabilities(pa).await.is_err());
     assert!(
         c.handle.open_stream(pa).await.is_err(),
@@ -322,7 +349,10 @@ async fn protocol_violations_disconnect_only_the_offender() {
     }
     // The libp2p side of the offender is untouched: control still works.
     assert_eq!(
-        bad.handle.send_control(pa, b"ok".to_vec()).await.unwrap(),
+        bad.handle
+            .send_control(pa, b"ok".to_vec(), SOON)
+            .await
+            .unwrap(),
         b"ko"
     );
 }

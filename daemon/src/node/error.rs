@@ -17,6 +17,9 @@ pub enum NodeError {
     /// Moving frames failed (connection lost, peer gone, timeout).
     #[error("transport: {0}")]
     Transport(String),
+    /// The peer stopped answering (or its link closed) and was declared lost.
+    #[error("node {node} was lost: {reason}")]
+    Lost { node: String, reason: String },
     /// A remote node reported a failure.
     #[error("node {node}: {message}")]
     Remote { node: String, message: String },

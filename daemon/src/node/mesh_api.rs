@@ -10,7 +10,8 @@
 //! the coordinator is.
 //!
 //! LoadModel asked of any node makes that node the model's coordinator:
-//! the same model with another split is re-planned in place; another model,
+//! the same model with another split, or a plan that lost a member, is
+//! re-planned in place (over the nodes left); another model,
 //! or a load asked of a worker, drains the engine in force (this node's, or
 //! the other coordinator's, through a `Release`), plans the new model over
 //! the nodes the mesh has, and serves it from a new engine.
@@ -156,13 +157,14 @@ impl MeshNode {
         drain_engine(hold, DRAIN)
             .await
             .map_err(|m| ApiError::Unavailable(format!("{m}; plan v{} stays", old.version)))?;
+        // The same nodes, less those lost (a broken plan).
         let opts = CoordOptions {
-            min_nodes: old.members().len(),
+            min_nodes: self.rt.live_members(old),
             wait: std::time::Duration::from_secs(30),
             force_stages: req.stages,
             expert_parallel: req.expert_parallel,
         };
-        let version = (now_ms() / 1000).max(old.version + 1);
+        let version = self.rt.next_version((now_ms() / 1000).max(old.version + 1));
         match self.rt.coordinate(&e.model_path, &opts, version).await {
             Ok((plan, applied)) => {
                 let Some(backend) = applied.backend else {
@@ -238,7 +240,9 @@ impl MeshNode {
             force_stages: req.stages,
             expert_parallel: req.expert_parallel,
         };
-        let version = (now_ms() / 1000).max(old.map_or(0, |p| p.version) + 1);
+        let version = self
+            .rt
+            .next_version((now_ms() / 1000).max(old.map_or(0, |p| p.version) + 1));
         let (plan, applied) = self
             .rt
             .coordinate(path, &opts, version)
@@ -612,7 +616,8 @@ impl NodeApi for MeshNode {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len()
                 > 1;
-        if !(same_stages && same_experts) {
+        // A plan that lost a member is made again over the nodes left.
+        if !(same_stages && same_experts) || self.rt.plan_broken() {
             return self.replan(&e, &req, plan).await;
         }
         Ok(LoadReply {

@@ -60,6 +60,10 @@ pub struct MeshArgs {
     /// Memory this node lets the model use, e.g. 6GiB [default: free RAM].
     #[arg(long, value_name = "SIZE")]
     pub node_budget: Option<String>,
+    /// Declare a plan member lost when it answers no heartbeat for this
+    /// long, in milliseconds [default: `[mesh] lost_after_ms`, else 3000].
+    #[arg(long, value_name = "MS")]
+    pub lost_after_ms: Option<u64>,
 }
 
 impl MeshArgs {
@@ -120,13 +124,23 @@ fn measure_gflops() -> f64 {
     (64.0 * 2.0 * a.len() as f64) / best.max(1e-9) / 1e9
 }
 
+/// The liveness bound: the flag, else the configuration file's, else 3 s.
+pub fn lost_after(args: &MeshArgs, configured: Option<Duration>) -> Result<Duration> {
+    match args.lost_after_ms {
+        Some(ms) => crate::serve::config::lost_after(ms).context("--lost-after-ms"),
+        None => Ok(configured.unwrap_or(dwarfstar_membership::Config::default().lost_after)),
+    }
+}
+
 /// Joins the mesh and starts the node's event loop; `engines` is where the
-/// daemon serves the model it coordinates, if any.
+/// daemon serves the model it coordinates, if any; plan members silent for
+/// `lost_after` are declared lost.
 pub async fn join(
     args: &MeshArgs,
     secret: JoinSecret,
     models_dir: PathBuf,
     limits: StageLimits,
+    lost_after: Duration,
     engines: Arc<crate::serve::engine::Engines>,
 ) -> Result<Arc<NodeRuntime>> {
     let state = args.state_dir();
@@ -194,6 +208,7 @@ pub async fn join(
             models_dir,
             limits,
             caps,
+            liveness: dwarfstar_membership::Config::with_lost_after(lost_after),
         },
         engines,
     );
@@ -245,9 +260,10 @@ pub async fn coordinate(
         force_stages: args.stages,
         expert_parallel: args.expert_parallel,
     };
-    let version = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_secs());
+    let version = node.next_version(now);
     let (plan, applied) = node.coordinate(model, &opts, version).await?;
     let stages: Vec<String> = plan
         .stages

@@ -7,7 +7,9 @@
 //! - [`transport`]: steps and expert batches over the QUIC data plane;
 //! - [`plan_wire`]: plans as nodes exchange them, checked;
 //! - [`mesh_serve`]: `dwarfstar serve` in a mesh: flags, joining, coordinating;
-//! - [`runtime`]: the event loop, the plan handshake, roles;
+//! - [`runtime`]: the event loop, the plan handshake (a member's side), roles;
+//! - [`coordinate`]: the coordinator's round, from gathering nodes to the plan in force;
+//! - [`members`]: the shell of the membership core: its events, timers and actions, and the peers declared lost;
 //! - [`inventory`]: the model files a node holds and announces, hashed;
 //! - [`links`]: the measured links (ping latency, probed bandwidth) the planner is given;
 //! - [`shards`]: fetching a plan's share of a model file from a peer holding it;
@@ -21,6 +23,7 @@
 //! - [`traffic`]: data-plane frame and byte counters.
 
 pub mod backend;
+pub mod coordinate;
 pub mod error;
 pub mod frames;
 pub mod grpc;
@@ -28,6 +31,7 @@ pub mod inventory;
 pub mod links;
 pub mod local;
 pub mod lone;
+pub mod members;
 pub mod mesh_api;
 pub mod mesh_serve;
 pub mod paging;

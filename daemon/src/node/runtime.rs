@@ -8,6 +8,11 @@
 //! through a [`DistBackend`]. Every node answers data-plane streams with the
 //! [`Roles`] its plan gave it.
 //!
+//! The decisions (enough nodes, every member ready, a stale answer, a
+//! member lost, which of two racing proposals a node takes) are the
+//! membership core's ([`super::members`]); this module does the I/O they
+//! call for: planning, loading, the control messages.
+//!
 //! A load asked of another node makes that node the coordinator: it first
 //! asks the coordinator in force to give up its model (a `Release`, answered
 //! by a `PlanAck` once that node's engine drained and stopped), then plans.
@@ -18,15 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use dwarfstar_membership::Event;
+
 use dwarfstar_mesh::{ControlResponder, MeshEvent, MeshEvents, MeshHandle, ModelInfo, PeerId};
 use dwarfstar_model::Model;
-use dwarfstar_planner::{ActDType, NodeCaps, Plan, PlanRequest};
+use dwarfstar_planner::{ActDType, NodeCaps, Plan};
 use dwarfstar_proto::v1 as pb;
 use dwarfstar_proto::Message;
 use tokio::runtime::Handle;
 
 use super::backend::DistBackend;
 use super::error::{NodeError, Result};
+use super::members::Members;
 use super::pipeline::{Hop, StageHost, StageLimits, StageWorker};
 use super::plan_wire;
 use super::roster::{held_bytes, MemberState, Roster};
@@ -42,6 +50,8 @@ pub struct NodeSettings {
     pub limits: StageLimits,
     /// This node's capabilities, as the planner sees them.
     pub caps: NodeCaps,
+    /// When a silent member is declared lost, and how long a load may take.
+    pub liveness: dwarfstar_membership::Config,
 }
 
 /// How the coordinator plans.
@@ -73,7 +83,7 @@ pub struct NodeRuntime {
     settings: NodeSettings,
     status: Mutex<NodeStatus>,
     /// The model files this node serves to peers that lack them.
-    shards: Arc<ShardHost>,
+    pub(super) shards: Arc<ShardHost>,
     /// The plan's members as this node knows them (status answers).
     pub roster: Roster,
     /// The model this node serves, when it coordinates one.
@@ -85,6 +95,11 @@ pub struct NodeRuntime {
     inventory: tokio::sync::watch::Sender<bool>,
     /// The model of the plan in force, for its weight store's figures.
     held: Mutex<Weak<Model>>,
+    /// Membership, the plan handshake and liveness, decided without I/O.
+    pub(super) members: Members,
+    /// One share loaded at a time (a later proposal waits, and the
+    /// membership core says whether the earlier share is still wanted).
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// What applying a plan gave this node.
@@ -92,6 +107,8 @@ pub struct Applied {
     pub model: Arc<Model>,
     /// Set on the coordinator: the scheduler's backend.
     pub backend: Option<DistBackend>,
+    /// What this node does for others under the plan, once installed.
+    roles: Arc<Roles>,
 }
 
 fn peer(id: &str) -> Result<PeerId> {
@@ -109,6 +126,8 @@ impl NodeRuntime {
         let me = mesh.local_peer_id().to_string();
         settings.caps.id = me.clone();
         Arc::new(NodeRuntime {
+            members: Members::new(&me, settings.liveness.clone()),
+            loading: tokio::sync::Mutex::new(()),
             mesh,
             me,
             rt,
@@ -145,7 +164,7 @@ impl NodeRuntime {
     }
 
     /// Waits until this node's models are hashed and announced.
-    async fn inventory_ready(&self) {
+    pub(super) async fn inventory_ready(&self) {
         let _ = self.inventory.subscribe().wait_for(|&v| v).await;
     }
 
@@ -187,12 +206,14 @@ impl NodeRuntime {
             .clone()
     }
 
-    fn set_status(&self, f: impl FnOnce(&mut NodeStatus)) {
+    pub(super) fn set_status(&self, f: impl FnOnce(&mut NodeStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Runs the event loop: data-plane streams and control requests.
+    /// Runs the event loop (data-plane streams, control requests, peers
+    /// for the membership core) and the membership core's shell.
     pub fn run_events(self: &Arc<Self>, mut events: MeshEvents) {
+        self.rt.spawn(self.clone().drive_members());
         let me = self.clone();
         self.rt.spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -204,7 +225,14 @@ impl NodeRuntime {
                         tokio::spawn(me.clone().on_control(p, req, resp));
                     }
                     MeshEvent::PeerAdmitted(p) => tracing::info!("peer {p} admitted"),
-                    MeshEvent::PeerLost(p) => tracing::info!("peer {p} lost"),
+                    MeshEvent::Caps(p, _) => me.members.feed(Event::PeerUp(p.to_string())),
+                    MeshEvent::PeerLost(p) => {
+                        tracing::info!("peer {p} disconnected");
+                        me.members.feed(Event::PeerDown {
+                            node: p.to_string(),
+                            reason: "disconnected".into(),
+                        });
+                    }
                     MeshEvent::DataPlaneRefused {
                         remote,
                         peer,
@@ -227,6 +255,20 @@ impl NodeRuntime {
             Ok(pb::MeshMessage {
                 body: Some(pb::mesh_message::Body::Release(r)),
             }) => pb::mesh_message::Body::PlanAck(self.on_release(from, r).await),
+            Ok(pb::MeshMessage {
+                body: Some(pb::mesh_message::Body::Heartbeat(h)),
+            }) => {
+                // Answered here, on the event loop's side: a node busy
+                // computing still answers.
+                let held = self.members.core().held();
+                let (plan_version, coordinator) = held.unwrap_or_default();
+                pb::mesh_message::Body::HeartbeatAck(pb::HeartbeatAck {
+                    seq: h.seq,
+                    node: self.me.clone(),
+                    plan_version,
+                    coordinator,
+                })
+            }
             Ok(_) => {
                 tracing::warn!("peer {from} sent a control message this node does not take");
                 pb::mesh_message::Body::NodeReady(pb::NodeReady {
@@ -249,10 +291,10 @@ impl NodeRuntime {
     /// The coordinator's own `NodeReady` for the plan in force: it applies
     /// a plan only once every member answered ready, so all of them are.
     fn on_plan_ready(&self, from: PeerId, r: pb::NodeReady) -> pb::PlanAck {
-        let plan = self.status().plan;
-        let ours = plan
-            .as_ref()
-            .is_some_and(|p| p.version == r.plan_version && p.coordinator == from.to_string());
+        let ours = self
+            .members
+            .core()
+            .on_announce(&from.to_string(), r.plan_version);
         let accepted = ours && r.error.is_empty() && self.roster.all_ready(r.plan_version);
         if accepted {
             self.roster.set(
@@ -290,7 +332,11 @@ impl NodeRuntime {
             );
         }
         match self.give_up(&from.to_string(), &r.model).await {
-            Ok(()) => ack(true, String::new()),
+            Ok(()) => {
+                self.members.core().released(Instant::now());
+                self.members.poke();
+                ack(true, String::new())
+            }
             Err(e) => ack(false, e.to_string()),
         }
     }
@@ -345,9 +391,11 @@ impl NodeRuntime {
             })),
         }
         .encode_to_vec();
+        // It drains its running requests first.
+        let within = crate::serve::engine::DRAIN + Duration::from_secs(10);
         let reply = self
             .mesh
-            .send_control(id, msg)
+            .send_control(id, msg, within)
             .await
             .map_err(|e| NodeError::Transport(e.to_string()))?;
         match pb::MeshMessage::decode(reply.as_slice()) {
@@ -365,6 +413,30 @@ impl NodeRuntime {
                 plan.coordinator
             ))),
         }
+    }
+
+    /// A version for a new plan of this node's: `at_least`, or later than
+    /// any plan this node took (so its members take it too).
+    pub fn next_version(&self, at_least: u64) -> u64 {
+        self.members.core().next_version(at_least)
+    }
+
+    /// True when the plan this node coordinates lost a member: it cannot
+    /// serve until a load re-plans.
+    pub fn plan_broken(&self) -> bool {
+        self.members
+            .core()
+            .serving()
+            .is_some_and(|(_, broken)| broken)
+    }
+
+    /// The members of `plan` (this node included) not declared lost.
+    pub fn live_members(&self, plan: &Plan) -> usize {
+        let core = self.members.core();
+        plan.members()
+            .into_iter()
+            .filter(|m| core.lost(m).is_none())
+            .count()
     }
 
     /// Bytes `node` holds under `plan`, when the model's shape is known.
@@ -404,16 +476,31 @@ impl NodeRuntime {
         let t0 = Instant::now();
         let version = p.plan.as_ref().map_or(0, |p| p.version);
         let model = p.model.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        // Another coordinator's plan replaces the pipeline this node's
-        // engine drives, if it has one.
-        if let Err(e) = self.give_up(&from.to_string(), &model).await {
+        let refuse = |e: &dyn std::fmt::Display| {
             tracing::warn!("plan {version} from {from}: {e}");
-            return pb::NodeReady {
+            pb::NodeReady {
                 plan_version: version,
                 node: self.me.clone(),
                 error: e.to_string(),
                 ..Default::default()
-            };
+            }
+        };
+        let sender = from.to_string();
+        // Of racing coordinators, the later plan wins on every node.
+        let taken = self.members.core().on_proposal(t0, &sender, version);
+        self.members.poke();
+        if let Err(e) = taken {
+            return refuse(&e);
+        }
+        // Another coordinator's plan replaces the pipeline this node's
+        // engine drives, if it has one.
+        if let Err(e) = self.give_up(&sender, &model).await {
+            self.members.core().load_failed(&sender, version);
+            return refuse(&e);
+        }
+        let _one = self.loading.lock().await;
+        if !self.members.core().wants(&sender, version) {
+            return refuse(&"a later plan came while this node waited to load");
         }
         self.set_status(|s| s.state = "loading".into());
         if let Some(wire) = &p.plan {
@@ -437,6 +524,20 @@ impl NodeRuntime {
             Ok(r) => r,
             Err(e) => Err(NodeError::NotReady(format!("loading failed: {e}"))),
         };
+        // The share goes in force only if no later plan came meanwhile.
+        let r = r.and_then(|(plan, applied)| {
+            let mut core = self.members.core();
+            match core.loaded(&sender, version) {
+                Ok(()) => {
+                    self.install(&applied);
+                    Ok((plan, applied))
+                }
+                Err(e) => Err(NodeError::NotReady(e.to_string())),
+            }
+        });
+        if r.is_err() {
+            self.members.core().load_failed(&sender, version);
+        }
         let mut ready = pb::NodeReady {
             plan_version: version,
             node: self.me.clone(),
@@ -574,7 +675,8 @@ impl NodeRuntime {
         }
     }
 
-    /// Builds this node's roles for `plan` around `model`.
+    /// Builds this node's roles for `plan` around `model` (not yet in force:
+    /// see [`NodeRuntime::install`]).
     pub fn apply(&self, plan: &Plan, mut model: Model) -> Result<Applied> {
         let act = match plan.activation_dtype {
             ActDType::F32 => pb::DType::F32,
@@ -603,6 +705,7 @@ impl NodeRuntime {
                 owners,
                 plan_version: plan.version,
                 dtype: act,
+                lost: self.members.lost_peers(),
             };
             model.set_expert_dispatch(Some(Arc::new(dispatch)))?;
         }
@@ -615,7 +718,6 @@ impl NodeRuntime {
             self.settings.limits.ctx_size,
         )?;
         let model = Arc::new(model);
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&model);
         let width = model.n_embd();
 
         // Stage workers from the last stage back, each knowing the way on.
@@ -628,6 +730,7 @@ impl NodeRuntime {
                 next = Some(Arc::new(QuicHop {
                     mesh: self.mesh.clone(),
                     peer: peer(&s.node)?,
+                    lost: self.members.lost_peers(),
                     rt: self.rt.clone(),
                     width,
                     dtype: act,
@@ -654,7 +757,7 @@ impl NodeRuntime {
             next = Some(w);
         }
         let holds_experts = plan.experts.iter().any(|s| s.node == self.me);
-        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Roles {
+        let roles = Arc::new(Roles {
             plan_version: plan.version,
             stage: mine,
             experts: holds_experts.then(|| model.clone()),
@@ -669,197 +772,18 @@ impl NodeRuntime {
             let output_here = first.is_some_and(|s| s.node == self.me && s.holds_output);
             DistBackend::new(model.clone(), local, next, output_here, plan.version)
         });
-        Ok(Applied { model, backend })
+        Ok(Applied {
+            model,
+            backend,
+            roles,
+        })
     }
 
-    /// Plans `path` over the admitted peers, has every node in the plan load
-    /// its share, and takes this node's.
-    pub async fn coordinate(
-        self: &Arc<Self>,
-        path: &Path,
-        opts: &CoordOptions,
-        version: u64,
-    ) -> Result<(Plan, Applied)> {
-        let t = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
-        self.shards.offer(path);
-        let deadline = Instant::now() + opts.wait;
-        let mut caps: Vec<NodeCaps> = Vec::new();
-        let mut members: Vec<dwarfstar_mesh::Capabilities> = Vec::new();
-        let mut seen;
-        loop {
-            caps.clear();
-            members.clear();
-            caps.push(self.settings.caps.clone());
-            seen = self.mesh.peers().await.map_err(|e| t(&e))?;
-            for p in &seen {
-                if let Some(c) = &p.caps {
-                    caps.push(node_caps(&p.peer.to_string(), c));
-                    members.push(dwarfstar_mesh::Capabilities {
-                        id: p.peer.to_string(),
-                        ..c.clone()
-                    });
-                }
-            }
-            if caps.len() >= opts.min_nodes.max(1) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NotReady(format!(
-                    "{} of {} nodes joined within {:?}",
-                    caps.len(),
-                    opts.min_nodes,
-                    opts.wait
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        self.set_status(|s| s.state = "loading".into());
-        let links = super::links::measure(&self.mesh, &self.me, &seen).await;
-        let p = path.to_path_buf();
-        let (model, file) = tokio::task::spawn_blocking(move || Model::open(&p, &[]))
-            .await
-            .map_err(|e| NodeError::NotReady(e.to_string()))??;
-        let shape = dwarfstar_model::shape::model_shape(&file)?;
-        let n_layer = model.n_layer() as u32;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.roster.set_model(file_name, shape.clone());
-        let req = PlanRequest {
-            model: shape,
-            nodes: caps,
-            links,
-            coordinator: self.me.clone(),
-            version,
-            force_stages: opts.force_stages,
-            expert_parallel: opts.expert_parallel,
-            kv_tokens: self.settings.limits.ctx_size as u64,
-            force_act_dtype: Some(ActDType::F32),
-        };
-        let plan = dwarfstar_planner::plan(&req)
-            .map_err(|e| NodeError::NotReady(format!("planning: {e}")))?;
-        tracing::info!("plan {version}: {plan:?}");
-        let info = ModelInfo {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            arch: model.arch().to_string(),
-            ..Default::default()
-        };
-        self.inventory_ready().await;
-        let info = ModelInfo {
-            blake3: self.announced_hash(&info.name, info.size),
-            ..info
-        };
-        let proposal = pb::MeshMessage {
-            body: Some(pb::mesh_message::Body::PlanProposal(pb::PlanProposal {
-                plan: Some(plan_wire::to_proto(&plan, n_layer)),
-                model: Some(info),
-                proposer: self.me.clone(),
-                members,
-            })),
-        }
-        .encode_to_vec();
-        let mut members = plan.members();
-        members.remove(self.me.as_str());
-        let mut everyone: Vec<&str> = members.iter().copied().collect();
-        everyone.push(&self.me);
-        self.roster.begin(version, &everyone);
-        let mut waits = Vec::new();
-        for n in members {
-            let (mesh, msg, id) = (self.mesh.clone(), proposal.clone(), peer(n)?);
-            waits.push((
-                n.to_string(),
-                tokio::spawn(async move { mesh.send_control(id, msg).await }),
-            ));
-        }
-        let failed = |n: &str, e: &dyn std::fmt::Display| {
-            self.roster.set(n, MemberState::Failed, e.to_string(), None)
-        };
-        for (n, w) in waits {
-            let reply = match w
-                .await
-                .map_err(|e| t(&e))
-                .and_then(|r| r.map_err(|e| t(&e)))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    failed(&n, &e);
-                    return Err(e);
-                }
-            };
-            match pb::MeshMessage::decode(reply.as_slice()) {
-                Ok(pb::MeshMessage {
-                    body: Some(pb::mesh_message::Body::NodeReady(r)),
-                }) if r.error.is_empty() && r.plan_version == version => {
-                    self.roster.set(
-                        &n,
-                        MemberState::Ready,
-                        String::new(),
-                        Some((r.bytes_loaded, r.load_ms)),
-                    );
-                }
-                Ok(pb::MeshMessage {
-                    body: Some(pb::mesh_message::Body::NodeReady(r)),
-                }) => {
-                    failed(&n, &r.error);
-                    return Err(NodeError::Remote {
-                        node: n,
-                        message: r.error,
-                    });
-                }
-                _ => {
-                    failed(&n, &"answered the plan with something else");
-                    return Err(NodeError::BadRequest(format!(
-                        "{n} answered the plan with something else"
-                    )));
-                }
-            }
-        }
-        let me = self.clone();
-        let plan2 = plan.clone();
-        let applied = tokio::task::spawn_blocking(move || me.apply(&plan2, model))
-            .await
-            .map_err(|e| NodeError::NotReady(e.to_string()))??;
-        self.set_status(|s| {
-            s.state = "ready".into();
-            s.model = Some(plan.model.clone());
-            s.plan = Some(plan.clone());
-        });
-        let held = self.held_by(&plan, &self.me);
-        let me = self.me.clone();
-        self.roster
-            .set(&me, MemberState::Ready, String::new(), Some((held, 0)));
-        self.announce_ready(&plan, held);
-        Ok((plan, applied))
-    }
-
-    /// Tells every member that the plan is in force (the coordinator's own
-    /// `NodeReady`), so their status shows the whole mesh ready.
-    fn announce_ready(&self, plan: &Plan, held: u64) {
-        let msg = pb::MeshMessage {
-            body: Some(pb::mesh_message::Body::NodeReady(pb::NodeReady {
-                plan_version: plan.version,
-                node: self.me.clone(),
-                bytes_loaded: held,
-                ..Default::default()
-            })),
-        }
-        .encode_to_vec();
-        let mut members = plan.members();
-        members.remove(self.me.as_str());
-        for n in members {
-            let Ok(id) = peer(n) else { continue };
-            let (mesh, msg) = (self.mesh.clone(), msg.clone());
-            self.rt.spawn(async move {
-                if let Err(e) = mesh.send_control(id, msg).await {
-                    tracing::debug!("telling {id} the plan is in force: {e}");
-                }
-            });
-        }
+    /// Puts what [`NodeRuntime::apply`] built in force: data-plane requests
+    /// get these roles from now on.
+    pub(super) fn install(&self, applied: &Applied) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&applied.model);
+        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = applied.roles.clone();
     }
 }
 

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dwarfstar_gguf::GgufFile;
 use dwarfstar_mesh::shard::{self, ShardError, ShardSource, HEADER_PIECE, MAX_RANGE_LEN};
@@ -41,6 +41,28 @@ use super::transport::{serve_frame, Roles};
 pub const SHARDS_DIR: &str = ".shards";
 /// Range requests in flight at once.
 const IN_FLIGHT: usize = 4;
+
+/// The longest a holder may take over one range (at most [`MAX_RANGE_LEN`]
+/// bytes, [`IN_FLIGHT`] at once: about 2 MB/s at the least), or over a
+/// manifest; past it the next holder is asked.
+const RANGE_WITHIN: Duration = Duration::from_secs(120);
+const MANIFEST_WITHIN: Duration = Duration::from_secs(30);
+
+/// `call` to `peer`, failed as unanswered after `within`.
+async fn within<T>(
+    peer: PeerId,
+    within: Duration,
+    call: impl std::future::Future<Output = std::result::Result<T, ShardError>>,
+) -> std::result::Result<T, ShardError> {
+    match tokio::time::timeout(within, call).await {
+        Ok(r) => r,
+        Err(_) => Err(ShardError::Mesh(dwarfstar_mesh::MeshError::Request {
+            peer,
+            reason: format!("no answer within {within:?}"),
+        })),
+    }
+}
+
 /// Largest gap between two pieces fetched in one request (alignment padding).
 const MAX_GAP: u64 = 4096;
 
@@ -396,16 +418,15 @@ async fn fetch_request(
 ) -> std::result::Result<bytes::Bytes, ShardError> {
     let mut last = None;
     for &peer in holders {
-        let got = shard::fetch_range(mesh, peer, model, r.offset, r.len)
-            .await
-            .and_then(|data| {
-                for &i in &r.pieces {
-                    let p = &pieces[i];
-                    let at = (p.offset - r.offset) as usize;
-                    shard::verify(p, &data[at..at + p.len as usize])?;
-                }
-                Ok(data)
-            });
+        let call = shard::fetch_range(mesh, peer, model, r.offset, r.len);
+        let got = within(peer, RANGE_WITHIN, call).await.and_then(|data| {
+            for &i in &r.pieces {
+                let p = &pieces[i];
+                let at = (p.offset - r.offset) as usize;
+                shard::verify(p, &data[at..at + p.len as usize])?;
+            }
+            Ok(data)
+        });
         match got {
             Ok(d) => return Ok(d),
             Err(e) => {
@@ -427,7 +448,8 @@ async fn manifest(
 ) -> Result<pb::ShardManifest> {
     let mut errors = Vec::new();
     for &peer in holders {
-        match shard::fetch_manifest(mesh, peer, &info.name).await {
+        let call = shard::fetch_manifest(mesh, peer, &info.name);
+        match within(peer, MANIFEST_WITHIN, call).await {
             Ok(m) if m.size == info.size => return Ok(m),
             Ok(m) => errors.push(format!("{peer} has {} bytes, not {}", m.size, info.size)),
             Err(e) => errors.push(e.to_string()),

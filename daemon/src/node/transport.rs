@@ -7,7 +7,9 @@
 //!   per stream with what this node's [`Roles`] compute, or an ERROR frame.
 //!
 //! Model work runs on blocking threads (`spawn_blocking`); the async side
-//! only moves frames. A peer whose frame is malformed gets an ERROR answer
+//! only moves frames. Every call to a peer is [`guarded`]: it fails as soon
+//! as the peer is declared lost (heartbeats unanswered), or after
+//! [`CALL_LIMIT`] whatever happens. A peer whose frame is malformed gets an ERROR answer
 //! or, for codec violations, a closed connection (the mesh crate's call),
 //! and this node keeps serving everyone else.
 
@@ -23,8 +25,13 @@ use tokio::runtime::Handle;
 
 use super::error::{NodeError, Result};
 use super::frames;
+use super::members::{guarded, LostPeers};
 use super::pipeline::{Hop, StageWorker, Step};
 use super::traffic;
+
+/// The longest a data-plane call may take even from a peer that answers
+/// its heartbeats (a step is one prefill chunk or one decode).
+pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -75,6 +82,7 @@ async fn exchange(
 pub struct QuicHop {
     pub mesh: MeshHandle,
     pub peer: PeerId,
+    pub lost: LostPeers,
     pub rt: Handle,
     pub width: usize,
     pub dtype: DType,
@@ -84,15 +92,19 @@ impl Hop for QuicHop {
     fn call(&self, step: Step) -> Result<Vec<f32>> {
         let id = next_request_id();
         let (h, p) = frames::step_frame(&step, id, self.width, self.dtype);
-        let (ah, ap) = self.rt.block_on(exchange(&self.mesh, self.peer, h, p))?;
+        let call = exchange(&self.mesh, self.peer, h, p);
+        let (ah, ap) = self
+            .rt
+            .block_on(guarded(&self.lost, self.peer, CALL_LIMIT, call))?;
         frames::answer_rows(&ah, &ap, FrameKind::Logits, &self.peer.to_string())
     }
 
     fn release(&self, seqs: &[u64]) {
         let (h, p) = frames::release_frame(0, seqs);
-        let (mesh, peer) = (self.mesh.clone(), self.peer);
+        let (mesh, peer, lost) = (self.mesh.clone(), self.peer, self.lost.clone());
         self.rt.spawn(async move {
-            if let Err(e) = exchange(&mesh, peer, h, p).await {
+            let call = exchange(&mesh, peer, h, p);
+            if let Err(e) = guarded(&lost, peer, CALL_LIMIT, call).await {
                 tracing::debug!("release on {peer}: {e}");
             }
         });
@@ -108,6 +120,7 @@ pub struct MeshExperts {
     pub owners: HashMap<(usize, usize), u32>,
     pub plan_version: u64,
     pub dtype: DType,
+    pub lost: LostPeers,
 }
 
 /// An expert batch on its way: the request is sent, the answer not read.
@@ -117,13 +130,15 @@ struct Pending {
     rt: Handle,
     peer: PeerId,
     rx: FrameReceiver,
+    lost: LostPeers,
 }
 
 impl ExpertTicket for Pending {
     fn wait(self: Box<Self>) -> dwarfstar_model::Result<Vec<f32>> {
-        let Pending { rt, peer, rx } = *self;
+        let Pending { rt, peer, rx, lost } = *self;
         rt.block_on(async move {
-            let (ah, ap) = read_answer(rx, peer).await?;
+            let call = read_answer(rx, peer);
+            let (ah, ap) = guarded(&lost, peer, CALL_LIMIT, call).await?;
             frames::answer_rows(&ah, &ap, FrameKind::ExpertResult, &peer.to_string())
         })
         .map_err(|e| ModelError::Invalid(format!("remote experts: {e}")))
@@ -152,14 +167,16 @@ impl ExpertDispatch for MeshExperts {
             &batch,
             self.dtype,
         );
+        let call = send_request(&self.mesh, peer, h, p);
         let rx = self
             .rt
-            .block_on(send_request(&self.mesh, peer, h, p))
+            .block_on(guarded(&self.lost, peer, CALL_LIMIT, call))
             .map_err(|e| ModelError::Invalid(format!("remote experts: {e}")))?;
         Ok(Box::new(Pending {
             rt: self.rt.clone(),
             peer,
             rx,
+            lost: self.lost.clone(),
         }))
     }
 }

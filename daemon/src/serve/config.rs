@@ -1,5 +1,5 @@
 //! `dwarfstar serve` settings: the TOML file (one table per concern:
-//! `[http]`, `[grpc]`, `[model]`, `[limits]`; later concerns such as the mesh get
+//! `[http]`, `[grpc]`, `[model]`, `[limits]`, `[mesh]`; later concerns get
 //! their own table), command-line flags over it, API keys from
 //! `DWARFSTAR_API_KEYS` too, and the checks that turn them into [`Settings`].
 
@@ -17,7 +17,20 @@ pub struct FileConfig {
     pub grpc: GrpcConfig,
     pub model: ModelConfig,
     pub limits: LimitsConfig,
+    pub mesh: MeshFileConfig,
 }
+
+/// `[mesh]`: how a mesh node watches the members of its plan.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshFileConfig {
+    /// A plan member that answers no heartbeat for this long is declared
+    /// lost (default 3000; `--lost-after-ms` overrides it).
+    pub lost_after_ms: Option<u64>,
+}
+
+/// The shortest liveness bound accepted: heartbeats go four times in it.
+pub const MIN_LOST_AFTER_MS: u64 = 200;
 
 /// `[http]`: where and for whom the API listens.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -180,6 +193,8 @@ pub struct Settings {
     pub kv_cache: Option<(PathBuf, u64)>,
     /// Speculative decoding with a draft model (the configured model only).
     pub draft: Option<DraftSettings>,
+    /// `[mesh] lost_after_ms`, checked.
+    pub lost_after: Option<std::time::Duration>,
 }
 
 impl FileConfig {
@@ -210,6 +225,7 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         grpc,
         model,
         mut limits,
+        mesh,
     } = file;
     let http_explicit = o.http_addr.is_some() || http.addr != HttpConfig::default().addr;
     let addr_text = o.http_addr.unwrap_or(http.addr);
@@ -316,7 +332,9 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         }
         None => None,
     };
+    let lost_after = mesh.lost_after_ms.map(lost_after).transpose()?;
     Ok(Settings {
+        lost_after,
         kv_cache,
         draft,
         addr,
@@ -335,6 +353,14 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     })
 }
 
+/// A liveness bound in milliseconds, checked.
+pub fn lost_after(ms: u64) -> Result<std::time::Duration> {
+    if ms < MIN_LOST_AFTER_MS {
+        bail!("[mesh] lost_after_ms must be at least {MIN_LOST_AFTER_MS} (got {ms})");
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +370,21 @@ mod tests {
             model: Some(model.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_liveness_bound_comes_from_mesh_and_is_checked() {
+        let s = resolve(FileConfig::default(), flags("/m/x.gguf"), None).unwrap();
+        assert_eq!(s.lost_after, None);
+        let c = FileConfig::parse("[mesh]\nlost_after_ms = 1500\n").unwrap();
+        let s = resolve(c, flags("/m/x.gguf"), None).unwrap();
+        assert_eq!(s.lost_after, Some(std::time::Duration::from_millis(1500)));
+        let c = FileConfig::parse("[mesh]\nlost_after_ms = 50\n").unwrap();
+        let e = resolve(c, flags("/m/x.gguf"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 200"), "{e}");
+        assert!(FileConfig::parse("[mesh]\nheartbeat = 1\n").is_err());
     }
 
     #[test]

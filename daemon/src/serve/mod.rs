@@ -235,7 +235,10 @@ async fn serve_on(
                 max_seqs: STAGE_MAX_SEQS,
             };
             let dir = mesh_serve::models_dir(mesh_args, s.model_path.as_deref());
-            let node = mesh_serve::join(mesh_args, secret, dir, limits, engines.clone()).await?;
+            let lost_after = mesh_serve::lost_after(mesh_args, s.lost_after)?;
+            let node =
+                mesh_serve::join(mesh_args, secret, dir, limits, lost_after, engines.clone())
+                    .await?;
             if let Some(path) = &s.model_path {
                 let (_, applied) = mesh_serve::coordinate(mesh_args, &node, path).await?;
                 let backend = applied.backend.ok_or_else(|| {

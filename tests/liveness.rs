@@ -1,0 +1,119 @@
+//! A mesh member that stops answering (SIGSTOP: its connections stay open,
+//! nothing closes them) is declared lost within the liveness bound, and the
+//! requests waiting on it fail at once with an error that says so, instead
+//! of hanging until the QUIC idle timeout.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dwarfstar_proto::v1::NodeState;
+use serde_json::json;
+
+use crate::common::*;
+use crate::mesh::{start_in, status, Daemon};
+
+/// Sends `sig` (STOP, CONT) to the daemon's process.
+fn signal(d: &Daemon, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(d.pid().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {}", d.pid());
+}
+
+/// A completion of `n` tokens: its HTTP status and body.
+fn post(base: &str, model: &str, n: usize) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": n,
+                      "temperature": 0, "ignore_eos": true});
+    let mut r = agent
+        .post(format!("{base}/v1/completions"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// The coordinator's view of its member `id`: its state and detail.
+fn member(grpc: &str, id: &str) -> (i32, String) {
+    let r = status(grpc);
+    let n = r.nodes.iter().find(|n| n.id == id);
+    n.map(|n| (n.state, n.state_detail.clone()))
+        .unwrap_or_else(|| panic!("no node {id} in {r:#?}"))
+}
+
+#[test]
+fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_requests_fail_fast() {
+    let model = model_path(SMOLLM2);
+    let dir = model.parent().unwrap();
+    let worker = start_in(None, "lw", "team-secret", dir, None, &[]);
+    let args = ["--mesh-nodes", "2", "--stages", "2", "--peer", &worker.mesh];
+    let coord = start_in(None, "lc", "team-secret", dir, Some(&model), &args);
+    let base = coord.http.clone().unwrap();
+    let name = model.file_stem().unwrap().to_str().unwrap().to_string();
+    let (code, body) = post(&base, &name, 4);
+    assert_eq!(code, 200, "{body}");
+    let worker_id = status(&worker.grpc).node_id;
+    assert_eq!(member(&coord.grpc, &worker_id).0, NodeState::Ready as i32);
+
+    // A long generation is under way when the worker stops.
+    let long = {
+        let (base, name) = (base.clone(), name.clone());
+        std::thread::spawn(move || post(&base, &name, 2000))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&worker, "STOP");
+    let stopped = Instant::now();
+
+    // The default bound is 3 s; the coordinator polls nothing, so allow
+    // only scheduling slack on top.
+    let bound = Duration::from_secs(3) + Duration::from_millis(700);
+    let lost_after = loop {
+        let (state, detail) = member(&coord.grpc, &worker_id);
+        if state == NodeState::Failed as i32 {
+            assert!(detail.contains("lost"), "{detail}");
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < bound + Duration::from_secs(5),
+            "the stopped worker is still {state} after {:?}",
+            stopped.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("stopped worker declared lost after {lost_after:?}");
+    assert!(lost_after <= bound, "declared lost after {lost_after:?}");
+
+    // The request that was running fails, soon, and says why.
+    let (code, body) = long.join().unwrap();
+    let failed_after = stopped.elapsed();
+    eprintln!("running request failed {failed_after:?} after the stop: {code} {body}");
+    assert_ne!(code, 200, "{body}");
+    assert!(body.contains("lost"), "{body}");
+    assert!(
+        failed_after <= bound + Duration::from_secs(2),
+        "{failed_after:?}"
+    );
+
+    // A new request fails at once instead of waiting on the lost node.
+    let t = Instant::now();
+    let (code, body) = post(&base, &name, 8);
+    assert_ne!(code, 200, "{body}");
+    assert!(body.contains("lost"), "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // The coordinator's status says the plan lost a member.
+    let r = status(&coord.grpc);
+    let me = r.nodes.iter().find(|n| n.local).unwrap();
+    assert!(
+        me.state_detail.contains("lost") || r.nodes.iter().any(|n| n.state_detail.contains("lost")),
+        "{r:#?}"
+    );
+    signal(&worker, "CONT");
+}
