@@ -40,7 +40,7 @@ pub const NAMES: [&str; 4] = [
 const VOCAB: u64 = 129280;
 
 /// A GGUF with no tensors and `meta` set.
-fn meta_only(meta: Vec<(&str, Value)>) -> Result<GgufFile> {
+pub(crate) fn meta_only(meta: Vec<(&str, Value)>) -> Result<GgufFile> {
     let mut b = Vec::new();
     b.extend_from_slice(b"GGUF");
     b.extend_from_slice(&3u32.to_le_bytes());
@@ -133,9 +133,10 @@ fn use_more_bits(i: u64, n: u64) -> bool {
     (i - lo) % 3 == 2
 }
 
-fn v3(name: &str, q4_k_m: bool) -> Result<SimModel> {
+/// DeepSeek V3's metadata as llama.cpp's converter writes it, named `name`.
+pub(crate) fn v3_metadata(name: &str) -> Vec<(&'static str, Value)> {
     let u = Value::U32;
-    let f = meta_only(vec![
+    vec![
         ("general.architecture", Value::String("deepseek2".into())),
         ("general.name", Value::String(name.into())),
         ("deepseek2.block_count", u(61)),
@@ -174,7 +175,11 @@ fn v3(name: &str, q4_k_m: bool) -> Result<SimModel> {
         ("deepseek2.expert_weights_scale", Value::F32(2.5)),
         ("deepseek2.expert_weights_norm", Value::Bool(true)),
         ("deepseek2.expert_gating_func", u(2)),
-    ])?;
+    ]
+}
+
+fn v3(name: &str, q4_k_m: bool) -> Result<SimModel> {
+    let f = meta_only(v3_metadata(name))?;
     let n_layer = 61u64;
     // The type of a matrix of `ne0`-long rows in layer `il` (None: outside).
     let q = |ne0: u64, more_bits: bool| {

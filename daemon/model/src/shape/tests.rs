@@ -16,16 +16,7 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// A GGUF with no tensors and `meta` set.
 fn meta_only(meta: &[(&str, Value)]) -> GgufFile {
-    let mut b = Vec::new();
-    b.extend_from_slice(b"GGUF");
-    b.extend_from_slice(&3u32.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
-    let mut f = GgufFile::from_bytes(b).expect("empty gguf parses");
-    for (k, v) in meta {
-        f.set(*k, v.clone());
-    }
-    f
+    super::builtin::meta_only(meta.to_vec()).expect("empty gguf parses")
 }
 
 fn tensor(name: &str, dims: &[u64], ty: GgmlType) -> TensorInfo {
@@ -123,47 +114,7 @@ fn tiny_deepseek_v3_splits_every_byte() {
 
 /// DeepSeek V3's metadata as llama.cpp's converter writes it.
 fn v3_meta() -> GgufFile {
-    let u = Value::U32;
-    meta_only(&[
-        ("general.architecture", Value::String("deepseek2".into())),
-        ("general.name", Value::String("DeepSeek V3".into())),
-        ("deepseek2.block_count", u(61)),
-        ("deepseek2.context_length", u(163840)),
-        ("deepseek2.embedding_length", u(7168)),
-        ("deepseek2.feed_forward_length", u(18432)),
-        ("deepseek2.attention.head_count", u(128)),
-        ("deepseek2.attention.head_count_kv", u(1)),
-        ("deepseek2.attention.key_length", u(576)),
-        ("deepseek2.attention.value_length", u(512)),
-        ("deepseek2.attention.key_length_mla", u(192)),
-        ("deepseek2.attention.value_length_mla", u(128)),
-        (
-            "deepseek2.attention.layer_norm_rms_epsilon",
-            Value::F32(1e-6),
-        ),
-        ("deepseek2.attention.q_lora_rank", u(1536)),
-        ("deepseek2.attention.kv_lora_rank", u(512)),
-        ("deepseek2.rope.dimension_count", u(64)),
-        ("deepseek2.rope.freq_base", Value::F32(10000.0)),
-        ("deepseek2.rope.scaling.type", Value::String("yarn".into())),
-        ("deepseek2.rope.scaling.factor", Value::F32(40.0)),
-        ("deepseek2.rope.scaling.original_context_length", u(4096)),
-        (
-            "deepseek2.rope.scaling.yarn_log_multiplier",
-            Value::F32(0.1),
-        ),
-        ("deepseek2.leading_dense_block_count", u(3)),
-        ("deepseek2.vocab_size", u(129280)),
-        ("deepseek2.expert_count", u(256)),
-        ("deepseek2.expert_used_count", u(8)),
-        ("deepseek2.expert_group_count", u(8)),
-        ("deepseek2.expert_group_used_count", u(4)),
-        ("deepseek2.expert_feed_forward_length", u(2048)),
-        ("deepseek2.expert_shared_count", u(1)),
-        ("deepseek2.expert_weights_scale", Value::F32(2.5)),
-        ("deepseek2.expert_weights_norm", Value::Bool(true)),
-        ("deepseek2.expert_gating_func", u(2)),
-    ])
+    meta_only(&super::builtin::v3_metadata("DeepSeek V3"))
 }
 
 /// DeepSeek V3's tensor directory; 2-D/3-D weights in `q(ne0)`, norms and
