@@ -10,13 +10,14 @@ use dwarfstar_proto::v1::NodeState;
 use serde_json::json;
 
 use crate::common::*;
-use crate::mesh::{start_in, status, Daemon};
+use crate::mesh::{post_completion, start_in, status, Daemon};
 
-/// Sends `sig` (STOP, CONT) to the daemon's process.
+/// Sends `sig` (STOP, CONT) to the daemon's process, with the shell's
+/// built-in `kill` (a fresh machine may lack procps' /bin/kill).
 fn signal(d: &Daemon, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(d.pid().to_string())
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{sig} {}", d.pid()))
         .status()
         .unwrap()
         .success();
@@ -25,19 +26,9 @@ fn signal(d: &Daemon, sig: &str) {
 
 /// A completion of `n` tokens: its HTTP status and body.
 fn post(base: &str, model: &str, n: usize) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
     let body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": n,
                       "temperature": 0, "ignore_eos": true});
-    let mut r = agent
-        .post(format!("{base}/v1/completions"))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    post_completion(base, &body)
 }
 
 /// The coordinator's view of its member `id`: its state and detail.

@@ -870,14 +870,18 @@ fn answers_as_one_machine(base: &str, model: &Path, n: usize) -> String {
     want
 }
 
+/// A two-token completion of `model` (greedy unless the server differs).
+fn two_tokens(model: &str) -> Value {
+    json!({"model": model, "prompt": PROMPT, "max_tokens": 2})
+}
+
 /// A completion request's status and body.
-fn post_completion(base: &str, model: &str) -> (u16, String) {
+pub(crate) fn post_completion(base: &str, body: &Value) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into();
-    let body = json!({"model": model, "prompt": PROMPT, "max_tokens": 2});
     let mut r = agent
         .post(format!("{base}/v1/completions"))
         .header("Content-Type", "application/json")
@@ -900,7 +904,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
         .clone()
         .expect("the worker serves HTTP at its address");
     let c_http = c.http.clone().unwrap();
-    let (code, body) = post_completion(&w_http, "");
+    let (code, body) = post_completion(&w_http, &two_tokens(""));
     assert_eq!(code, 503, "a worker serves no model: {body}");
     let load = |grpc: &str, file: &str| load_model(grpc, file, 2);
     let n = 8;
@@ -919,7 +923,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     let done = generate_json(&w.grpc, PROMPT, n as u32);
     assert_eq!(done["text"].as_str(), Some(want.as_str()), "{done}");
     // The first daemon gave its model up and runs a stage of the new plan.
-    let (code, body) = post_completion(&c_http, &stem(&smol));
+    let (code, body) = post_completion(&c_http, &two_tokens(&stem(&smol)));
     assert_eq!(code, 503, "{body}");
     let cs = status(&c.grpc);
     assert_eq!(cs.plan_version, plan.version, "{cs:?}");
@@ -936,7 +940,7 @@ fn a_load_on_any_node_makes_it_the_coordinator_of_another_model() {
     assert_eq!(back.coordinator, status(&c.grpc).node_id);
     assert!(back.version > plan.version);
     answers_as_one_machine(&c_http, &smol, n);
-    let (code, body) = post_completion(&w_http, &stem(&gemma));
+    let (code, body) = post_completion(&w_http, &two_tokens(&stem(&gemma)));
     assert_eq!(code, 503, "{body}");
     assert_eq!(status(&w.grpc).plan_version, back.version);
 }

@@ -62,10 +62,6 @@ impl ModelDrafter {
             seqs: HashMap::new(),
         }
     }
-
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
-    }
 }
 
 impl Drafter for ModelDrafter {

@@ -76,7 +76,10 @@ impl NodeRuntime {
         }
         self.members.poke();
         let RoundStep::Plan(nodes) = next_step(steps).await? else {
-            return Err(NodeError::NotReady("the round skipped planning".into()));
+            return Err(NodeError::NotReady(
+                "internal error: the membership round asked to apply before it asked for a plan"
+                    .into(),
+            ));
         };
         self.set_status(|s| s.state = "loading".into());
         let mut seen = self.mesh.peers().await.map_err(|e| t(&e))?;

@@ -512,7 +512,7 @@ impl<B: Backend> Scheduler<B> {
         // cannot be cut, a prompt's last token waits for the next step, so
         // the state of all but that token can be kept for prefix reuse.
         let hold_last = !self.backend.cuts_anywhere() && self.cfg.cache_entries > 0;
-        let started = std::time::Instant::now();
+        let started = self.spec.is_some().then(std::time::Instant::now);
         let drafting = match self.spec.as_mut() {
             Some(s) => s.payoff.as_mut().is_none_or(|p| p.draft_now()),
             None => false,
@@ -624,9 +624,9 @@ impl<B: Backend> Scheduler<B> {
         }
         self.metrics.decoded(sampled);
         // Decode-only steps tell whether drafting pays.
-        if prefill == 0 {
+        if let (0, Some(t)) = (prefill, started) {
             if let Some(p) = self.spec.as_mut().and_then(|s| s.payoff.as_mut()) {
-                p.learn(drafted, started.elapsed(), sampled);
+                p.learn(drafted, t.elapsed(), sampled);
             }
         }
         self.retire();

@@ -13,16 +13,13 @@ use super::*;
 
 /// Proposes the fake model's argmax, except where a hash of the position
 /// says to propose the next token id instead (a wrong guess).
-struct Guess {
-    asked: usize,
-}
+struct Guess;
 
 impl Drafter for Guess {
     fn draft(&mut self, asks: &[DraftAsk<'_>]) -> dwarfstar_model::Result<Vec<Vec<u32>>> {
         Ok(asks
             .iter()
             .map(|a| {
-                self.asked += a.k;
                 let mut h = a.history.to_vec();
                 for _ in 0..a.k {
                     let mut t = argmax(&next_logits(&h));
@@ -42,7 +39,7 @@ impl Drafter for Guess {
 fn spec(max_tokens: usize) -> Speculation {
     // Every step drafts: the output must not depend on when it does.
     Speculation {
-        drafter: Box::new(Guess { asked: 0 }),
+        drafter: Box::new(Guess),
         max_tokens,
         payoff: None,
     }
