@@ -583,16 +583,28 @@ impl EventLoop {
             },
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 let me = *self.swarm.local_peer_id();
+                // One dial per peer with every address it announced: a
+                // dial of one address at a time would be refused while the
+                // first is in flight, and the first may be a loopback
+                // address, which on another machine (or in another network
+                // namespace) leads to this node's own listener.
+                let mut by_peer: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
                 for (peer, addr) in list {
+                    match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+                        Some((_, addrs)) => addrs.push(addr),
+                        None => by_peer.push((peer, vec![addr])),
+                    }
+                }
+                for (peer, addrs) in by_peer {
                     if peer == me || self.swarm.is_connected(&peer) {
                         continue;
                     }
                     if self.discovered.insert(peer) {
-                        tracing::info!(%peer, %addr, "discovered by mDNS");
-                        self.emit(MeshEvent::PeerDiscovered(peer, addr.clone()));
+                        tracing::info!(%peer, addrs = ?addrs, "discovered by mDNS");
+                        self.emit(MeshEvent::PeerDiscovered(peer, addrs[0].clone()));
                     }
                     let opts = DialOpts::peer_id(peer)
-                        .addresses(vec![addr])
+                        .addresses(addrs)
                         .condition(PeerCondition::DisconnectedAndNotDialing)
                         .build();
                     if let Err(e) = self.swarm.dial(opts) {
