@@ -1,7 +1,7 @@
 //! `dwarfstar`: the DwarfStar command-line tool and daemon.
 //!
 //! Subcommands: `run` (one-shot generation), `tokenize`, `inspect`,
-//! `bench`, `plan --simulate` (the offline simulator), and more. Each lives in its own module under [`cli`].
+//! `bench`, `serve` and `join` (the daemon), `plan --simulate` (the offline simulator), and more. Each lives in its own module under [`cli`].
 
 mod cli;
 mod node;
@@ -35,6 +35,9 @@ enum Command {
     Quality(cli::quality::QualityArgs),
     /// Serve the OpenAI-compatible HTTP API and chat page (continuous batching).
     Serve(Box<serve::ServeArgs>),
+    /// Join a mesh with the token its first node printed (`serve --mesh`):
+    /// `serve --join TOKEN`, with every flag of serve.
+    Join(Box<serve::JoinArgs>),
     /// Write a synthetic MoE GGUF (deepseek2 or deepseek4) of realistic shape and size.
     Synth(cli::synth::SynthArgs),
     /// Plan and predict a model on machines described in a hardware file (offline).
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Serve(a) => serve::run(*a),
+        Command::Join(a) => serve::run(a.into_serve()?),
         Command::Synth(a) => cli::synth::run(a),
         Command::Plan(a) => cli::plan::run(a),
     }

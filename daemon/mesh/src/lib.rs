@@ -38,6 +38,7 @@ pub mod secret;
 pub mod shard;
 pub mod stream;
 pub mod sysinfo;
+pub mod token;
 pub mod wire;
 
 pub use codec::{f32s_from_bytes, f32s_to_bytes, Frame, FrameDecoder, FrameError, FrameLimits};
@@ -50,6 +51,7 @@ pub use protocol::MAX_CONTROL;
 pub use quic::DataPlaneError;
 pub use secret::{JoinSecret, SecretError};
 pub use stream::{FrameReceiver, FrameSender, FrameStream, StreamError};
+pub use token::{JoinToken, TokenError};
 pub use wire::{Addresses, Capabilities, DType, FrameHeader, FrameKind, ModelInfo};
 
 /// Errors at the mesh's boundary.

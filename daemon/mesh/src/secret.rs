@@ -66,6 +66,45 @@ impl JoinSecret {
         }
     }
 
+    /// A fresh random secret (32 bytes from the OS's generator).
+    pub fn generate() -> JoinSecret {
+        use rand::RngCore;
+        let mut b = vec![0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        JoinSecret(b)
+    }
+
+    /// The secret kept in `path`, or a fresh one written there (readable by its owner only)
+    /// when the file does not exist: a node that starts a mesh keeps its secret across restarts.
+    pub fn load_or_create(path: &Path) -> Result<JoinSecret, SecretError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            return JoinSecret::from_file(path);
+        }
+        let s = JoinSecret::generate();
+        let hex: String = s.0.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(hex.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        // What is read back is what other nodes get: the hex text.
+        JoinSecret::new(hex.into_bytes())
+    }
+
+    /// The secret's bytes (for the join token).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The libp2p private-network pre-shared key.
     pub(crate) fn pnet_key(&self) -> [u8; 32] {
         blake3::derive_key(PNET_CONTEXT, &self.0)
@@ -99,6 +138,22 @@ mod tests {
             JoinSecret::new(Vec::new()),
             Err(SecretError::Empty)
         ));
+    }
+
+    #[test]
+    fn a_created_secret_is_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dwarfstar-secret-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("join-secret");
+        let _ = std::fs::remove_file(&p);
+        let a = JoinSecret::load_or_create(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = JoinSecret::load_or_create(&p).unwrap();
+        assert_eq!(a.pnet_key(), b.pnet_key());
+        assert_eq!(a.bytes().len(), 64);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dwarfstar_mesh::{sysinfo, JoinSecret, Mesh, MeshConfig, Multiaddr};
+use dwarfstar_mesh::token::is_routable;
+use dwarfstar_mesh::{sysinfo, JoinSecret, JoinToken, Mesh, MeshConfig, MeshHandle, Multiaddr};
 use dwarfstar_planner::NodeCaps;
 use tokio::runtime::Handle;
 
@@ -18,12 +19,29 @@ use super::runtime::{node_caps, NodeRuntime, NodeSettings};
 
 /// Environment variable holding the join secret (when no file is given).
 pub const SECRET_ENV: &str = "DWARFSTAR_SECRET";
+/// Environment variable holding a join token (when `--join` is not given).
+pub const JOIN_ENV: &str = "DWARFSTAR_JOIN";
+/// The file in the state folder holding the secret of a mesh this node started (`--mesh`).
+pub const SECRET_FILE: &str = "join-secret";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct MeshArgs {
+    /// Start a mesh (or rejoin the one this node started): its secret is
+    /// kept in the state folder, made on first use, and the daemon prints
+    /// the one-line join token other machines pass to `dwarfstar join`.
+    #[arg(long)]
+    pub mesh: bool,
+    /// Join a mesh with the token its first node printed (or set
+    /// DWARFSTAR_JOIN): the token holds the secret and addresses to dial.
+    #[arg(long, value_name = "TOKEN", conflicts_with_all = ["secret_file", "mesh"])]
+    pub join: Option<String>,
+    /// Join a mesh with the token kept in this file (e.g. a systemd
+    /// credential; deploy/install.sh writes one readable by root only).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["join", "secret_file", "mesh"])]
+    pub join_file: Option<PathBuf>,
     /// Join a mesh: a file holding the cluster's join secret (or set
-    /// DWARFSTAR_SECRET). Without either, the daemon serves alone.
-    #[arg(long, value_name = "FILE")]
+    /// DWARFSTAR_SECRET). Without any of these, the daemon serves alone.
+    #[arg(long, value_name = "FILE", conflicts_with = "mesh")]
     pub secret_file: Option<PathBuf>,
     /// Where the node keeps its identity key and benchmark cache
     /// [default: ~/.local/state/dwarfstar].
@@ -67,14 +85,48 @@ pub struct MeshArgs {
 }
 
 impl MeshArgs {
-    /// The join secret, when this daemon is to join a mesh.
+    /// The join secret, when this daemon is to join a mesh: from
+    /// `--secret-file`, a join token (`--join`, DWARFSTAR_JOIN),
+    /// DWARFSTAR_SECRET, or the state folder's (`--mesh`), in that order.
     pub fn secret(&self) -> Result<Option<JoinSecret>> {
         if let Some(f) = &self.secret_file {
             return Ok(Some(
                 JoinSecret::from_file(f).with_context(|| format!("secret file {}", f.display()))?,
             ));
         }
-        Ok(JoinSecret::from_env(SECRET_ENV)?)
+        if let Some(t) = self.token()? {
+            return Ok(Some(t.secret));
+        }
+        if let Some(s) = JoinSecret::from_env(SECRET_ENV)? {
+            return Ok(Some(s));
+        }
+        if self.mesh {
+            let dir = self.state_dir();
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("state dir {}", dir.display()))?;
+            return Ok(Some(JoinSecret::load_or_create(&dir.join(SECRET_FILE))?));
+        }
+        Ok(None)
+    }
+
+    /// The join token given, if any (`--join`, `--join-file`, else
+    /// DWARFSTAR_JOIN).
+    pub fn token(&self) -> Result<Option<JoinToken>> {
+        if let Some(f) = &self.join_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("--join-file {}", f.display()))?;
+            let t =
+                JoinToken::parse(&text).with_context(|| format!("--join-file {}", f.display()))?;
+            return Ok(Some(t));
+        }
+        let text = match &self.join {
+            Some(t) => t.clone(),
+            None => match std::env::var(JOIN_ENV) {
+                Ok(t) if !t.trim().is_empty() && self.secret_file.is_none() => t,
+                _ => return Ok(None),
+            },
+        };
+        Ok(Some(JoinToken::parse(&text).context("--join")?))
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -167,6 +219,7 @@ pub async fn join(
         Some(s) => parse_size(s)?,
         None => probe.free_ram * 3 / 4,
     };
+    let token_secret = secret.clone();
     let mut cfg = MeshConfig::new(&state, secret);
     if let Some(a) = args.mesh_addr {
         cfg.listen = vec![multiaddr(&a.to_string())?];
@@ -179,6 +232,9 @@ pub async fn join(
         .iter()
         .map(|p| multiaddr(p))
         .collect::<Result<_>>()?;
+    if let Some(t) = args.token()? {
+        cfg.static_peers.extend(t.peers);
+    }
     cfg.mdns = !args.no_mdns;
     cfg.caps = sysinfo::capabilities(&probe, &bench, budget);
     cfg.caps.name = super::local::host_name();
@@ -186,19 +242,27 @@ pub async fn join(
     let mut announced = cfg.caps.clone();
     let (mesh, events) = Mesh::start(cfg).await.context("starting the mesh")?;
     let info = mesh.local_info().await?;
+    let wildcard = args.mesh_addr.is_none_or(|a| a.ip().is_unspecified());
+    let listen = dialable_addrs(&mesh, wildcard, info.listen_addrs).await;
     announced.id = info.peer.to_string();
     let a = announced.addresses.get_or_insert_with(Default::default);
     a.quic = info.quic_addr.to_string();
-    a.libp2p = info.listen_addrs.iter().map(|a| a.to_string()).collect();
+    a.libp2p = listen.iter().map(|a| a.to_string()).collect();
     println!(
         "dwarfstar mesh: node {} on {} (QUIC {})",
         info.peer,
-        info.listen_addrs
+        listen
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", "),
         info.quic_addr
+    );
+    // The line a user copies to the other machines; it holds the secret.
+    let token = JoinToken::new(token_secret, &listen);
+    println!(
+        "dwarfstar mesh: to add a machine, run there: dwarfstar join {}",
+        token.encode()
     );
     let inventory_dir = models_dir.clone();
     let node = NodeRuntime::new(
@@ -226,6 +290,26 @@ pub async fn join(
         n.set_inventory(models).await;
     });
     Ok(node)
+}
+
+/// The listen addresses to put in a join token. A listener on `0.0.0.0`
+/// reports each interface's address as the OS lists it, loopback often
+/// first: wait (up to 3 s) for one another machine can dial, so the token
+/// does not name only 127.0.0.1 (a machine with no other keeps that).
+async fn dialable_addrs(
+    mesh: &MeshHandle,
+    wildcard: bool,
+    mut addrs: Vec<Multiaddr>,
+) -> Vec<Multiaddr> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while wildcard && !addrs.iter().any(is_routable) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match mesh.local_info().await {
+            Ok(info) => addrs = info.listen_addrs,
+            Err(_) => break,
+        }
+    }
+    addrs
 }
 
 /// How long the coordinator waits for the nodes it was told to expect.

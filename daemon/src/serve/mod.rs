@@ -115,6 +115,35 @@ pub struct ServeArgs {
     pub mesh: MeshArgs,
 }
 
+/// `dwarfstar join TOKEN [serve's flags]`.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The join token another node printed (`dwarfstar serve --mesh`).
+    #[arg(value_name = "TOKEN")]
+    pub token: String,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl JoinArgs {
+    /// The `serve` this join is.
+    pub fn into_serve(self) -> Result<ServeArgs> {
+        let mut s = self.serve;
+        if s.mesh.join.is_some()
+            || s.mesh.join_file.is_some()
+            || s.mesh.secret_file.is_some()
+            || s.mesh.mesh
+        {
+            anyhow::bail!(
+                "`dwarfstar join TOKEN` takes the mesh from its token: drop --join, \
+                 --join-file, --secret-file and --mesh"
+            );
+        }
+        s.mesh.join = Some(self.token);
+        Ok(s)
+    }
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
     let secret = a.mesh.secret()?;
     let file = match &a.config {
@@ -143,7 +172,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if s.model_path.is_none() && secret.is_none() {
         anyhow::bail!(
             "no model: give --model PATH or [model] path in the config file (or join a mesh \
-             with --secret-file or DWARFSTAR_SECRET, to take a share of the models it loads)"
+             with `dwarfstar join TOKEN`, --secret-file or DWARFSTAR_SECRET, to take a share \
+             of the models it loads)"
         );
     }
 
