@@ -69,7 +69,7 @@ fn secret_file(dir: &Path, secret: &str) -> PathBuf {
 
 /// Reads stdout lines until one contains `what`; panics with stderr when
 /// the daemon exits first.
-fn wait_line(child: &mut Child, out: &mut BufReader<ChildStdout>, what: &str) -> String {
+pub(crate) fn wait_line(child: &mut Child, out: &mut BufReader<ChildStdout>, what: &str) -> String {
     let mut line = String::new();
     loop {
         line.clear();
@@ -417,6 +417,38 @@ pub(crate) fn status(grpc: &str) -> dwarfstar_proto::v1::StatusReply {
 /// Every node's status, from the coordinator, from each worker (it knows
 /// the plan it accepted) and on the chat page's status: all of them, each
 /// ready with its share, the shares covering every layer.
+/// `meshctl` against the daemon at `grpc`: stdout, or the error.
+pub(crate) fn meshctl(grpc: &str, args: &[&str]) -> Result<String, String> {
+    let mut out = Vec::new();
+    let head = ["meshctl", "--addr", grpc];
+    meshctl::run_args(head.iter().chain(args), &mut out).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// `meshctl cluster status --json` answers what `meshctl status --json`
+/// does (all but the memory in use, which moves between two calls), and
+/// `cluster peers` / `cluster plan` likewise.
+fn meshctl_cluster_status_is_status(grpc: &str) {
+    let json = |args: &[&str]| -> Value {
+        let mut v: Value = serde_json::from_str(&meshctl(grpc, args).unwrap()).unwrap();
+        for n in v["nodes"].as_array_mut().into_iter().flatten() {
+            n.as_object_mut().unwrap().remove("mem_used");
+        }
+        v
+    };
+    let short = json(&["--json", "status"]);
+    assert_eq!(json(&["--json", "cluster", "status"]), short);
+    assert!(!short["nodes"].as_array().unwrap().is_empty(), "{short}");
+    let plan = json(&["--json", "plan"]);
+    assert_eq!(json(&["--json", "cluster", "plan"]), plan);
+    let text = meshctl(grpc, &["cluster", "status"]).unwrap();
+    assert!(text.contains("NODE") && text.contains("ROLE"), "{text}");
+    let peers = meshctl(grpc, &["cluster", "peers"]).unwrap();
+    assert_eq!(peers, meshctl(grpc, &["peers"]).unwrap());
+    let err = meshctl(grpc, &["cluster", "frobnicate"]).unwrap_err();
+    assert!(err.contains("frobnicate"), "{err}");
+}
+
 fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: &Path) {
     use dwarfstar_proto::v1::{NodeState, Role};
     let n_layer = {
@@ -471,6 +503,7 @@ fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: 
     let r = status(&coord.grpc);
     check(&r, "coordinator");
     assert!(r.nodes[0].roles.contains(&(Role::Coordinator as i32)));
+    meshctl_cluster_status_is_status(&coord.grpc);
     // The generation above crossed the data plane.
     let t = r.nodes[0].traffic.unwrap_or_default();
     assert!(t.frames_sent > 0 && t.bytes_sent > 0, "{t:?}");

@@ -1,11 +1,14 @@
 //! `meshctl`: the command-line client of a DwarfStar daemon's gRPC Control
 //! service (`dwarfstar.v1.Control`). It parses flags, makes one call, and
 //! prints the answer as a table (or one JSON object with `--json`); the
-//! rendering lives in [`render`].
+//! rendering lives in [`render`]. The binary is [`main`]; [`run_args`]
+//! runs one command line with its output into any writer (the tests use it
+//! against live daemons).
 
 mod render;
 mod simulate;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,7 +45,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, PartialEq)]
 enum Command {
     /// Every node: address, role, layers and experts held, memory, state.
     Status,
@@ -56,9 +59,39 @@ enum Command {
     Load(LoadArgs),
     /// Generate text, as `dwarfstar run` does (same flags, same --json).
     Generate(GenerateArgs),
+    /// The cluster as a whole: `cluster status`, `cluster peers` and
+    /// `cluster plan` are `status`, `peers` and `plan`.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
 }
 
-#[derive(Args, Debug)]
+#[derive(Subcommand, Debug, PartialEq)]
+enum ClusterCommand {
+    /// Every node: address, role, layers and experts held, memory, state.
+    Status,
+    /// Every known peer with its capabilities and link.
+    Peers,
+    /// The plan in force (or a preview, or a simulation; see `plan`).
+    Plan(PlanArgs),
+}
+
+impl Command {
+    /// The command a `cluster` form names (the short forms are themselves).
+    fn resolve(self) -> Command {
+        match self {
+            Command::Cluster { command } => match command {
+                ClusterCommand::Status => Command::Status,
+                ClusterCommand::Peers => Command::Peers,
+                ClusterCommand::Plan(a) => Command::Plan(a),
+            },
+            c => c,
+        }
+    }
+}
+
+#[derive(Args, Debug, PartialEq)]
 #[command(group(ArgGroup::new("mode").args(["preview", "simulate"])))]
 struct PlanArgs {
     /// Compute a fresh plan with the options below, without applying it.
@@ -97,7 +130,7 @@ struct PlanArgs {
     profiles: Option<std::path::PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, PartialEq)]
 struct LoadArgs {
     /// Model name (in the daemon's models directory) or path.
     #[arg(long, short = 'm')]
@@ -111,7 +144,7 @@ struct LoadArgs {
 }
 
 /// `dwarfstar run`'s generation flags; unset ones take its defaults.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, PartialEq)]
 struct GenerateArgs {
     /// Prompt text (special tokens are parsed, BOS added as the model says).
     #[arg(long, short = 'p', conflicts_with = "prompt_ids")]
@@ -286,14 +319,18 @@ fn generate_request(a: &GenerateArgs) -> Result<GenerateRequest> {
     })
 }
 
-async fn generate(client: &mut Client, a: &GenerateArgs, json: bool) -> Result<()> {
+async fn generate(
+    client: &mut Client,
+    a: &GenerateArgs,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     let req = generate_request(a)?;
     let mut stream = client
         .generate(req)
         .await
         .map_err(|s| call_error("generate", s))?
         .into_inner();
-    let stdout = std::io::stdout();
     loop {
         let ev = match stream.message().await {
             Ok(Some(ev)) => ev,
@@ -302,16 +339,15 @@ async fn generate(client: &mut Client, a: &GenerateArgs, json: bool) -> Result<(
         };
         match ev.event {
             Some(generate_event::Event::Token(t)) if !json => {
-                let mut out = stdout.lock();
-                let _ = out.write_all(t.text.as_bytes());
-                let _ = out.flush();
+                out.write_all(t.text.as_bytes())?;
+                out.flush()?;
             }
             Some(generate_event::Event::Token(_)) => {}
             Some(generate_event::Event::Done(d)) => {
                 if json {
-                    println!("{}", d.json);
+                    writeln!(out, "{}", d.json)?;
                 } else {
-                    println!("{}", d.tail);
+                    writeln!(out, "{}", d.tail)?;
                     let n = (d.n_generated as f64).max(1.0);
                     eprintln!(
                         "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated {} tokens in {:.3}s ({:.1} tok/s); stop: {}",
@@ -331,7 +367,8 @@ async fn generate(client: &mut Client, a: &GenerateArgs, json: bool) -> Result<(
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(mut cli: Cli, out: &mut dyn Write) -> Result<()> {
+    cli.command = std::mem::replace(&mut cli.command, Command::Status).resolve();
     // Check what can be checked before connecting.
     if let Command::Generate(a) = &cli.command {
         generate_request(a)?;
@@ -351,6 +388,7 @@ async fn run(cli: Cli) -> Result<()> {
                     profiles: a.profiles.clone(),
                 },
                 cli.json,
+                out,
             );
         }
     }
@@ -364,9 +402,9 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|s| call_error("status", s))?
                 .into_inner();
             if json {
-                println!("{}", render::status_json(&r));
+                writeln!(out, "{}", render::status_json(&r))?;
             } else {
-                print!("{}", render::status_text(&r));
+                write!(out, "{}", render::status_text(&r))?;
             }
         }
         Command::Peers => {
@@ -376,9 +414,9 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|s| call_error("peers", s))?
                 .into_inner();
             if json {
-                println!("{}", render::peers_json(&r));
+                writeln!(out, "{}", render::peers_json(&r))?;
             } else {
-                print!("{}", render::peers_text(&r));
+                write!(out, "{}", render::peers_text(&r))?;
             }
         }
         Command::Plan(a) => {
@@ -393,11 +431,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|s| call_error("plan", s))?
                 .into_inner();
             if json {
-                println!("{}", render::plan_reply_json(&r));
+                writeln!(out, "{}", render::plan_reply_json(&r))?;
             } else {
                 match &r.plan {
-                    Some(p) => print!("{}", render::plan_text(p, r.applied)),
-                    None => println!("no plan: no model is loaded (meshctl load --model NAME)"),
+                    Some(p) => write!(out, "{}", render::plan_text(p, r.applied))?,
+                    None => writeln!(
+                        out,
+                        "no plan: no model is loaded (meshctl load --model NAME)"
+                    )?,
                 }
             }
         }
@@ -412,39 +453,58 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|s| call_error("load", s))?
                 .into_inner();
             if json {
-                println!("{}", render::load_json(&r));
+                writeln!(out, "{}", render::load_json(&r))?;
             } else {
                 if r.unchanged {
-                    println!("{} is already loaded", r.model);
+                    writeln!(out, "{} is already loaded", r.model)?;
                 } else {
-                    println!("loaded {} in {} ms", r.model, r.load_ms);
+                    writeln!(out, "loaded {} in {} ms", r.model, r.load_ms)?;
                 }
                 if let Some(p) = &r.plan {
-                    print!("{}", render::plan_text(p, true));
+                    write!(out, "{}", render::plan_text(p, true))?;
                 }
             }
         }
-        Command::Generate(a) => generate(&mut client, a, json).await?,
+        Command::Generate(a) => generate(&mut client, a, json, out).await?,
+        Command::Cluster { .. } => unreachable!("resolved above"),
     }
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// A command line that failed: bad flags, or a call that failed; the
+/// message names the cause chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(String);
+
+/// Runs one command line (`args[0]` is the program name) with its output
+/// into `out`, on a runtime of its own.
+pub fn run_args<I, T>(args: I, out: &mut dyn Write) -> Result<(), Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| Error(e.to_string()))?;
+    block_on(cli, out)
+}
+
+fn block_on(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("meshctl: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
+        .map_err(|e| Error(format!("starting the async runtime: {e}")))?;
+    rt.block_on(run(cli, out))
+        .map_err(|e| Error(format!("{e:#}")))
+}
+
+/// The `meshctl` binary: the process's arguments, output to stdout.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    match block_on(cli, &mut stdout.lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshctl: {e:#}");
+            eprintln!("meshctl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -526,5 +586,24 @@ mod tests {
             Cli::try_parse_from(["meshctl", "plan", "--preview", "--simulate", "hw.toml"]).is_err()
         );
         assert!(Cli::try_parse_from(["meshctl", "load"]).is_err());
+    }
+
+    #[test]
+    fn cluster_forms_are_the_short_commands() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
+                .unwrap()
+                .command
+                .resolve()
+        };
+        assert_eq!(parse(&["cluster", "status"]), parse(&["status"]));
+        assert_eq!(parse(&["cluster", "peers"]), parse(&["peers"]));
+        assert_eq!(
+            parse(&["cluster", "plan", "--preview", "--stages", "2"]),
+            parse(&["plan", "--preview", "--stages", "2"])
+        );
+        assert_ne!(parse(&["cluster", "status"]), parse(&["peers"]));
+        assert!(Cli::try_parse_from(["meshctl", "cluster"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "cluster", "load"]).is_err());
     }
 }

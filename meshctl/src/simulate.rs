@@ -54,7 +54,7 @@ fn load_profiles(dir: Option<&Path>) -> Result<Profiles> {
 }
 
 /// Simulates and prints (text, or JSON with `json`).
-pub fn run(hw_path: &Path, a: &SimArgs, json: bool) -> Result<()> {
+pub fn run(hw_path: &Path, a: &SimArgs, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
     let Some(model) = &a.model else {
         bail!(
             "--simulate needs --model (built-in: {})",
@@ -78,9 +78,9 @@ pub fn run(hw_path: &Path, a: &SimArgs, json: bool) -> Result<()> {
         },
     )?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", sim::render(&report));
+        write!(out, "{}", sim::render(&report))?;
     }
     Ok(())
 }
