@@ -15,6 +15,7 @@ mod inspect;
 mod kv_file;
 mod kv_quant;
 mod kv_v4;
+mod lan;
 mod liveness;
 mod mesh;
 mod paging;
