@@ -7,6 +7,7 @@ reason, where no Chromium is installed on a developer's machine; under CI (CI se
 .ci/run runs, which installs Debian's `chromium`) a missing Chromium fails the test.
 """
 
+import base64
 import fcntl
 import json
 import os
@@ -152,7 +153,7 @@ def test_the_chat_page_streams_a_reply(server):
         while True:
             state = b.js("(() => { const m = document.querySelectorAll('.msg.assistant');"
                          " const last = m[m.length - 1];"
-                         " return last ? {text: last.textContent, done: last.dataset.done} : null; })()")
+                         " return last ? {text: last.dataset.raw, done: last.dataset.done} : null; })()")
             if state and (not seen or seen[-1] != state["text"]):
                 seen.append(state["text"])
             if state and state["done"] == "1":
@@ -169,5 +170,95 @@ def test_the_chat_page_streams_a_reply(server):
         # The input was cleared and the page can send again.
         assert b.js("document.getElementById('input').value") == ""
         assert b.js("document.getElementById('send').disabled") is False
+        # The model picker lists the served model.
+        assert b.js("[...document.querySelectorAll('#model-pick option')].map(o => o.value)") == [MODEL_ID]
+
+        # The conversation is kept in the browser: a reload shows it again.
+        b.page("Page.reload")
+        b.wait_for("document.querySelectorAll('#chats li').length === 1")
+        assert b.js("document.querySelector('.msg.user').textContent") == QUESTION
+        assert b.js("document.querySelector('.msg.assistant').dataset.raw") == want
+        # A new conversation starts empty; the old one comes back from the list.
+        b.js("document.getElementById('clear').click(); true")
+        assert b.js("document.querySelectorAll('.msg').length") == 0
+        b.js("document.querySelector('#chats li').click(); true")
+        assert b.js("document.querySelectorAll('.msg').length") == 2
+
+        # Stop: a long sampled reply is cut, kept as far as it came, and the page sends again.
+        b.js("document.getElementById('clear').click();"
+             "document.getElementById('temperature').value = '1';"
+             "document.getElementById('max-tokens').value = '2000';"
+             "document.getElementById('input').value = 'Write a long story about a dragon.';"
+             "document.getElementById('chat').requestSubmit(); true")
+        b.wait_for("(document.querySelector('.msg.assistant') || {dataset: {}}).dataset.raw.length > 20")
+        b.js("document.getElementById('stop').click(); true")
+        b.wait_for("document.querySelector('.msg.assistant').dataset.done === '1'", timeout=30)
+        assert b.js("document.getElementById('send').disabled") is False
+        assert b.js("document.querySelectorAll('.msg.error').length") == 0
+        assert b.js("JSON.parse(localStorage.getItem('dwarfstar.chats')).length") == 2
+
+        # The picture of the page, kept as a CI artifact.
+        shot = b.page("Page.captureScreenshot", format="png")["data"]
+        out = os.environ.get("DWARFSTAR_ARTIFACTS") or os.path.join(
+            os.path.dirname(__file__), "..", "..", "target", "artifacts")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "chat-page.png"), "wb") as f:
+            f.write(base64.b64decode(shot))
+    finally:
+        b.close()
+
+
+MARKDOWN = """# Title
+Some **bold**, *italic*, `code` and a [link](https://example.com), snake_case_name.
+
+- one
+- two <script>alert(1)</script>
+
+1. first
+2. second
+
+```rust
+fn main() { println!("<b>hi</b>"); }
+```
+"""
+
+
+@pytest.mark.skipif(CHROME is None and not os.environ.get("CI"),
+                    reason="Chromium is not installed (apt-get install chromium); the page test needs it")
+def test_replies_render_as_markdown_without_markup_injection(server):
+    if CHROME is None:
+        pytest.fail("CI must run the chat-page test, but Chromium is not installed (apt-get install chromium)")
+    b = Browser()
+    try:
+        b.page("Page.enable")
+        b.page("Page.navigate", url=server.base + "/")
+        b.wait_for("typeof renderMarkdown === 'function'")
+        got = b.js("(() => { const d = document.createElement('div');"
+                   f" d.appendChild(renderMarkdown({json.dumps(MARKDOWN)})); return {{"
+                   " h: d.querySelector('h1').textContent,"
+                   " strong: d.querySelector('strong').textContent,"
+                   " em: [...d.querySelectorAll('em')].map(e => e.textContent),"
+                   " code: d.querySelector('p code').textContent,"
+                   " href: d.querySelector('a').href,"
+                   " ul: [...d.querySelectorAll('ul li')].map(e => e.textContent),"
+                   " ol: [...d.querySelectorAll('ol li')].map(e => e.textContent),"
+                   " lang: d.querySelector('pre code').dataset.lang,"
+                   " block: d.querySelector('pre code').textContent,"
+                   " scripts: d.querySelectorAll('script, b').length }; })()")
+        assert got["h"] == "Title"
+        assert got["strong"] == "bold"
+        assert got["em"] == ["italic"], "snake_case stays text"
+        assert got["code"] == "code"
+        assert got["href"] == "https://example.com/"
+        assert got["ul"] == ["one", "two <script>alert(1)</script>"]
+        assert got["ol"] == ["first", "second"]
+        assert got["lang"] == "rust"
+        assert got["block"] == 'fn main() { println!("<b>hi</b>"); }'
+        assert got["scripts"] == 0, "model output never becomes markup"
+        # A reply still streaming, inside an unclosed fence, renders as code so far.
+        partial = b.js("(() => { const d = document.createElement('div');"
+                       " d.appendChild(renderMarkdown('text\\n```py\\nx = 1')); "
+                       " return d.querySelector('pre code').textContent; })()")
+        assert partial == "x = 1"
     finally:
         b.close()
