@@ -449,6 +449,42 @@ fn meshctl_cluster_status_is_status(grpc: &str) {
     assert!(err.contains("frobnicate"), "{err}");
 }
 
+/// The coordinator's `/metrics` counts its calls to every other node of the
+/// plan: frames and bytes each way, round trips and their time.
+fn peer_metrics_name_each_peer(http: &str, r: &dwarfstar_proto::v1::StatusReply) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let text = agent
+        .get(format!("{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let value = |name: &str, peer: &str| -> f64 {
+        let key = format!("{name}{{peer=\"{peer}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    for n in r.nodes.iter().filter(|n| !n.local) {
+        let trips = value("dwarfstar_peer_round_trips_total", &n.id);
+        assert!(trips > 0.0, "{}: {trips}", n.id);
+        assert!(value("dwarfstar_peer_bytes_sent_total", &n.id) > 0.0);
+        assert!(value("dwarfstar_peer_bytes_received_total", &n.id) > 0.0);
+        let secs = value("dwarfstar_peer_round_trip_seconds_total", &n.id);
+        assert!(secs > 0.0 && secs / trips < 5.0, "{}: {secs} s", n.id);
+    }
+    assert!(
+        text.contains("dwarfstar_weights_io_stall_seconds_total "),
+        "{text}"
+    );
+}
+
 fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: &Path) {
     use dwarfstar_proto::v1::{NodeState, Role};
     let n_layer = {
@@ -504,6 +540,9 @@ fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: 
     check(&r, "coordinator");
     assert!(r.nodes[0].roles.contains(&(Role::Coordinator as i32)));
     meshctl_cluster_status_is_status(&coord.grpc);
+    if let Some(http) = &coord.http {
+        peer_metrics_name_each_peer(http, &r);
+    }
     // The generation above crossed the data plane.
     let t = r.nodes[0].traffic.unwrap_or_default();
     assert!(t.frames_sent > 0 && t.bytes_sent > 0, "{t:?}");

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use dwarfstar_mesh::{Frame, FrameReceiver, FrameStream, MeshHandle, PeerId};
@@ -46,21 +47,29 @@ async fn send_request(
     peer: PeerId,
     h: FrameHeader,
     payload: Bytes,
-) -> Result<FrameReceiver> {
+) -> Result<Sent> {
     let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
     let (mut tx, rx) = mesh.open_stream(peer).await.map_err(|e| t(&e))?;
-    traffic::sent(&h, payload.len());
+    let at = Instant::now();
+    traffic::sent(&peer.to_string(), &h, payload.len());
     tx.send_frame(&h, payload).await.map_err(|e| t(&e))?;
     tx.finish().map_err(|e| t(&e))?;
-    Ok(rx)
+    Ok(Sent { rx, at })
+}
+
+/// A request on its way: the stream its answer comes on, and when it left.
+struct Sent {
+    rx: FrameReceiver,
+    at: Instant,
 }
 
 /// Reads the answer to a request [`send_request`] sent.
-async fn read_answer(mut rx: FrameReceiver, peer: PeerId) -> Result<(FrameHeader, Bytes)> {
+async fn read_answer(sent: Sent, peer: PeerId) -> Result<(FrameHeader, Bytes)> {
     let t = |e: &dyn std::fmt::Display| NodeError::Transport(format!("{peer}: {e}"));
+    let Sent { mut rx, at } = sent;
     match rx.recv_frame().await.map_err(|e| t(&e))? {
         Some(f) => {
-            traffic::answered(&f.header, f.payload.len());
+            traffic::answered(&peer.to_string(), &f.header, f.payload.len(), at.elapsed());
             Ok((f.header, f.payload))
         }
         None => Err(t(&"stream closed without an answer")),
@@ -129,7 +138,7 @@ pub struct MeshExperts {
 struct Pending {
     rt: Handle,
     peer: PeerId,
-    rx: FrameReceiver,
+    rx: Sent,
     lost: LostPeers,
 }
 

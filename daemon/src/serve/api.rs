@@ -148,6 +148,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     if let Some(s) = store {
         text.push_str(&super::metrics::render_store(&s));
     }
+    if st.mesh.is_some() {
+        text.push_str(&super::metrics::render_peers(
+            &crate::node::traffic::per_peer(),
+        ));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -292,11 +292,56 @@ impl Metrics {
     }
 }
 
+/// Per-peer data-plane traffic (this node's calls to each peer) in the
+/// Prometheus text exposition: frames and bytes each way, round trips and
+/// their summed time (a hop's mean latency is the ratio of the last two).
+pub fn render_peers(peers: &[(String, crate::node::traffic::PeerTraffic)]) -> String {
+    let mut o = String::new();
+    if peers.is_empty() {
+        return o;
+    }
+    type Get = fn(&crate::node::traffic::PeerTraffic) -> f64;
+    let series: [(&str, &str, Get); 5] = [
+        (
+            "dwarfstar_peer_frames_sent_total",
+            "Request frames this node sent to the peer.",
+            |t| t.frames_sent as f64,
+        ),
+        (
+            "dwarfstar_peer_bytes_sent_total",
+            "Bytes of request frames sent to the peer.",
+            |t| t.bytes_sent as f64,
+        ),
+        (
+            "dwarfstar_peer_bytes_received_total",
+            "Bytes of the peer's answers.",
+            |t| t.answer_bytes as f64,
+        ),
+        (
+            "dwarfstar_peer_round_trips_total",
+            "Requests the peer answered.",
+            |t| t.answers as f64,
+        ),
+        (
+            "dwarfstar_peer_round_trip_seconds_total",
+            "Summed time from sending a request to the peer to reading its answer.",
+            |t| t.round_trip_s,
+        ),
+    ];
+    for (name, help, get) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (peer, t) in peers {
+            let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {}", get(t));
+        }
+    }
+    o
+}
+
 /// The weight store's figures (resident bytes, expert hit rate, bytes
 /// read) in the Prometheus text exposition.
 pub fn render_store(s: &dwarfstar_model::store::StoreStats) -> String {
     let mut o = String::new();
-    let rows: [(&str, &str, &str, f64); 6] = [
+    let rows: [(&str, &str, &str, f64); 7] = [
         (
             "dwarfstar_weights_paged",
             "gauge",
@@ -326,6 +371,12 @@ pub fn render_store(s: &dwarfstar_model::store::StoreStats) -> String {
             "counter",
             "Bytes of weights read from disk since loading.",
             s.bytes_read as f64,
+        ),
+        (
+            "dwarfstar_weights_io_stall_seconds_total",
+            "counter",
+            "Seconds the compute waited for weight reads from disk.",
+            s.io_stall_s,
         ),
         (
             "dwarfstar_weights_tokens_total",
