@@ -17,6 +17,7 @@ mod kv_quant;
 mod kv_v4;
 mod liveness;
 mod mesh;
+mod mtp;
 mod paging;
 mod paging_mesh;
 mod paging_v4;
