@@ -38,7 +38,7 @@ fn dir() -> PathBuf {
     fixtures().join("tiny-deepseek-v4")
 }
 
-fn gguf(label: &str) -> PathBuf {
+pub(crate) fn gguf(label: &str) -> PathBuf {
     dir().join(format!("tiny-dsv4-{label}.gguf"))
 }
 
@@ -516,9 +516,14 @@ fn dsv4_bad_metadata_names_the_key() {
     assert_each_bad_key_is_named(&gguf("f32"), cases);
 }
 
-/// The tiny file plus an MTP block as llama.cpp's MTP export lays it out
-/// (`blk.4.*` with `nextn.*`, `nextn_predict_layers = 1`).
 fn with_mtp() -> PathBuf {
+    with_mtp_tagged("bound")
+}
+
+/// The tiny file plus an MTP block as llama.cpp's MTP export lays it out
+/// (`blk.4.*` with `nextn.*`, `nextn_predict_layers = 1`), in a temporary
+/// file named by `tag`.
+pub(crate) fn with_mtp_tagged(tag: &str) -> PathBuf {
     let f = GgufFile::open(gguf("f32")).unwrap();
     let mut w = GgufWriter::new(f.alignment()).unwrap();
     for (k, v) in f.metadata().iter() {
@@ -579,7 +584,7 @@ fn with_mtp() -> PathBuf {
         )
         .unwrap();
     }
-    let path = std::env::temp_dir().join(format!("dsv4-mtp-{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("dsv4-mtp-{tag}-{}.gguf", std::process::id()));
     w.write_to_path(&path).unwrap();
     path
 }
@@ -614,6 +619,11 @@ fn dsv4_mtp_block_is_bound() {
 /// `block_count` nor held, compress ratios with the MTP slot; with
 /// `mtp_in_file`, ds4's `mtp.0.*` block is in the same file.
 fn ds4_trunk(mtp_in_file: bool) -> PathBuf {
+    ds4_trunk_tagged(mtp_in_file, "load")
+}
+
+/// [`ds4_trunk`] in a temporary file named by `tag`.
+pub(crate) fn ds4_trunk_tagged(mtp_in_file: bool, tag: &str) -> PathBuf {
     let f = GgufFile::open(gguf("f32")).unwrap();
     let mut w = GgufWriter::new(f.alignment()).unwrap();
     for (k, v) in f.metadata().iter() {
@@ -637,7 +647,7 @@ fn ds4_trunk(mtp_in_file: bool) -> PathBuf {
         add_ds4_mtp(&f, &mut w);
     }
     let path = std::env::temp_dir().join(format!(
-        "dsv4-ds4-trunk-{mtp_in_file}-{}.gguf",
+        "dsv4-ds4-trunk-{mtp_in_file}-{tag}-{}.gguf",
         std::process::id()
     ));
     w.write_to_path(&path).unwrap();
@@ -646,7 +656,7 @@ fn ds4_trunk(mtp_in_file: bool) -> PathBuf {
 
 /// ds4's `mtp.0.*` tensors: layer 3's (no compressor or indexer), split
 /// `e_proj`/`h_proj`, `enorm`, `hnorm`, `norm` and its own `hc_head_*`.
-fn add_ds4_mtp(f: &GgufFile, w: &mut GgufWriter) {
+pub(crate) fn add_ds4_mtp(f: &GgufFile, w: &mut GgufWriter) {
     use dwarfstar_gguf::GgmlType;
     for t in f.tensors() {
         let data = f.tensor_data(t).to_vec();

@@ -18,6 +18,7 @@ mod kv_v4;
 mod lan;
 mod liveness;
 mod mesh;
+mod mtp;
 mod paging;
 mod paging_mesh;
 mod paging_v4;

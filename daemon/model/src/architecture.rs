@@ -45,6 +45,11 @@ pub struct Capabilities {
     /// compressors) makes a cut recompute the kept prefix, so prefix
     /// reuse needs a state saved at the very length reused.
     pub cuts_anywhere: bool,
+    /// A state cut back to any length from the start of its last pass
+    /// (a short one: a verification of draft tokens) keeps its positions,
+    /// exactly: what speculative decoding needs. True wherever
+    /// `cuts_anywhere` is.
+    pub cuts_last_pass: bool,
 }
 
 /// A sequence's state as the generic code handles it: positions, the

@@ -52,6 +52,7 @@ impl Architecture for DenseModel {
             kv_types: KvType::ALL.to_vec(),
             kv_save: true,
             cuts_anywhere: true,
+            cuts_last_pass: true,
         }
     }
 

@@ -30,12 +30,36 @@ pub struct DraftAsk<'a> {
     pub k: usize,
 }
 
+/// What the target computed for one sequence in a step, shown to a
+/// drafter that drafts from the target's hidden state (MTP).
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub seq: u64,
+    /// Position of the first row of `hidden`.
+    pub pos0: usize,
+    /// The target's final hidden rows of the positions it holds from
+    /// `pos0` on (the step's kept positions).
+    pub hidden: &'a [f32],
+    /// Every token of the sequence so far.
+    pub history: &'a [u32],
+}
+
 /// Proposes the tokens a target model is likely to produce next.
 pub trait Drafter: Send {
     /// Up to `ask.k` proposed tokens per ask, in order.
     fn draft(&mut self, asks: &[DraftAsk<'_>]) -> Result<Vec<Vec<u32>>>;
     /// The sequence `seq` ended: drop its state.
     fn forget(&mut self, seq: u64);
+    /// Whether [`Drafter::observe`] wants the target's hidden rows after
+    /// each step.
+    fn wants_hidden(&self) -> bool {
+        false
+    }
+    /// The target's hidden rows of a step's sequences, once the step's
+    /// drafts are verified and cut back.
+    fn observe(&mut self, _seen: &[Observed<'_>]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A draft model's state of one sequence: the tokens it has run, and their

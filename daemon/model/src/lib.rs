@@ -27,6 +27,7 @@ pub mod deepseek4;
 pub mod dense;
 mod dense_arch;
 pub mod draft;
+pub mod draft_mtp;
 pub mod error;
 pub mod generate;
 

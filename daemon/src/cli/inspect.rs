@@ -186,12 +186,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if let Some(c) = &caps {
         let kv: Vec<&str> = c.kv_types.iter().map(|t| t.name()).collect();
         println!(
-            "capabilities:  paging {}, stages {}, expert_parallel {}, kv_save {}, cuts_anywhere {}, kv_types {}",
+            "capabilities:  paging {}, stages {}, expert_parallel {}, kv_save {}, cuts_anywhere {}, cuts_last_pass {}, kv_types {}",
             c.paging,
             c.stages,
             c.expert_parallel,
             c.kv_save,
             c.cuts_anywhere,
+            c.cuts_last_pass,
             kv.join(",")
         );
     }
@@ -269,6 +270,7 @@ fn caps_json(c: &Capabilities) -> serde_json::Value {
         "kv_types": kv,
         "kv_save": c.kv_save,
         "cuts_anywhere": c.cuts_anywhere,
+        "cuts_last_pass": c.cuts_last_pass,
     })
 }
 

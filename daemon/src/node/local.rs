@@ -53,6 +53,10 @@ impl Backend for Arc<Model> {
         self.capabilities().cuts_anywhere
     }
 
+    fn cuts_last_pass(&self) -> bool {
+        self.capabilities().cuts_last_pass
+    }
+
     fn compact(&self, s: &mut SeqState) {
         <Model as Backend>::compact(self, s)
     }
@@ -66,6 +70,10 @@ impl Backend for Arc<Model> {
         items: &mut [(&[u32], &mut SeqState, bool)],
     ) -> Result<Vec<Vec<f32>>, String> {
         <Model as Backend>::forward_batch(self, items)
+    }
+
+    fn hidden<'a>(&self, s: &'a SeqState) -> Option<(usize, &'a [f32])> {
+        <Model as Backend>::hidden(self, s)
     }
 }
 

@@ -94,6 +94,10 @@ pub struct ModelConfig {
     /// Draft on every step, even while drafting measures slower than plain
     /// decoding (default false: draft only while it pays).
     pub spec_always: bool,
+    /// Draft with the model's own MTP block (DeepSeek V4). Default: on
+    /// where the model has one and no `draft_model` is given; `true`
+    /// requires the block, `false` turns it off.
+    pub mtp: Option<bool>,
 }
 
 /// Draft tokens per step when neither the file nor a flag says.
@@ -102,7 +106,7 @@ pub const DEFAULT_SPEC_TOKENS: usize = 3;
 /// Speculative decoding's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DraftSettings {
-    pub model: PathBuf,
+    pub source: DraftSource,
     /// Most tokens drafted per sequence and step (at least 1).
     pub tokens: usize,
     /// Draft on every step, paying or not.
@@ -162,6 +166,17 @@ pub struct Overrides {
     pub draft_model: Option<PathBuf>,
     pub spec_tokens: Option<usize>,
     pub spec_always: bool,
+    pub mtp: Option<bool>,
+}
+
+/// What drafts for speculative decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DraftSource {
+    /// A smaller model of the same vocabulary.
+    Model(PathBuf),
+    /// The served model's MTP block; `required`: refuse a model without
+    /// one (else it decodes without drafts).
+    Mtp { required: bool },
 }
 
 /// Everything `serve` runs with, checked.
@@ -321,17 +336,25 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
     if spec_tokens == Some(0) {
         bail!("spec_tokens must be at least 1 (leave draft_model unset to decode without drafts)");
     }
-    let draft = match o.draft_model.or(model.draft_model) {
-        Some(m) => Some(DraftSettings {
-            model: m,
-            tokens: spec_tokens.unwrap_or(DEFAULT_SPEC_TOKENS),
-            always: o.spec_always || model.spec_always,
-        }),
-        None if spec_tokens.is_some() => {
-            bail!("spec_tokens needs a draft model: give --draft-model or [model] draft_model")
+    let mtp = o.mtp.or(model.mtp);
+    let source = match (o.draft_model.or(model.draft_model), mtp) {
+        (Some(_), Some(true)) => {
+            bail!("mtp and a draft model both asked for: choose one drafter")
         }
-        None => None,
+        (Some(m), _) => Some(DraftSource::Model(m)),
+        (None, Some(false)) if spec_tokens.is_some() => {
+            bail!("spec_tokens needs a drafter: give --draft-model, or leave mtp on")
+        }
+        (None, Some(false)) => None,
+        (None, mtp) => Some(DraftSource::Mtp {
+            required: mtp == Some(true),
+        }),
     };
+    let draft = source.map(|source| DraftSettings {
+        source,
+        tokens: spec_tokens.unwrap_or(DEFAULT_SPEC_TOKENS),
+        always: o.spec_always || model.spec_always,
+    });
     let lost_after = mesh.lost_after_ms.map(lost_after).transpose()?;
     Ok(Settings {
         lost_after,
@@ -385,6 +408,40 @@ mod tests {
             .to_string();
         assert!(e.contains("at least 200"), "{e}");
         assert!(FileConfig::parse("[mesh]\nheartbeat = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_drafter_is_mtp_unless_a_draft_model_is_given() {
+        let draft = |file: &str, mtp: Option<bool>, model: Option<&str>| {
+            let mut o = flags("/m/x.gguf");
+            o.mtp = mtp;
+            o.draft_model = model.map(Into::into);
+            resolve(FileConfig::parse(file).unwrap(), o, None).map(|s| s.draft.map(|d| d.source))
+        };
+        let mtp = |required| Some(DraftSource::Mtp { required });
+        assert_eq!(draft("", None, None).unwrap(), mtp(false));
+        assert_eq!(draft("", Some(true), None).unwrap(), mtp(true));
+        assert_eq!(
+            draft("[model]\nmtp = true\n", None, None).unwrap(),
+            mtp(true)
+        );
+        assert_eq!(draft("[model]\nmtp = false\n", None, None).unwrap(), None);
+        assert_eq!(
+            draft("[model]\nmtp = false\n", Some(true), None).unwrap(),
+            mtp(true)
+        );
+        assert_eq!(
+            draft("", None, Some("/d.gguf")).unwrap(),
+            Some(DraftSource::Model("/d.gguf".into()))
+        );
+        let e = draft("", Some(true), Some("/d.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("choose one"), "{e}");
+        let e = draft("[model]\nmtp = false\nspec_tokens = 2\n", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a drafter"), "{e}");
     }
 
     #[test]

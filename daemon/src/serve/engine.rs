@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dwarfstar_model::draft::ModelDrafter;
+use dwarfstar_model::draft_mtp::MtpDrafter;
 use dwarfstar_model::{KvType, Model};
 use dwarfstar_tokenizer::Tokenizer;
 
-use super::config::{DraftSettings, LimitsConfig};
+use super::config::{DraftSettings, DraftSource, LimitsConfig, DEFAULT_SPEC_TOKENS};
 use super::kv_disk;
 use super::metrics::Metrics;
 use super::replan::{Replan, Resume};
@@ -240,8 +241,16 @@ impl EngineFactory {
             cfg.kv_positions = positions.max(ctx_size);
         }
         let eog = eog_table(&tok, model.n_vocab());
-        let spec = self.speculation(path, &gguf, ctx_size)?;
+        let mtp = self.mtp_wanted(path, &mut model)?;
+        let spec = match mtp {
+            true => None,
+            false => self.speculation(path, &gguf, ctx_size)?,
+        };
         let model = Arc::new(model);
+        let spec = match mtp {
+            true => Some(self.mtp_speculation(model.clone(), ctx_size)?),
+            false => spec,
+        };
         let (submit, rx) = scheduler::queue(self.limits.queue, self.metrics.clone());
         match self.kv_cache.as_ref().filter(|_| configured) {
             Some((dir, bytes)) => {
@@ -377,21 +386,67 @@ impl EngineFactory {
         let Some(d) = self.draft.as_ref().filter(|_| self.is_configured(path)) else {
             return Ok(None);
         };
-        let (draft, gguf) = Model::open(&d.model, &[])
-            .with_context(|| format!("loading the draft model {}", d.model.display()))?;
+        let DraftSource::Model(file) = &d.source else {
+            return Ok(None);
+        };
+        let (draft, gguf) = Model::open(file, &[])
+            .with_context(|| format!("loading the draft model {}", file.display()))?;
         dwarfstar_model::draft::check_vocab(target, &gguf)
-            .with_context(|| format!("draft model {}", d.model.display()))?;
+            .with_context(|| format!("draft model {}", file.display()))?;
         tracing::info!(
             "speculative decoding: {} drafts up to {} tokens a step",
-            d.model.display(),
+            file.display(),
             d.tokens
         );
         let drafter = ModelDrafter::new(Arc::new(draft), ctx_size);
-        let mut spec = Speculation::new(Box::new(drafter), d.tokens);
-        if d.always {
+        Ok(Some(self.spec_of(Box::new(drafter))))
+    }
+
+    /// Speculation with `drafter`, as configured.
+    fn spec_of(&self, drafter: Box<dyn dwarfstar_model::draft::Drafter>) -> Speculation {
+        let (tokens, always) = self
+            .draft
+            .as_ref()
+            .map_or((DEFAULT_SPEC_TOKENS, false), |d| (d.tokens, d.always));
+        let mut spec = Speculation::new(drafter, tokens);
+        if always {
             spec.payoff = None;
         }
-        Ok(Some(spec))
+        spec
+    }
+
+    /// Whether the configured model `path` drafts with its own MTP block
+    /// (the settings' default where it has one); if so, `model` is set to
+    /// keep the hidden streams the block drafts from. Refuses a model
+    /// without the block where MTP was asked for.
+    fn mtp_wanted(&self, path: &Path, model: &mut Model) -> Result<bool> {
+        let Some(d) = self.draft.as_ref().filter(|_| self.is_configured(path)) else {
+            return Ok(false);
+        };
+        let DraftSource::Mtp { required } = d.source else {
+            return Ok(false);
+        };
+        match model {
+            Model::Deepseek4(m) if m.has_mtp() => {
+                m.keep_hidden = true;
+                Ok(true)
+            }
+            _ if required => {
+                anyhow::bail!("mtp: {} has no MTP block to draft with", path.display())
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Speculation drafted by `model`'s MTP block.
+    fn mtp_speculation(&self, model: Arc<Model>, ctx_size: usize) -> Result<Speculation> {
+        let drafter = MtpDrafter::new(model, ctx_size).context("MTP drafting")?;
+        let spec = self.spec_of(Box::new(drafter));
+        tracing::info!(
+            "speculative decoding: the model's MTP block drafts up to {} tokens a step",
+            spec.max_tokens
+        );
+        Ok(spec)
     }
 }
 

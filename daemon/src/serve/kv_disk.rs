@@ -85,6 +85,10 @@ impl Backend for DiskCached {
         self.model.capabilities().cuts_anywhere
     }
 
+    fn cuts_last_pass(&self) -> bool {
+        self.model.capabilities().cuts_last_pass
+    }
+
     fn compact(&self, s: &mut SeqState) {
         <Model as Backend>::compact(&self.model, s)
     }
@@ -98,6 +102,10 @@ impl Backend for DiskCached {
         items: &mut [(&[u32], &mut SeqState, bool)],
     ) -> Result<Vec<Vec<f32>>, String> {
         self.model.forward_batch(items).map_err(|e| e.to_string())
+    }
+
+    fn hidden<'a>(&self, s: &'a SeqState) -> Option<(usize, &'a [f32])> {
+        <Model as Backend>::hidden(&self.model, s)
     }
 
     fn load_prefix(&self, prompt: &[u32], capacity: usize) -> Option<(SeqState, usize)> {

@@ -109,8 +109,13 @@ pub struct ServeArgs {
     pub spec_tokens: Option<usize>,
     /// Draft on every step, even while drafting measures slower than plain
     /// decoding (by default a step drafts only while that pays).
-    #[arg(long, requires = "draft_model")]
+    #[arg(long)]
     pub spec_always: bool,
+    /// Draft with the model's own MTP block (DeepSeek V4): the default
+    /// where the model has one and no draft model is given; `--mtp=false`
+    /// turns it off, `--mtp` refuses a model without one.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub mtp: Option<bool>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -166,6 +171,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         draft_model: a.draft_model,
         spec_tokens: a.spec_tokens,
         spec_always: a.spec_always,
+        mtp: a.mtp,
     };
     let env_keys = std::env::var("DWARFSTAR_API_KEYS").ok();
     let s = config::resolve(file, flags, env_keys.as_deref())?;

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
-use dwarfstar_model::draft::DraftAsk;
+use dwarfstar_model::draft::{DraftAsk, Observed};
 use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState, Verdict};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -54,6 +54,12 @@ pub trait Backend {
     fn cuts_anywhere(&self) -> bool {
         true
     }
+    /// Whether a state cut back into its last pass keeps its positions
+    /// (see [`dwarfstar_model::Capabilities::cuts_last_pass`]): what
+    /// speculation needs.
+    fn cuts_last_pass(&self) -> bool {
+        self.cuts_anywhere()
+    }
     /// Releases spare capacity before a state is kept in the cache.
     fn compact(&self, _s: &mut Self::State) {}
     fn state_bytes(&self, s: &Self::State) -> usize;
@@ -71,6 +77,12 @@ pub trait Backend {
     }
     /// Offers the state of `tokens` to a disk cache (which may skip it).
     fn save_prefix(&self, _tokens: &[u32], _s: &Self::State) {}
+    /// The final hidden rows `s` keeps of its last pass, and the first
+    /// one's position (what an MTP drafter drafts from); None where the
+    /// state keeps none.
+    fn hidden<'a>(&self, _s: &'a Self::State) -> Option<(usize, &'a [f32])> {
+        None
+    }
 }
 
 impl Backend for Model {
@@ -100,6 +112,10 @@ impl Backend for Model {
         self.capabilities().cuts_anywhere
     }
 
+    fn cuts_last_pass(&self) -> bool {
+        self.capabilities().cuts_last_pass
+    }
+
     fn compact(&self, s: &mut SeqState) {
         if let SeqState::Dense(kv) = s {
             kv.shrink_to_fit();
@@ -116,13 +132,22 @@ impl Backend for Model {
     ) -> Result<Vec<Vec<f32>>, String> {
         Model::forward_batch(self, items).map_err(|e| e.to_string())
     }
+
+    fn hidden<'a>(&self, s: &'a SeqState) -> Option<(usize, &'a [f32])> {
+        match s {
+            SeqState::Ds4(c) => c.hidden(),
+            _ => None,
+        }
+    }
 }
 
 /// Whether `s` keeps its state when cut below its end (so one cached
 /// entry serves every prefix of its tokens).
 fn cuts<B: Backend>(b: &B, s: &B::State) -> bool {
     let len = b.state_len(s);
-    len < 2 || b.kept_by_truncate(s, len - 1) == len - 1
+    // A state that cuts back into its last pass only keeps the cut just
+    // below its end, not every prefix.
+    len < 2 || (b.cuts_anywhere() && b.kept_by_truncate(s, len - 1) == len - 1)
 }
 
 /// Why a sequence ended.
@@ -280,11 +305,11 @@ impl<B: Backend> Scheduler<B> {
     }
 
     /// Drafts tokens for decoding sequences with `spec`'s drafter. States
-    /// that cannot be cut back exactly (see
-    /// [`dwarfstar_model::Capabilities::cuts_anywhere`]) would recompute
+    /// that cannot be cut back into their last pass exactly (see
+    /// [`dwarfstar_model::Capabilities::cuts_last_pass`]) would recompute
     /// their whole prefix after each rejected draft, so they run without.
     pub fn with_speculation(mut self, spec: Speculation) -> Self {
-        if self.backend.cuts_anywhere() {
+        if self.backend.cuts_last_pass() {
             self.spec = Some(spec);
         } else {
             tracing::warn!(
@@ -622,6 +647,7 @@ impl<B: Backend> Scheduler<B> {
                 ends.emit(s, tok);
             }
         }
+        self.observe(&take);
         self.metrics.decoded(sampled);
         // Decode-only steps tell whether drafting pays.
         if let (0, Some(t)) = (prefill, started) {
@@ -684,6 +710,33 @@ impl<B: Backend> Scheduler<B> {
             s.history.extend_from_slice(&d);
             s.drafted = d.len();
             self.metrics.spec_drafted.fetch_add(d.len() as u64, Relaxed);
+        }
+    }
+
+    /// Shows a drafter that drafts from the target's hidden state (MTP)
+    /// what this step kept of each sequence that ran (`take[i]` > 0).
+    fn observe(&mut self, take: &[usize]) {
+        let Some(spec) = self.spec.as_mut().filter(|s| s.drafter.wants_hidden()) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        for (s, &t) in self.active.iter().zip(take) {
+            if t == 0 || s.ended {
+                continue;
+            }
+            if let Some((pos0, hidden)) = self.backend.hidden(&s.state) {
+                seen.push(Observed {
+                    seq: s.id,
+                    pos0,
+                    hidden,
+                    history: &s.history,
+                });
+            }
+        }
+        if let Err(e) = spec.drafter.observe(&seen) {
+            tracing::warn!(
+                "the drafter could not follow this step; its next drafts may be fewer: {e}"
+            );
         }
     }
 

@@ -54,6 +54,7 @@ impl Architecture for Deepseek2Model {
             kv_types: vec![KvType::F32],
             kv_save: true,
             cuts_anywhere: true,
+            cuts_last_pass: true,
         }
     }
 

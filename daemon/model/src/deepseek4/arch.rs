@@ -37,14 +37,10 @@ impl SeqCache for Ds4Cache {
         Ds4Cache::truncate(self, len)
     }
 
-    /// The windows and compressors hold the last positions only: cutting
-    /// below the held state drops it all.
+    /// The windows and compressors hold the last positions only: a cut
+    /// below the held state keeps it only within a marked last pass.
     fn kept_by_truncate(&self, len: usize) -> usize {
-        if len >= self.held() {
-            self.held()
-        } else {
-            0
-        }
+        Ds4Cache::kept_by_truncate(self, len)
     }
 
     fn bytes(&self) -> usize {
@@ -79,8 +75,10 @@ impl Architecture for Deepseek4Model {
             expert_parallel: true,
             kv_types: vec![KvType::F32, KvType::F16, KvType::Q8_0],
             kv_save: true,
-            // Windows and compressors hold the last positions only.
+            // Windows and compressors hold the last positions only; a
+            // short pass is marked so that it can be taken back.
             cuts_anywhere: false,
+            cuts_last_pass: true,
         }
     }
 

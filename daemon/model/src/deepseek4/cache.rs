@@ -14,8 +14,10 @@
 //! Only the compressed entries and indexer keys grow with the sequence
 //! (stored as f16 by default, or f32 or q8_0, see [`KvType`]), plus the token ids (4 bytes
 //! a position) that let [`Ds4Cache::truncate`] rewind: the window and the
-//! compressor state cannot be rolled back, so truncating below what is
-//! held drops the state and the next forward pass recomputes the kept
+//! compressor state cannot be read back from what is left, so a cut below
+//! what is held goes back into the last pass where that pass was marked
+//! ([`rewind`]: exact, what speculative decoding needs), and otherwise
+//! drops the state so that the next forward pass recomputes the kept
 //! prefix from its tokens before the new ones.
 //!
 //! [`saved`] turns a cache into bytes and back, for KV files.
@@ -28,7 +30,10 @@ use crate::error::{ModelError, Result};
 use super::compressor::CompState;
 use super::hparams::{Ds4HParams, LayerKind};
 
+pub mod rewind;
 mod saved;
+
+use rewind::{LayerMark, PassMark};
 
 /// How the growing parts of the cache (compressed entries, indexer keys)
 /// are stored: f32, f16 (round to nearest) or q8_0 (blocks of 32 values,
@@ -170,6 +175,8 @@ pub struct LayerCache {
     pub idx: Option<CompState>,
     /// The indexer's compressed keys (`idx_dim` each).
     pub keys: Rows,
+    /// What the last pass overwrote, when it was marked ([`rewind`]).
+    pub(crate) mark: Option<LayerMark>,
 }
 
 /// The compressed blocks one CSA query attended to (see
@@ -223,6 +230,10 @@ pub struct Ds4Cache {
     layers: Vec<LayerCache>,
     /// Values of a raw window row.
     head_dim: usize,
+    /// Values of an indexer key.
+    idx_dim: usize,
+    /// The last pass, when it was marked ([`rewind`]).
+    mark: Option<PassMark>,
     /// Every position's token, held or waiting to be recomputed.
     tokens: Vec<u32>,
     /// Positions whose state the layers hold (`≤ tokens.len()`).
@@ -230,6 +241,12 @@ pub struct Ds4Cache {
     capacity: usize,
     /// How the compressed entries and indexer keys are stored.
     ty: KvType,
+    /// When set, each pass keeps its positions' final hyper-connection
+    /// streams ([`Ds4Cache::hidden`]): what the MTP block drafts from.
+    pub keep_hidden: bool,
+    hidden: Vec<f32>,
+    hidden_pos0: usize,
+    hidden_w: usize,
     /// When set, CSA layers append the blocks each query used.
     pub record_selections: bool,
     pub selections: Vec<Selection>,
@@ -248,15 +265,22 @@ impl Ds4Cache {
                 entries: Rows::new(ty),
                 idx: (k == LayerKind::Csa).then(|| CompState::new(4, hp.idx_dim)),
                 keys: Rows::new(ty),
+                mark: None,
             })
             .collect();
         Ds4Cache {
             layers,
             head_dim: hp.head_dim,
+            idx_dim: hp.idx_dim,
+            mark: None,
             tokens: Vec::new(),
             held: 0,
             capacity,
             ty,
+            keep_hidden: false,
+            hidden: Vec::new(),
+            hidden_pos0: 0,
+            hidden_w: 0,
             record_selections: false,
             selections: Vec::new(),
         }
@@ -332,16 +356,35 @@ impl Ds4Cache {
         self.held = self.tokens.len();
     }
 
-    /// Keeps the first `len` positions. Below the held state this drops
-    /// the layers' state; the next pass recomputes the kept tokens.
+    /// Keeps the first `len` positions. Below the held state this goes
+    /// back into the last pass where it was marked, exactly
+    /// ([`rewind`]), and otherwise drops the layers' state: the next pass
+    /// recomputes the kept tokens.
     pub fn truncate(&mut self, len: usize) {
         if len >= self.tokens.len() {
             return;
         }
         self.tokens.truncate(len);
         self.selections.retain(|s| s.pos < len);
-        if len < self.held {
+        if self.hidden_pos0 >= len {
+            self.hidden.clear();
+        } else {
+            self.hidden
+                .truncate((len - self.hidden_pos0) * self.hidden_w);
+        }
+        if len < self.held && !(self.can_rewind(len) && self.rewind(len)) {
             self.drop_state();
+        }
+    }
+
+    /// Positions whose state a truncation to `len` keeps.
+    pub fn kept_by_truncate(&self, len: usize) -> usize {
+        if len >= self.held {
+            self.held
+        } else if self.can_rewind(len) {
+            len
+        } else {
+            0
         }
     }
 
@@ -350,6 +393,8 @@ impl Ds4Cache {
     /// and left some layers ahead of the others).
     pub fn drop_state(&mut self) {
         self.held = 0;
+        self.hidden.clear();
+        self.unmark();
         for l in &mut self.layers {
             l.raw.iter_mut().for_each(|v| *v = 0.0);
             if let Some(c) = &mut l.comp {
@@ -360,6 +405,24 @@ impl Ds4Cache {
             }
             l.entries.clear();
             l.keys.clear();
+        }
+    }
+
+    /// The final hyper-connection streams (`hc × n_embd` a position) of
+    /// the last pass's positions that are still held, and the first one's
+    /// position; None unless [`Ds4Cache::keep_hidden`].
+    pub fn hidden(&self) -> Option<(usize, &[f32])> {
+        (self.keep_hidden && !self.hidden.is_empty()).then_some((self.hidden_pos0, &self.hidden))
+    }
+
+    /// Keeps the streams (`width` values a position) of a pass that
+    /// started at position `pos0`.
+    pub(crate) fn set_hidden(&mut self, pos0: usize, rows: &[f32], width: usize) {
+        if self.keep_hidden {
+            self.hidden_pos0 = pos0;
+            self.hidden_w = width;
+            self.hidden.clear();
+            self.hidden.extend_from_slice(rows);
         }
     }
 

@@ -16,6 +16,13 @@
 //! The state is the filled part of the current block plus, when
 //! overlapping, the previous block's first halves: at most `2·ratio` rows
 //! whatever the sequence length.
+//!
+//! A short pass can be taken back ([`CompState::mark`],
+//! [`CompState::rewind`]): the mark logs the rows the pass pushes and, when
+//! the pass may complete a block, keeps the state it started from; going
+//! back to any number of the pass's rows restores that state and pushes
+//! the kept rows again (pooling is a pure function of the rows, so the
+//! result is the state a pass of only those rows would have left).
 
 use dwarfstar_kernels::ops;
 
@@ -31,6 +38,21 @@ pub struct CompState {
     /// Overlap only: the previous block's first halves (`ratio × dim`).
     prev_kv: Vec<f32>,
     prev_score: Vec<f32>,
+    /// Set by [`CompState::mark`] until the next mark or rewind.
+    mark: Option<Box<Mark>>,
+}
+
+/// What going back to a mark needs.
+#[derive(Clone, Debug)]
+struct Mark {
+    /// Rows of the current block at the mark.
+    filled: usize,
+    /// The whole state at the mark, kept when the pass may complete a
+    /// block (which clears the current rows and replaces the halves).
+    base: Option<[Vec<f32>; 4]>,
+    /// Rows pushed since the mark: values and scores.
+    kv: Vec<f32>,
+    score: Vec<f32>,
 }
 
 impl CompState {
@@ -45,6 +67,65 @@ impl CompState {
             score: Vec::new(),
             prev_kv: Vec::new(),
             prev_score: Vec::new(),
+            mark: None,
+        }
+    }
+
+    /// Marks the state before a pass of up to `n` rows, so that
+    /// [`CompState::rewind`] can go back into it.
+    pub fn mark(&mut self, n: usize) {
+        let filled = self.filled();
+        let base = (filled + n >= self.ratio).then(|| {
+            [
+                self.kv.clone(),
+                self.score.clone(),
+                self.prev_kv.clone(),
+                self.prev_score.clone(),
+            ]
+        });
+        let w = self.row();
+        self.mark = Some(Box::new(Mark {
+            filled,
+            base,
+            kv: Vec::with_capacity(n * w),
+            score: Vec::with_capacity(n * w),
+        }));
+    }
+
+    /// Forgets the mark.
+    pub fn unmark(&mut self) {
+        self.mark = None;
+    }
+
+    /// Goes back to the state after the first `keep` rows pushed since the
+    /// mark, and drops the mark. Returns how many blocks those rows
+    /// completed (entries the caller keeps of those the pass made), or
+    /// `None` (state unchanged) without a mark holding `keep` rows.
+    pub fn rewind(&mut self, keep: usize) -> Option<usize> {
+        let w = self.row();
+        let m = self.mark.take()?;
+        if keep * w > m.kv.len() {
+            self.mark = Some(m);
+            return None;
+        }
+        match m.base {
+            None => {
+                // No block completed: the pass only appended rows.
+                self.kv.truncate((m.filled + keep) * w);
+                self.score.truncate((m.filled + keep) * w);
+                Some(0)
+            }
+            Some([kv, score, prev_kv, prev_score]) => {
+                (self.kv, self.score, self.prev_kv, self.prev_score) =
+                    (kv, score, prev_kv, prev_score);
+                let made =
+                    m.kv.chunks_exact(w)
+                        .zip(m.score.chunks_exact(w))
+                        .take(keep)
+                        .filter_map(|(k, s)| self.push(k, s))
+                        .count();
+                Some(made)
+            }
         }
     }
 
@@ -81,6 +162,10 @@ impl CompState {
     /// Adds one token's value and score rows; when they complete a block,
     /// returns the block's pooled entry (`dim` values, before norm/RoPE).
     pub fn push(&mut self, kv: &[f32], score: &[f32]) -> Option<Vec<f32>> {
+        if let Some(m) = &mut self.mark {
+            m.kv.extend_from_slice(kv);
+            m.score.extend_from_slice(score);
+        }
         self.kv.extend_from_slice(kv);
         self.score.extend_from_slice(score);
         if self.filled() < self.ratio {
@@ -143,6 +228,7 @@ impl CompState {
 
     /// Forgets everything (a fresh sequence).
     pub fn clear(&mut self) {
+        self.mark = None;
         self.kv.clear();
         self.score.clear();
         self.prev_kv.clear();
@@ -168,6 +254,49 @@ mod tests {
         assert!((e[0] - 63.5).abs() < 1e-3, "{e:?}");
         assert!((e[1] - 5.0).abs() < 1e-3, "{e:?}");
         assert_eq!(c.filled(), 0);
+    }
+
+    /// Rows `i` of a test stream: distinct values and scores.
+    fn row(i: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+        let kv = (0..w).map(|c| (i * 7 + c) as f32 * 0.37 % 5.0).collect();
+        let sc = (0..w)
+            .map(|c| (i * 3 + c * 5) as f32 * 0.11 % 2.0)
+            .collect();
+        (kv, sc)
+    }
+
+    #[test]
+    fn rewind_equals_a_state_fed_only_the_kept_rows() {
+        for ratio in [4, 128] {
+            let w = if ratio == 4 { 4 } else { 2 };
+            // Passes that do and do not cross block boundaries.
+            for (start, n) in [(2, 1), (2, 5), (3, 9), (126, 4), (127, 1), (0, 3)] {
+                for keep in 0..=n {
+                    let mut a = CompState::new(ratio, 2);
+                    let mut b = CompState::new(ratio, 2);
+                    for i in 0..start {
+                        let (k, s) = row(i, w);
+                        a.push(&k, &s);
+                        b.push(&k, &s);
+                    }
+                    a.mark(n);
+                    let mut made = 0;
+                    for i in start..start + n {
+                        let (k, s) = row(i, w);
+                        if a.push(&k, &s).is_some() && i < start + keep {
+                            made += 1;
+                        }
+                    }
+                    for i in start..start + keep {
+                        let (k, s) = row(i, w);
+                        b.push(&k, &s);
+                    }
+                    assert_eq!(a.rewind(keep), Some(made), "{ratio} {start} {n} {keep}");
+                    assert_eq!(a.parts(), b.parts(), "{ratio} {start} {n} {keep}");
+                    assert_eq!(a.rewind(0), None, "the mark is spent");
+                }
+            }
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod hparams;
 pub mod indexer;
 pub mod moe;
 pub mod mtp;
+pub mod mtp_run;
 pub mod rope;
 pub mod weights;
 
@@ -55,6 +56,7 @@ pub use cache::{Ds4Cache, KvType, Selection};
 pub use hparams::{Ds4HParams, LayerKind};
 pub use indexer::IndexerRule;
 pub use mtp::{EhProj, MtpWeights};
+pub use mtp_run::MtpSeq;
 pub use weights::Ds4Weights;
 
 use attention::{norm_rows, LayerCx, Span};
@@ -160,6 +162,8 @@ pub struct Deepseek4Model {
     pub kv_type: KvType,
     /// Sees the input of every weight product (importance matrices).
     pub observer: Option<Arc<dyn MatmulObserver>>,
+    /// New caches keep each pass's final streams (for MTP drafting).
+    pub keep_hidden: bool,
     /// Where the routed experts other nodes hold are run (expert
     /// parallelism); `None`: all here.
     pub remote: Option<Arc<dyn ExpertDispatch>>,
@@ -207,6 +211,7 @@ impl Deepseek4Model {
             indexer: IndexerRule::DeepSeek,
             kv_type: KvType::F16,
             observer: None,
+            keep_hidden: false,
             remote: None,
         })
     }
@@ -240,7 +245,9 @@ impl Deepseek4Model {
 
     /// An empty cache for up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> Ds4Cache {
-        Ds4Cache::new(&self.hp, capacity, self.kv_type)
+        let mut c = Ds4Cache::new(&self.hp, capacity, self.kv_type);
+        c.keep_hidden = self.keep_hidden;
+        c
     }
 
     /// Cache bytes one more position costs on average (see
@@ -256,7 +263,7 @@ impl Deepseek4Model {
     }
 
     /// Bytes of the weights a forward pass reads (what a memory budget is
-    /// held to; the MTP block is not run).
+    /// held to; the MTP block, which drafting runs, is not counted).
     pub fn weight_bytes(&self) -> u64 {
         crate::store::deepseek4_plan(&self.w, self.hp.n_expert_used).total_bytes()
     }
@@ -335,9 +342,11 @@ impl Deepseek4Model {
             row += toks.len();
         }
         let mut caches: Vec<&mut Ds4Cache> = seqs.iter_mut().map(|s| &mut *s.1).collect();
-        // A stage's caches hold windows for its own layers only.
-        for c in caches.iter_mut() {
+        // A stage's caches hold windows for its own layers only. A short
+        // pass is marked so that a cut back into it is exact.
+        for (c, sp) in caches.iter_mut().zip(&spans) {
             c.open_layers(layers.clone());
+            c.mark_pass(layers.clone(), sp.len);
         }
         let exact = self.llama_exact;
         let rot_main = Rotary::new(&hp.rope_main, hp.n_rot, exact);
@@ -356,37 +365,61 @@ impl Deepseek4Model {
                 file: &lay,
                 ..self.ctx()
             };
-            let lx = LayerCx {
-                hp,
-                il,
-                kind: l.kind,
-                rot: if l.kind == LayerKind::Sliding {
-                    &rot_main
-                } else {
-                    &rot_comp
-                },
-                rule: self.indexer,
-            };
-            let (mut cur, mix) =
-                hc::pre(&cx, &l.hc_attn, x, hc, hp.hc_iters, hp.rms_eps, hp.hc_eps)?;
-            norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
-            let a = attention::attention(&cx, &lx, &l.attn, &cur, &spans, &mut caches)?;
-            hc::post(x, &a, &mix, hc);
-
-            let (mut cur, mix) =
-                hc::pre(&cx, &l.hc_ffn, x, hc, hp.hc_iters, hp.rms_eps, hp.hc_eps)?;
-            norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
-            let cfg = moe::MoeCfg {
-                n_expert: hp.n_expert,
-                k: hp.n_expert_used,
-                norm: hp.weights_norm,
-                scale: hp.weights_scale,
-                limit_exp: hp.swiglu_exp[il],
-                limit_shexp: hp.swiglu_shexp[il],
-            };
-            let m = moe::moe(&cx, &cfg, &l.moe, il, &cur, &tokens)?;
-            hc::post(x, &m, &mix, hc);
+            let limits = (hp.swiglu_exp[il], hp.swiglu_shexp[il]);
+            let rot = (&rot_main, &rot_comp);
+            self.run_layer(&cx, l, il, limits, rot, x, &spans, &mut caches, &tokens)?;
         }
+        Ok(())
+    }
+
+    /// One layer (`l`, at block index `il`) over the streams `x` of the
+    /// sequences `spans`, each with its cache: attention, then the MoE,
+    /// each between its hyper-connections. `limits`: the SwiGLU clamps of
+    /// the routed and shared experts; `rot`: the main and compressed
+    /// layers' RoPE.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_layer(
+        &self,
+        cx: &Ctx<'_>,
+        l: &weights::Ds4Layer,
+        il: usize,
+        limits: (f32, f32),
+        rot: (&Rotary, &Rotary),
+        x: &mut [f32],
+        spans: &[Span],
+        caches: &mut [&mut Ds4Cache],
+        tokens: &[u32],
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let hc = hp.hc_mult;
+        let lx = LayerCx {
+            hp,
+            il,
+            kind: l.kind,
+            rot: if l.kind == LayerKind::Sliding {
+                rot.0
+            } else {
+                rot.1
+            },
+            rule: self.indexer,
+        };
+        let (mut cur, mix) = hc::pre(cx, &l.hc_attn, x, hc, hp.hc_iters, hp.rms_eps, hp.hc_eps)?;
+        norm_rows(&mut cur, &l.attn_norm, hp.rms_eps);
+        let a = attention::attention(cx, &lx, &l.attn, &cur, spans, caches)?;
+        hc::post(x, &a, &mix, hc);
+
+        let (mut cur, mix) = hc::pre(cx, &l.hc_ffn, x, hc, hp.hc_iters, hp.rms_eps, hp.hc_eps)?;
+        norm_rows(&mut cur, &l.ffn_norm, hp.rms_eps);
+        let cfg = moe::MoeCfg {
+            n_expert: hp.n_expert,
+            k: hp.n_expert_used,
+            norm: hp.weights_norm,
+            scale: hp.weights_scale,
+            limit_exp: limits.0,
+            limit_shexp: limits.1,
+        };
+        let m = moe::moe(cx, &cfg, &l.moe, il, &cur, tokens)?;
+        hc::post(x, &m, &mix, hc);
         Ok(())
     }
 
@@ -447,6 +480,9 @@ impl Deepseek4Model {
         let mut counts = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for (run, s) in runs.iter().zip(seqs.iter_mut()) {
+            let pos0 = s.cache.held();
+            s.cache
+                .set_hidden(pos0, &x[at * w..(at + run.len()) * w], w);
             s.cache.advance(run);
             let m = if s.all_logits { s.tokens.len() } else { 1 };
             let end = at + run.len();

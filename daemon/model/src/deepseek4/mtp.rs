@@ -1,5 +1,6 @@
-//! The multi-token-prediction (MTP) block of DeepSeek V4, bound but not
-//! run: it is what speculative decoding will draft with.
+//! The multi-token-prediction (MTP) block of DeepSeek V4: its weights,
+//! bound. Speculative decoding drafts with it ([`super::mtp_run`],
+//! [`crate::draft_mtp::MtpDrafter`]).
 //!
 //! Two layouts hold it (see the V4 layout notes):
 //! - **llama.cpp's MTP export** appends it as block `blk.{n_layer}`
