@@ -22,6 +22,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod grammar;
 pub mod kv_disk;
 pub mod metrics;
 pub mod openai;
