@@ -379,6 +379,7 @@ async fn generate(
             presence_penalty: s.presence_penalty,
             frequency_penalty: s.frequency_penalty,
             ignore_eos: s.ignore_eos,
+            constraint: None,
             events: tx,
         })
         .map_err(|e| match e {
