@@ -27,3 +27,4 @@ mod stage;
 mod synth_moe;
 mod synth_v4;
 mod synthetic;
+mod tools;

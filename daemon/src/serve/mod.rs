@@ -30,6 +30,7 @@ pub mod prefix;
 pub mod replan;
 pub mod scheduler;
 pub mod spec;
+pub mod tools;
 
 use std::io::Write;
 use std::path::PathBuf;

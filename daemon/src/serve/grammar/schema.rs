@@ -39,19 +39,53 @@ pub fn json_object() -> String {
 
 /// The grammar of the JSON values `schema` accepts.
 pub fn grammar(schema: &Value) -> Result<String, GrammarError> {
-    let mut c = Converter {
-        root: schema,
-        rules: Vec::new(),
-        refs: HashMap::new(),
-        n: 0,
-    };
-    let body = c.visit(schema, "root")?;
-    let mut out = format!("root ::= {body}\n");
-    for (name, body) in &c.rules {
-        out.push_str(&format!("{name} ::= {body}\n"));
+    let mut r = Rules::new();
+    let body = r.value(schema, "root")?;
+    Ok(r.finish(&body))
+}
+
+/// Several schemas' rules in one grammar (a forced tool call holds each
+/// tool's parameters): [`Rules::value`] gives an expression per schema,
+/// [`Rules::finish`] the grammar with a given root.
+pub struct Rules<'a> {
+    c: Converter<'a>,
+}
+
+impl<'a> Rules<'a> {
+    pub fn new() -> Self {
+        Rules {
+            c: Converter {
+                root: &Value::Null,
+                rules: Vec::new(),
+                refs: HashMap::new(),
+                n: 0,
+            },
+        }
     }
-    out.push_str(PRIMITIVES);
-    Ok(out)
+
+    /// A GBNF expression for the values of `schema` (its `$ref`s resolve
+    /// within it).
+    pub fn value(&mut self, schema: &'a Value, hint: &str) -> Result<String, GrammarError> {
+        self.c.root = schema;
+        self.c.refs.clear();
+        self.c.visit(schema, hint)
+    }
+
+    /// The whole grammar, `root ::= root_body`.
+    pub fn finish(self, root_body: &str) -> String {
+        let mut out = format!("root ::= {root_body}\n");
+        for (name, body) in &self.c.rules {
+            out.push_str(&format!("{name} ::= {body}\n"));
+        }
+        out.push_str(PRIMITIVES);
+        out
+    }
+}
+
+impl Default for Rules<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A GBNF literal for `s`.
