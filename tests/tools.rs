@@ -122,21 +122,6 @@ fn constrained_output_parses_and_validates() {
             );
         }
     }
-    let (s, r) = srv.post(
-        "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "The capital of France, as JSON."}],
-                "temperature": 0, "max_tokens": 200, "response_format": {"type": "json_object"}}),
-    );
-    assert_eq!(
-        (s, &r["choices"][0]["finish_reason"]),
-        (200, &json!("stop")),
-        "{r}"
-    );
-    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(
-        serde_json::from_str::<Value>(text).unwrap().is_object(),
-        "{text}"
-    );
     // GBNF on the completions endpoint.
     let (s, r) = srv.post(
         "/v1/completions",

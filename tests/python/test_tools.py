@@ -119,15 +119,6 @@ def test_json_schema_at_temperature_one_always_validates(client):
         jsonschema.validate(json.loads(c.message.content), PERSON)
 
 
-def test_json_object_parses(client):
-    r = client.chat.completions.create(
-        model=MODEL_ID, temperature=0, max_tokens=200, response_format={"type": "json_object"},
-        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
-    )
-    assert r.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(r.choices[0].message.content), dict)
-
-
 def test_unsupported_schema_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(

@@ -775,7 +775,13 @@ fn sample<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
         if !c.mask(l) {
             return (c.an_eog().unwrap_or(t), false);
         }
-        return (s.sampler.sample(l, &s.history), false);
+        // A draw that rounding carried past the allowed tokens falls back
+        // to the best allowed one.
+        let t = s.sampler.sample(l, &s.history);
+        if c.allows(t) {
+            return (t, false);
+        }
+        return (dwarfstar_model::sampler::argmax(l), false);
     }
     match draft {
         None => (s.sampler.sample(l, &s.history), false),

@@ -76,7 +76,13 @@ impl TokenTrie {
         for &(b, child) in &self.nodes[node].children {
             let mut next = m.clone();
             if next.feed_byte(b) {
-                for &t in &self.nodes[child as usize].tokens {
+                // Tokens that end inside a character are not offered.
+                let tokens: &[u32] = if next.mid_char() {
+                    &[]
+                } else {
+                    &self.nodes[child as usize].tokens
+                };
+                for &t in tokens {
                     if let Some(a) = allowed.get_mut(t as usize) {
                         *a = true;
                     }
@@ -108,7 +114,10 @@ impl Constraint {
             return self.matcher.can_end();
         }
         match self.trie.bytes.get(t as usize) {
-            Some(b) if !b.is_empty() => self.matcher.clone().feed(b),
+            Some(b) if !b.is_empty() => {
+                let mut m = self.matcher.clone();
+                m.feed(b) && !m.mid_char()
+            }
             _ => false,
         }
     }

@@ -51,6 +51,11 @@ impl Matcher {
         self.need == 0 && self.stacks.iter().any(Vec::is_empty)
     }
 
+    /// Whether a character is cut (its remaining bytes are due).
+    pub fn mid_char(&self) -> bool {
+        self.need != 0
+    }
+
     /// Whether more text may follow.
     pub fn can_continue(&self) -> bool {
         self.stacks.iter().any(|s| !s.is_empty())
