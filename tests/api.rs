@@ -116,7 +116,7 @@ impl Server {
 
     /// Posts with `"stream": true`; returns every `data:` payload before
     /// `[DONE]` (which must come).
-    fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+    pub(crate) fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
         let mut body = body.clone();
         body["stream"] = json!(true);
         let mut r = self

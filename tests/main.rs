@@ -29,3 +29,4 @@ mod stage;
 mod synth_moe;
 mod synth_v4;
 mod synthetic;
+mod tools;

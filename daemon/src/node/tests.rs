@@ -317,6 +317,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             ignore_eos: true,
+            constraint: None,
             events: tx,
         })
         .unwrap();

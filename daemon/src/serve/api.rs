@@ -30,9 +30,17 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::config::LimitsConfig;
 use super::engine::{Engine, Engines};
+use super::grammar::{Constraint, Grammar};
 use super::metrics::Metrics;
 use super::openai::{self, ApiError, Envelope, Kind, Prompt, Sampling, Usage};
 use super::scheduler::{Event, Finish, GenRequest, SubmitError};
+use super::tools::{self, render, Family};
+
+/// Tool calls to look for in a chat answer.
+struct ToolMode {
+    family: Family,
+    names: Vec<String>,
+}
 
 /// What every handler shares.
 pub struct AppState {
@@ -283,10 +291,41 @@ async fn chat(
     let received = Instant::now();
     let req = openai::chat_request(&body(&st, b)?)?;
     let e = st.engine_for(req.model.as_deref())?;
+    let template = e.tok.chat_template().unwrap_or_default().to_string();
+    let family = Family::of(&template);
+    let mut sampling = req.sampling;
+    let mut msgs = req.messages;
+    let mut tools_var = None;
+    let mut mode = None;
+    if let Some(spec) = &req.tools {
+        let (m, t) = render::prepare(msgs, spec, render::template_reads_tools(&template));
+        (msgs, tools_var) = (m, t);
+        if spec.active() {
+            let forced = render::forced_grammar(spec, family).map_err(|e| {
+                ApiError::invalid_code(
+                    "tools",
+                    "unsupported_parameter",
+                    format!("A call to these tools cannot be enforced: {e}."),
+                )
+            })?;
+            if let Some(g) = forced {
+                if sampling.grammar.is_some() {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "A forced tool call cannot be combined with `grammar` or `response_format`.",
+                    ));
+                }
+                sampling.grammar = Some(g);
+            }
+            mode = Some(ToolMode {
+                family,
+                names: spec.names().into_iter().map(str::to_string).collect(),
+            });
+        }
+    }
     let tok = e.tok.clone();
-    let msgs = req.messages;
     let prompt = blocking(move || {
-        let text = tok.apply_chat_template(&msgs, true)?;
+        let text = tok.apply_chat_template_tools(&msgs, tools_var.as_ref(), true)?;
         tok.encode(&text, true, true)
     })
     .await?
@@ -296,7 +335,7 @@ async fn chat(
             format!("The conversation could not be rendered: {e}"),
         )
     })?;
-    generate(st, e, Kind::Chat, prompt, req.sampling, received).await
+    generate(st, e, Kind::Chat, prompt, sampling, received, mode).await
 }
 
 async fn completions(
@@ -325,7 +364,7 @@ async fn completions(
                 })?
         }
     };
-    generate(st, e, Kind::Text, prompt, req.sampling, received).await
+    generate(st, e, Kind::Text, prompt, req.sampling, received, None).await
 }
 
 /// Queues a tokenized prompt and answers with the whole result or a stream.
@@ -336,6 +375,7 @@ async fn generate(
     prompt: Vec<u32>,
     s: Sampling,
     received: Instant,
+    mode: Option<ToolMode>,
 ) -> Result<Response, ApiError> {
     let n = prompt.len();
     if n == 0 {
@@ -367,6 +407,20 @@ async fn generate(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
+    let constraint = match &s.grammar {
+        None => None,
+        Some(g) => {
+            let g = Grammar::parse(g).map_err(|e| ApiError::invalid("grammar", e.to_string()))?;
+            let trie = {
+                let e = e.clone();
+                blocking(move || e.token_trie()).await?
+            };
+            Some(Constraint::new(Arc::new(g), trie))
+        }
+    };
+    // Output checked by a grammar or parsed for calls is text as the
+    // model wrote it, special tokens included.
+    let render_special = constraint.is_some() || mode.is_some();
     let (tx, rx) = unbounded_channel();
     e.submit
         .submit(GenRequest {
@@ -384,6 +438,7 @@ async fn generate(
             presence_penalty: s.presence_penalty,
             frequency_penalty: s.frequency_penalty,
             ignore_eos: s.ignore_eos,
+            constraint,
             events: tx,
         })
         .map_err(|e| match e {
@@ -396,13 +451,14 @@ async fn generate(
         tok: e.tok.clone(),
         stops: s.stop,
         ignore_eos: s.ignore_eos,
+        render_special,
         received,
         metrics: st.metrics.clone(),
         prompt_tokens: n,
     };
     if s.stream {
         let (sse_tx, sse_rx) = unbounded_channel();
-        tokio::spawn(stream(job, env, s.include_usage, sse_tx));
+        tokio::spawn(stream(job, env, s.include_usage, mode, sse_tx));
         let events = futures_util::stream::unfold(sse_rx, |mut rx| async move {
             rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
         });
@@ -420,6 +476,16 @@ async fn generate(
     .await
     {
         End::Finished { reason, usage } => {
+            if let Some(m) = &mode {
+                let names: Vec<&str> = m.names.iter().map(String::as_str).collect();
+                let p = tools::parse::parse(&text, m.family, &names);
+                if !p.calls.is_empty() {
+                    let ids: Vec<String> = p.calls.iter().map(|_| tools::call_id()).collect();
+                    return Ok(
+                        Json(env.whole_calls(&p.content, &p.calls, &ids, usage)).into_response()
+                    );
+                }
+            }
             Ok(Json(env.whole(&text, reason, usage)).into_response())
         }
         End::Failed(e) => Err(ApiError::internal(e)),
@@ -433,6 +499,8 @@ struct Job {
     tok: Arc<Tokenizer>,
     stops: Vec<String>,
     ignore_eos: bool,
+    /// Special tokens' text is output too.
+    render_special: bool,
     received: Instant,
     metrics: Arc<Metrics>,
     prompt_tokens: usize,
@@ -478,6 +546,7 @@ async fn consume(job: Job, mut emit: impl FnMut(Out) -> bool) -> End {
         tok,
         stops,
         ignore_eos,
+        render_special,
         received,
         metrics,
         prompt_tokens,
@@ -508,7 +577,7 @@ async fn consume(job: Job, mut emit: impl FnMut(Out) -> bool) -> End {
                 if tok.is_eog(id) && !ignore_eos {
                     continue; // its Done follows
                 }
-                pending.extend_from_slice(&tok.piece(id, false));
+                pending.extend_from_slice(&tok.piece(id, render_special));
                 let (text, stopped) = scan.push(&take_utf8(&mut pending));
                 if !text.is_empty() && !emit(Out::Text(text)) {
                     return End::Gone;
@@ -542,16 +611,30 @@ async fn consume(job: Job, mut emit: impl FnMut(Out) -> bool) -> End {
 }
 
 /// Feeds one streamed response: chunks as text comes, then the finish
-/// chunk, the usage chunk if asked, and `[DONE]`.
-async fn stream(job: Job, env: Envelope, include_usage: bool, tx: UnboundedSender<SseEvent>) {
+/// chunk, the usage chunk if asked, and `[DONE]`. With tools, the text is
+/// held to the end and sent as content or as `tool_calls` deltas (each
+/// call's id, type and name, then its arguments), as OpenAI streams them.
+async fn stream(
+    job: Job,
+    env: Envelope,
+    include_usage: bool,
+    mode: Option<ToolMode>,
+    tx: UnboundedSender<SseEvent>,
+) {
     let send = |v: Value| tx.send(SseEvent::default().data(v.to_string())).is_ok();
     let mut first = true;
+    let mut held = String::new();
+    let hold = mode.is_some();
     let end = consume(job, |o| match o {
         Out::Started if env.kind == Kind::Chat => {
             first = false;
             send(env.chunk(Some(""), true, None))
         }
         Out::Started => true,
+        Out::Text(t) if hold => {
+            held.push_str(&t);
+            !tx.is_closed()
+        }
         Out::Text(t) => {
             let c = env.chunk(Some(&t), first, None);
             first = false;
@@ -560,7 +643,34 @@ async fn stream(job: Job, env: Envelope, include_usage: bool, tx: UnboundedSende
     })
     .await;
     match end {
-        End::Finished { reason, usage } => {
+        End::Finished { mut reason, usage } => {
+            if let Some(m) = &mode {
+                let names: Vec<&str> = m.names.iter().map(String::as_str).collect();
+                let p = tools::parse::parse(&held, m.family, &names);
+                if p.calls.is_empty() {
+                    if !held.is_empty() {
+                        send(env.chunk(Some(&held), false, None));
+                    }
+                } else {
+                    if !p.content.is_empty() {
+                        send(env.chunk(Some(&p.content), false, None));
+                    }
+                    for (i, c) in p.calls.iter().enumerate() {
+                        send(env.delta_chunk(
+                            json!({"tool_calls": [{"index": i, "id": tools::call_id(),
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": ""}}]}),
+                            None,
+                        ));
+                        send(env.delta_chunk(
+                            json!({"tool_calls": [{"index": i,
+                                "function": {"arguments": c.arguments}}]}),
+                            None,
+                        ));
+                    }
+                    reason = "tool_calls";
+                }
+            }
             send(env.chunk(None, false, Some(reason)));
             if include_usage {
                 send(env.usage_chunk(usage));

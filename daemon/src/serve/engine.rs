@@ -14,7 +14,7 @@
 //! [`super::replan`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,6 +24,7 @@ use dwarfstar_model::{KvType, Model};
 use dwarfstar_tokenizer::Tokenizer;
 
 use super::config::{DraftSettings, DraftSource, LimitsConfig, DEFAULT_SPEC_TOKENS};
+use super::grammar::TokenTrie;
 use super::kv_disk;
 use super::metrics::Metrics;
 use super::replan::{Replan, Resume};
@@ -56,9 +57,34 @@ pub struct Engine {
     pub node: LocalNode,
     /// On a mesh coordinator.
     pub replan: Option<Replanning>,
+    /// The vocabulary as a byte trie for grammar masks, built on first use.
+    trie: OnceLock<Arc<TokenTrie>>,
 }
 
 impl Engine {
+    /// The vocabulary trie grammar masks walk: each token's text as the
+    /// output shows it with special tokens rendered; end-of-generation
+    /// tokens (and ids past the tokenizer's) have none.
+    pub fn token_trie(&self) -> Arc<TokenTrie> {
+        self.trie
+            .get_or_init(|| {
+                let tok = &self.tok;
+                let n = self.n_vocab;
+                let eog: Vec<bool> = (0..n as u32).map(|i| tok.is_eog(i)).collect();
+                let bytes = (0..n as u32)
+                    .map(|i| {
+                        if eog[i as usize] || i as usize >= tok.n_vocab() {
+                            Vec::new()
+                        } else {
+                            tok.piece(i, true)
+                        }
+                    })
+                    .collect();
+                Arc::new(TokenTrie::new(bytes, eog))
+            })
+            .clone()
+    }
+
     /// Whether this engine serves the file at `path`.
     pub fn serves(&self, path: &Path) -> bool {
         same_file(&self.model_path, path)
@@ -342,6 +368,7 @@ impl EngineFactory {
             tok,
             submit,
             replan,
+            trie: OnceLock::new(),
         }
     }
 }

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod grammar;
 pub mod kv_disk;
 pub mod metrics;
 pub mod openai;
@@ -29,6 +30,7 @@ pub mod prefix;
 pub mod replan;
 pub mod scheduler;
 pub mod spec;
+pub mod tools;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -7,14 +7,20 @@
 //! to 16 strings), `seed`, `n` (1 only), `presence_penalty` and
 //! `frequency_penalty` (−2–2, over the generated tokens), `stream`,
 //! `stream_options.include_usage`; llama.cpp's extensions `top_k`, `min_p`,
-//! `repeat_penalty` and `ignore_eos`. Unknown fields are ignored; features
-//! this server lacks (`logprobs`, tools, JSON mode, images) are refused.
+//! `repeat_penalty` and `ignore_eos`; constrained output through `grammar`
+//! (GBNF, both endpoints) and, for chat, `response_format` (`json_object`,
+//! `json_schema`); chat's `tools`, `tool_choice` and `parallel_tool_calls`
+//! (see [`super::tools`]). Unknown fields are ignored; features this server
+//! lacks (`logprobs`, images) are refused.
 //! A `max_tokens` larger than the room left in the context (or than
 //! `[limits] max_tokens`) is clamped, not refused: the answer then ends
 //! with `finish_reason: "length"`. Non-integers and values below 1 are 400.
 
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Map, Value};
+
+use super::grammar::{schema, Grammar};
+use super::tools::{self, ToolCall, ToolSpec};
 
 /// An error as OpenAI shapes it: `{"error": {message, type, param, code}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +150,9 @@ pub struct Sampling {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// GBNF the output must follow (`grammar`, or chat's `response_format`),
+    /// already checked to compile.
+    pub grammar: Option<String>,
 }
 
 /// A `/v1/chat/completions` request.
@@ -152,6 +161,7 @@ pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
     pub sampling: Sampling,
+    pub tools: Option<ToolSpec>,
 }
 
 /// What `/v1/completions` continues.
@@ -329,7 +339,61 @@ fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
         ignore_eos: opt_bool(o, "ignore_eos")?.unwrap_or(false),
         stream: opt_bool(o, "stream")?.unwrap_or(false),
         include_usage,
+        grammar: match opt_str(o, "grammar")? {
+            None => None,
+            Some(g) => Some(checked_grammar("grammar", g.to_string())?),
+        },
     })
+}
+
+/// `g` if it compiles, else a 400 naming `param`.
+fn checked_grammar(param: &str, g: String) -> Res<String> {
+    Grammar::parse(&g)
+        .map_err(|e| ApiError::invalid(param, format!("The grammar is not usable: {e}.")))?;
+    Ok(g)
+}
+
+/// `response_format`: none for text, else the grammar it asks for.
+fn response_format(o: &Map<String, Value>) -> Res<Option<String>> {
+    let Some(rf) = field(o, "response_format") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::invalid(
+            "response_format",
+            "`response_format` must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or \
+             {\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}.",
+        )
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(schema::json_object())),
+        Some("json_schema") => {
+            let js = rf
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(bad)?;
+            if js.get("name").and_then(Value::as_str).is_none() {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.name",
+                    "`json_schema.name` is required.",
+                ));
+            }
+            let sc = js
+                .get("schema")
+                .cloned()
+                .unwrap_or(json!({"type": "object"}));
+            let g = schema::grammar(&sc).map_err(|e| {
+                ApiError::invalid_code(
+                    "response_format.json_schema.schema",
+                    "unsupported_parameter",
+                    format!("The schema cannot be enforced: {e}."),
+                )
+            })?;
+            checked_grammar("response_format.json_schema.schema", g).map(Some)
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn model(o: &Map<String, Value>) -> Res<Option<String>> {
@@ -380,22 +444,21 @@ pub fn chat_request(body: &[u8]) -> Res<ChatRequest> {
     let model = model(&o)?;
     refuse_if(
         &o,
-        "tools",
-        |v| v.as_array().is_none_or(|a| !a.is_empty()),
-        "Tool calling",
-    )?;
-    refuse_if(
-        &o,
         "functions",
         |v| v.as_array().is_none_or(|a| !a.is_empty()),
-        "Function calling",
+        "The legacy `functions` field (use `tools`)",
     )?;
-    refuse_if(
-        &o,
-        "response_format",
-        |v| v.get("type").and_then(Value::as_str) != Some("text"),
-        "A `response_format` other than text",
-    )?;
+    let tools = tools::tool_spec(&o)?;
+    let mut sampling = sampling(&o)?;
+    if let Some(g) = response_format(&o)? {
+        if sampling.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "grammar",
+                "`grammar` and `response_format` cannot both be given.",
+            ));
+        }
+        sampling.grammar = Some(g);
+    }
     let msgs = match o.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => {
@@ -424,11 +487,13 @@ pub fn chat_request(body: &[u8]) -> Res<ChatRequest> {
         };
         let role = match m.get("role").and_then(Value::as_str) {
             Some("developer") => "system",
-            Some(r @ ("system" | "user" | "assistant")) => r,
+            Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
             Some(r) => {
                 return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
-                    format!("Role `{r}` is not supported (system, developer, user, assistant)."),
+                    format!(
+                        "Role `{r}` is not supported (system, developer, user, assistant, tool)."
+                    ),
                 ))
             }
             None => {
@@ -438,12 +503,30 @@ pub fn chat_request(body: &[u8]) -> Res<ChatRequest> {
                 ))
             }
         };
-        messages.push(ChatMessage::new(role, content(m.get("content"), role, i)?));
+        let mut msg = ChatMessage::new(role, content(m.get("content"), role, i)?);
+        if role == "assistant" {
+            if let Some(tc) = field(m, "tool_calls") {
+                msg.tool_calls = Some(tools::message_tool_calls(tc, &format!("messages[{i}]"))?);
+            }
+        }
+        if role == "tool" {
+            msg.tool_call_id = opt_str(m, "tool_call_id")
+                .map_err(|e| ApiError {
+                    param: Some(format!("messages[{i}].tool_call_id")),
+                    ..e
+                })?
+                .map(str::to_string);
+        }
+        if let Some(n) = field(m, "name").and_then(Value::as_str) {
+            msg.name = Some(n.to_string());
+        }
+        messages.push(msg);
     }
     Ok(ChatRequest {
         model,
         messages,
-        sampling: sampling(&o)?,
+        sampling,
+        tools,
     })
 }
 
@@ -607,6 +690,37 @@ impl Envelope {
             "choices": [choice],
             "system_fingerprint": null,
         })
+    }
+
+    /// A whole chat response whose message carries `calls` (ids `ids`).
+    pub fn whole_calls(
+        &self,
+        content: &str,
+        calls: &[ToolCall],
+        ids: &[String],
+        usage: Usage,
+    ) -> Value {
+        let mut v = self.whole(content, "tool_calls", usage);
+        let msg = &mut v["choices"][0]["message"];
+        if content.is_empty() {
+            msg["content"] = Value::Null;
+        }
+        msg["tool_calls"] = calls
+            .iter()
+            .zip(ids)
+            .map(|(c, id)| {
+                json!({"id": id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        v
+    }
+
+    /// A chat stream chunk with the given `delta`.
+    pub fn delta_chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        let mut v = self.chunk(None, false, finish);
+        v["choices"][0]["delta"] = delta;
+        v
     }
 
     /// The closing chunk of `stream_options.include_usage`.

@@ -64,7 +64,7 @@ fn bad_chat_requests_name_the_param() {
         (r#"{"messages":"hi"}"#, "messages"),
         (r#"{"messages":[1]}"#, "messages[0]"),
         (
-            r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+            r#"{"messages":[{"role":"function","content":"x"}]}"#,
             "messages[0].role",
         ),
         (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
@@ -136,11 +136,23 @@ fn bad_chat_requests_name_the_param() {
         ),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
-            "tools",
+            "tools[0].function.name",
         ),
         (
-            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
             "response_format",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"string","pattern":"a"}}}}"#,
+            "response_format.json_schema.schema",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"grammar":"root ::= ["}"#,
+            "grammar",
+        ),
+        (
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{}}]}]}"#,
+            "messages[0].tool_calls",
         ),
     ];
     for (body, param) in cases {

@@ -32,6 +32,7 @@ use dwarfstar_model::draft::{DraftAsk, Observed};
 use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState, Verdict};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::grammar::Constraint;
 use super::metrics::Metrics;
 use super::prefix::PrefixCache;
 use super::replan::{Replan, Resume};
@@ -184,6 +185,8 @@ pub struct GenRequest {
     pub frequency_penalty: f32,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// A grammar the output must follow (such a sequence never drafts).
+    pub constraint: Option<Constraint>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -667,7 +670,7 @@ impl<B: Backend> Scheduler<B> {
         let mut wants = Vec::new();
         for (i, s) in self.active.iter_mut().enumerate() {
             let pending = s.history.len() - self.backend.state_len(&s.state);
-            if s.n_gen == 0 || pending != 1 || s.ended {
+            if s.n_gen == 0 || pending != 1 || s.ended || s.req.constraint.is_some() {
                 continue;
             }
             // The state holds the context; the request its max_tokens,
@@ -782,12 +785,15 @@ impl Ends<'_> {
     fn emit<S>(&self, s: &mut Seq<S>, tok: u32) -> bool {
         s.history.push(tok);
         s.n_gen += 1;
+        if let Some(c) = s.req.constraint.as_mut() {
+            c.accept(tok);
+        }
         if s.req.presence_penalty != 0.0 || s.req.frequency_penalty != 0.0 {
             *s.counts.entry(tok).or_insert(0) += 1;
         }
         let _ = s.req.events.send(Event::Token(tok));
         let eog = self.eog.get(tok as usize).copied().unwrap_or(false);
-        let finish = if eog && !s.req.ignore_eos {
+        let finish = if eog && (!s.req.ignore_eos || s.req.constraint.is_some()) {
             Some(Finish::Stop)
         } else if s.n_gen >= s.req.max_tokens || s.history.len() > self.ctx_size {
             Some(Finish::Length)
@@ -812,6 +818,24 @@ fn sample<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
         s.req.presence_penalty,
         s.req.frequency_penalty,
     );
+    if let Some(c) = &s.req.constraint {
+        // The draw first, the mask only when the grammar refuses it (see
+        // `grammar`); a grammar that allows nothing ends the sequence.
+        let t = s.sampler.sample(l, &s.history);
+        if c.allows(t) {
+            return (t, false);
+        }
+        if !c.mask(l) {
+            return (c.an_eog().unwrap_or(t), false);
+        }
+        // A draw that rounding carried past the allowed tokens falls back
+        // to the best allowed one.
+        let t = s.sampler.sample(l, &s.history);
+        if c.allows(t) {
+            return (t, false);
+        }
+        return (dwarfstar_model::sampler::argmax(l), false);
+    }
     match draft {
         None => (s.sampler.sample(l, &s.history), false),
         Some(d) => match s.sampler.verify(l, &s.history, d) {

@@ -141,6 +141,7 @@ pub(super) fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, Unbounded
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             ignore_eos: false,
+            constraint: None,
             events: tx,
         },
         rx,
@@ -532,4 +533,38 @@ fn admission_waits_while_the_positions_would_outgrow_the_kv_room() {
 
     // One sequence always runs, even one reaching past the room.
     assert_eq!(tokens(&serve_one(&mut s, &sub, vec![5, 6], 40)).len(), 40);
+}
+
+#[test]
+fn a_grammar_constrains_every_token_and_ends_the_sequence() {
+    use crate::serve::grammar::{Constraint, Grammar, TokenTrie};
+    // Token t spells the letter 'a' + t; token 15 ends generation.
+    let bytes: Vec<Vec<u8>> = (0..VOCAB as u8)
+        .map(|t| if t == 15 { Vec::new() } else { vec![b'a' + t] })
+        .collect();
+    let mut eog = vec![false; VOCAB];
+    eog[15] = true;
+    let trie = Arc::new(TokenTrie::new(bytes, eog));
+    let g = Arc::new(Grammar::parse(r#"root ::= [b-d] [a-c]{2} "o""#).unwrap());
+    for seed in 0..8 {
+        let (mut s, sub, _) = sched(cfg(), &[15]);
+        let (mut r, mut rx) = req(vec![1, 2, 3], 20);
+        r.sampler = SamplerConfig {
+            temperature: 1.0,
+            seed,
+            ..SamplerConfig::default()
+        };
+        r.constraint = Some(Constraint::new(g.clone(), trie.clone()));
+        sub.submit(r).unwrap();
+        run_all(&mut s);
+        let ev = drain(&mut rx);
+        let toks = tokens(&ev);
+        let text: String = toks[..toks.len() - 1]
+            .iter()
+            .map(|&t| (b'a' + t as u8) as char)
+            .collect();
+        assert!(g.accepts(&text), "seed {seed}: {text:?}");
+        assert_eq!(toks.last(), Some(&15));
+        assert_eq!(ev.last(), Some(&Event::Done(Finish::Stop)));
+    }
 }

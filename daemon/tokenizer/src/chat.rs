@@ -7,7 +7,7 @@
 //! JSON as Python's `json.dumps` does (`", "` / `": "` separators, no HTML escaping).
 //! `{% break %}` / `{% continue %}`, and HF's `{% generation %}` block (rendered as
 //! its body). The context has `messages`, `add_generation_prompt`, `bos_token`,
-//! `eos_token`, and `tools` / `documents` set to none, as HF passes them without tools.
+//! `eos_token`, `tools` (the request's, or none) and `documents` (none).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,11 +17,17 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 
 use crate::error::TokenizerError;
 
-/// One message of a conversation.
+/// One message of a conversation. `tool_calls` (an assistant's, as OpenAI
+/// shapes them, with `function.arguments` parsed into an object where it
+/// is JSON, as Hugging Face templates expect), `tool_call_id` (a tool
+/// result's) and `name` are shown to the template only when set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    pub tool_calls: Option<serde_json::Value>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -29,12 +35,16 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
 
 /// A message as a template sees it: a mapping with `role` then `content` (in that
-/// order, as a Python dict built by a client would iterate).
+/// order, as a Python dict built by a client would iterate), then the tool fields
+/// that are set.
 #[derive(Debug)]
 struct MessageObject(ChatMessage);
 
@@ -43,12 +53,23 @@ impl Object for MessageObject {
         match key.as_str()? {
             "role" => Some(Value::from(self.0.role.as_str())),
             "content" => Some(Value::from(self.0.content.as_str())),
+            "tool_calls" => self.0.tool_calls.as_ref().map(Value::from_serialize),
+            "tool_call_id" => self.0.tool_call_id.as_deref().map(Value::from),
+            "name" => self.0.name.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        let m = &self.0;
+        let keys: Vec<Value> = ["role", "content"]
+            .into_iter()
+            .chain(m.tool_calls.as_ref().map(|_| "tool_calls"))
+            .chain(m.tool_call_id.as_ref().map(|_| "tool_call_id"))
+            .chain(m.name.as_ref().map(|_| "name"))
+            .map(Value::from)
+            .collect();
+        Enumerator::Values(keys)
     }
 }
 
@@ -63,6 +84,7 @@ pub(crate) fn render(
     add_generation_prompt: bool,
     bos_token: &str,
     eos_token: &str,
+    tools: Option<&serde_json::Value>,
 ) -> Result<String, TokenizerError> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
@@ -97,7 +119,7 @@ pub(crate) fn render(
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
-        tools => Value::from(()),
+        tools => tools.map_or(Value::from(()), Value::from_serialize),
         documents => Value::from(()),
     };
     Ok(tmpl.render(ctx)?)
@@ -385,6 +407,7 @@ mod tests {
             false,
             "",
             "",
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -397,14 +420,14 @@ mod tests {
     fn python_methods_and_raise_exception() {
         let msgs = [ChatMessage::new("system", "  hi  ")];
         let t = "{{ messages[0]['content'].strip() }}{% if messages[0].role.startswith('sys') %}!{% endif %}";
-        assert_eq!(render(t, &msgs, false, "", "").unwrap(), "hi!");
+        assert_eq!(render(t, &msgs, false, "", "", None).unwrap(), "hi!");
         let t = "{% for k, v in messages[0].items() %}{{ k }}={{ v | trim }};{% endfor %}{{ messages[0].get('x', 'd') }}\
                  {{ 'content' in messages[0] }}{{ messages[0] is mapping }}{{ messages[0].tool_calls is defined }}";
         assert_eq!(
-            render(t, &msgs, false, "", "").unwrap(),
+            render(t, &msgs, false, "", "", None).unwrap(),
             "role=system;content=hi;dTrueTrueFalse"
         );
-        let err = render("{{ raise_exception('nope') }}", &msgs, false, "", "").unwrap_err();
+        let err = render("{{ raise_exception('nope') }}", &msgs, false, "", "", None).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -420,7 +443,7 @@ mod tests {
                  {% if tools is iterable and tools|length > 0 %}T{% endif %}\
                  {{ messages is iterable }}{{ 'x' is iterable }}{{ 3 is iterable }}{{ nothing is iterable }}";
         assert_eq!(
-            render(t, &msgs, false, "", "").unwrap(),
+            render(t, &msgs, false, "", "", None).unwrap(),
             "[A]TrueTrueTrueFalseTrue"
         );
         assert_eq!(
@@ -433,8 +456,28 @@ mod tests {
     fn chatml_fallback_renders() {
         let msgs = [ChatMessage::new("user", "Hi")];
         assert_eq!(
-            render(CHATML_TEMPLATE, &msgs, true, "", "").unwrap(),
+            render(CHATML_TEMPLATE, &msgs, true, "", "", None).unwrap(),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn tools_and_tool_messages_reach_the_template() {
+        let t = "{% for t in tools %}[{{ t.function.name }}]{% endfor %}\
+{% for m in messages %}{{ m.role }}:{{ m.content }}\
+{% if m.tool_calls %}{% for c in m.tool_calls %}<{{ c.function.name }} {{ c.function.arguments | tojson }}>{% endfor %}{% endif %}\
+{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %};{% endfor %}";
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(serde_json::json!([
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+        ]));
+        let mut result = ChatMessage::new("tool", "42");
+        result.tool_call_id = Some("c1".into());
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        let out = render(t, &[call, result], false, "", "", Some(&tools)).unwrap();
+        assert_eq!(out, "[f]assistant:<f {\"x\": 1}>;tool:42#c1;");
+        // Without tools the variable is none, and `tools` is iterated as empty.
+        let out = render("{{ tools is none }}", &[], false, "", "", None).unwrap();
+        assert_eq!(out, "True");
     }
 }

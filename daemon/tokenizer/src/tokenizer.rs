@@ -282,6 +282,30 @@ impl Tokenizer {
         self.apply_chat_template_with(source, messages, add_generation_prompt)
     }
 
+    /// Renders the model's chat template with `tools` (OpenAI's tool
+    /// objects, passed to the template as its `tools` variable like Hugging
+    /// Face's `apply_chat_template(tools=...)`).
+    pub fn apply_chat_template_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        let text_of = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or("");
+        chat::render(
+            source,
+            messages,
+            add_generation_prompt,
+            text_of(self.vocab.bos),
+            text_of(self.vocab.eos),
+            tools,
+        )
+    }
+
     /// Renders the given template source (e.g. [`crate::CHATML_TEMPLATE`]) with this
     /// model's BOS/EOS texts.
     pub fn apply_chat_template_with(
@@ -297,6 +321,7 @@ impl Tokenizer {
             add_generation_prompt,
             text_of(self.vocab.bos),
             text_of(self.vocab.eos),
+            None,
         )
     }
 }
