@@ -50,10 +50,6 @@ impl TokenTrie {
         TokenTrie { nodes, bytes, eog }
     }
 
-    pub fn n_vocab(&self) -> usize {
-        self.bytes.len()
-    }
-
     fn is_eog(&self, t: u32) -> bool {
         self.eog.get(t as usize).copied().unwrap_or(false)
     }
@@ -148,6 +144,7 @@ impl Constraint {
     }
 
     /// Whether the text so far is complete.
+    #[cfg(test)]
     pub fn can_end(&self) -> bool {
         self.matcher.can_end()
     }

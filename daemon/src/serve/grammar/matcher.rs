@@ -42,6 +42,7 @@ impl Matcher {
     }
 
     /// Whether no text can continue (nothing, not even the end, matches).
+    #[cfg(test)]
     pub fn is_dead(&self) -> bool {
         self.stacks.is_empty()
     }

@@ -9,7 +9,7 @@
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Value};
 
-use super::{tool_params, Family, ToolSpec};
+use super::{tool_params, Choice, Family, ToolSpec};
 use crate::serve::grammar::schema::{literal, Rules};
 use crate::serve::grammar::GrammarError;
 
@@ -84,7 +84,8 @@ fn system_note(spec: &ToolSpec) -> String {
 }
 
 /// The grammar of a forced call in `family`'s notation: one call, or with
-/// `parallel_tool_calls` one or more, each of the tools `spec` forces.
+/// `parallel_tool_calls` (and not a named function) up to one per tool,
+/// each of the tools `spec` forces.
 pub fn forced_grammar(spec: &ToolSpec, family: Family) -> Result<Option<String>, GrammarError> {
     let Some(tools) = spec.forced() else {
         return Ok(None);
@@ -140,21 +141,26 @@ pub fn forced_grammar(spec: &ToolSpec, family: Family) -> Result<Option<String>,
         calls.push(format!("( {call} )"));
     }
     let call = calls.join(" | ");
-    let more = |sep: &str| {
-        if spec.parallel {
-            format!("( {sep} ( {call} ) )*")
-        } else {
-            String::new()
-        }
+    // How many calls the output may hold: one for a named function or
+    // without parallel calls, else at most one per tool. A bound, because a
+    // small model asked for a list repeats its first call until max_tokens,
+    // and a cut-off list parses as nothing.
+    let extra = match (&spec.choice, spec.parallel) {
+        (Choice::Named(_), _) | (_, false) => 0,
+        _ => tools.len().clamp(1, 8) - 1,
     };
+    let repeat = |item: &str| -> String {
+        let mut s = String::new();
+        for _ in 0..extra {
+            s = format!("( {item} {s} )?");
+        }
+        s
+    };
+    let more = |sep: &str| repeat(&format!("{sep} ( {call} )"));
     let root = match family {
         Family::Hermes => format!(
             "\"<tool_call>\\n\" ( {call} ) \"\\n</tool_call>\" {}",
-            if spec.parallel {
-                format!("( \"\\n<tool_call>\\n\" ( {call} ) \"\\n</tool_call>\" )*")
-            } else {
-                String::new()
-            }
+            repeat(&format!("\"\\n<tool_call>\\n\" ( {call} ) \"\\n</tool_call>\""))
         ),
         Family::Llama3 => format!("( {call} )"),
         Family::Generic => format!(

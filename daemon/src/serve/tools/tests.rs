@@ -175,6 +175,22 @@ fn forced_grammars_accept_what_the_parsers_read() {
     let g = Grammar::parse(&g).unwrap();
     assert!(!g.accepts("{\"tool_calls\": [{\"name\": \"add\", \"arguments\": {}}, {\"name\": \"add\", \"arguments\": {}}]}"));
     assert!(!g.accepts("{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": {}}]}"));
+    // Parallel calls: at most one per tool (two here), and a named choice
+    // one call, so a model repeating itself cannot run into max_tokens.
+    let g = forced_grammar(&spec(Choice::Required, true), Family::Generic)
+        .unwrap()
+        .unwrap();
+    let g = Grammar::parse(&g).unwrap();
+    let add = "{\"name\": \"add\", \"arguments\": {}}";
+    assert!(g.accepts(&format!("{{\"tool_calls\": [{add}, {add}]}}")));
+    assert!(!g.accepts(&format!("{{\"tool_calls\": [{add}, {add}, {add}]}}")));
+    let g = forced_grammar(&spec(Choice::Named("add".into()), true), Family::Hermes)
+        .unwrap()
+        .unwrap();
+    let g = Grammar::parse(&g).unwrap();
+    let one = format!("<tool_call>\n{add}\n</tool_call>");
+    assert!(g.accepts(&one));
+    assert!(!g.accepts(&format!("{one}\n{one}")));
     assert!(forced_grammar(&spec(Choice::Auto, true), Family::Generic)
         .unwrap()
         .is_none());
