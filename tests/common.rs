@@ -146,3 +146,17 @@ pub fn ok(out: std::process::Output, what: &str) -> std::process::Output {
     );
     out
 }
+
+/// The tiny DeepSeek V4 fixture (Q8_0).
+pub fn tiny_v4() -> dwarfstar_model::Model {
+    let p = fixtures().join("tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf");
+    dwarfstar_model::Model::open(&p, &[])
+        .expect("model loads")
+        .0
+}
+
+/// The tiny V4 fixture's reference prompt.
+pub fn tiny_v4_prompt() -> Vec<u32> {
+    let j = read_json(&fixtures().join("tiny-deepseek-v4/tiny-dsv4.topk_all.summary.json"));
+    ids(&j["tokens"])
+}

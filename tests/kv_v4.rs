@@ -10,16 +10,6 @@ use dwarfstar_model::{KvType, Model, SeqState};
 
 use crate::common::*;
 
-fn tiny() -> Model {
-    let p = fixtures().join("tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf");
-    Model::open(&p, &[]).expect("model loads").0
-}
-
-fn prompt() -> Vec<u32> {
-    let j = read_json(&fixtures().join("tiny-deepseek-v4/tiny-dsv4.topk_all.summary.json"));
-    ids(&j["tokens"])
-}
-
 /// Every prompt position's logits, then `steps` greedy tokens.
 fn run(m: &Model, toks: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
     let mut st = m.new_state(toks.len() + steps + 1);
@@ -37,9 +27,9 @@ fn run(m: &Model, toks: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
 
 #[test]
 fn v4_cache_types_against_f32() {
-    let mut m = tiny();
+    let mut m = tiny_v4();
     assert_eq!(m.kv_type(), KvType::F16, "V4's default cache");
-    let toks = prompt();
+    let toks = tiny_v4_prompt();
     let nv = m.n_vocab();
     m.set_kv_type(KvType::F32).expect("f32");
     let f32_bytes = m.kv_bytes_per_token();
@@ -98,8 +88,8 @@ fn v4_cache_types_against_f32() {
 
 #[test]
 fn v4_state_saves_restores_and_continues_bit_identically() {
-    let mut m = tiny();
-    let toks = prompt();
+    let mut m = tiny_v4();
+    let toks = tiny_v4_prompt();
     let (head, _) = toks.split_at(150);
     for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
         m.set_kv_type(ty).expect("V4 takes the type");

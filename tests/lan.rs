@@ -223,6 +223,55 @@ fn answers_as_one_machine(http: &str, model: &Path) {
     );
 }
 
+/// Namespace 1 starts a mesh (`serve --mesh`, no mDNS) that will split
+/// `model` into two stages once a second node joins: its node, the join
+/// token it printed, and its HTTP address.
+fn start_mesh(lan: &Lan, tag: &str, model: &Path) -> (Node, String, String) {
+    let http = format!("{}:8080", lan.addr(1));
+    let state = state_dir(tag);
+    let args = [
+        "serve",
+        "--mesh",
+        "--no-mdns",
+        "--threads",
+        "1",
+        "--mesh-nodes",
+        "2",
+        "--stages",
+        "2",
+        "--http-addr",
+        &http,
+        "--api-key",
+        KEY,
+        "--model",
+        model.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let mut first = Node::start(lan.dwarfstar(1, &args), state);
+    let line = first.wait("dwarfstar join ");
+    let token = line
+        .split_whitespace()
+        .find(|w| w.starts_with("dsj1."))
+        .unwrap_or_else(|| panic!("no token in: {line}"))
+        .to_string();
+    (first, token, http)
+}
+
+/// A second node has joined `first`'s mesh: it plans two stages and its
+/// API answers as one machine does.
+fn two_stages_answer(first: &mut Node, http: &str, model: &Path) {
+    let plan = first.wait("dwarfstar mesh: plan");
+    assert_eq!(
+        plan.split(';').next().unwrap().matches(" on ").count(),
+        2,
+        "{plan}"
+    );
+    first.wait("listening on http://");
+    first.drain();
+    answers_as_one_machine(&format!("http://{http}"), model);
+}
+
 /// The first machine runs `serve --mesh`, the second pastes the token it
 /// printed into `dwarfstar join`: no secret file, no address typed, no
 /// mDNS. The two plan two pipeline stages and serve the model.
@@ -231,39 +280,7 @@ fn a_join_token_joins_a_second_machine() {
     let lan = Lan::new(2);
     let model = model_path(SMOLLM2);
     let models = model.parent().unwrap().to_str().unwrap().to_string();
-    let http = format!("{}:8080", lan.addr(1));
-    let s1 = state_dir("join1");
-    let mut first = Node::start(
-        lan.dwarfstar(
-            1,
-            &[
-                "serve",
-                "--mesh",
-                "--no-mdns",
-                "--threads",
-                "1",
-                "--mesh-nodes",
-                "2",
-                "--stages",
-                "2",
-                "--http-addr",
-                &http,
-                "--api-key",
-                KEY,
-                "--model",
-                model.to_str().unwrap(),
-                "--state-dir",
-                s1.to_str().unwrap(),
-            ],
-        ),
-        s1,
-    );
-    let line = first.wait("dwarfstar join ");
-    let token = line
-        .split_whitespace()
-        .find(|w| w.starts_with("dsj1."))
-        .unwrap_or_else(|| panic!("no token in: {line}"))
-        .to_string();
+    let (mut first, token, http) = start_mesh(&lan, "join1", &model);
     let s2 = state_dir("join2");
     let mut second = Node::start(
         lan.dwarfstar(
@@ -284,15 +301,7 @@ fn a_join_token_joins_a_second_machine() {
     );
     second.wait("mesh worker ready");
     second.drain();
-    let plan = first.wait("dwarfstar mesh: plan");
-    assert_eq!(
-        plan.split(';').next().unwrap().matches(" on ").count(),
-        2,
-        "{plan}"
-    );
-    first.wait("listening on http://");
-    first.drain();
-    answers_as_one_machine(&format!("http://{http}"), &model);
+    two_stages_answer(&mut first, &http, &model);
     // A damaged token is refused with the reason, before any network.
     let out = lan
         .dwarfstar(2, &["join", &token[..token.len() - 3], "--no-mdns"])
@@ -389,39 +398,7 @@ fn the_installed_unit_joins_with_the_token() {
     let lan = Lan::new(2);
     let model = model_path(SMOLLM2);
     let models = model.parent().unwrap().to_str().unwrap().to_string();
-    let http = format!("{}:8080", lan.addr(1));
-    let s1 = state_dir("unit1");
-    let mut first = Node::start(
-        lan.dwarfstar(
-            1,
-            &[
-                "serve",
-                "--mesh",
-                "--no-mdns",
-                "--threads",
-                "1",
-                "--mesh-nodes",
-                "2",
-                "--stages",
-                "2",
-                "--http-addr",
-                &http,
-                "--api-key",
-                KEY,
-                "--model",
-                model.to_str().unwrap(),
-                "--state-dir",
-                s1.to_str().unwrap(),
-            ],
-        ),
-        s1,
-    );
-    let line = first.wait("dwarfstar join ");
-    let token = line
-        .split_whitespace()
-        .find(|w| w.starts_with("dsj1."))
-        .unwrap_or_else(|| panic!("no token in: {line}"))
-        .to_string();
+    let (mut first, token, http) = start_mesh(&lan, "unit1", &model);
     let root = state_dir("unit-root");
     let install = |args: &[&str]| {
         Command::new(repo_root().join("deploy/install.sh"))
@@ -478,14 +455,6 @@ fn the_installed_unit_joins_with_the_token() {
     let mut second = Node::start(cmd, s2);
     second.wait("mesh worker ready");
     second.drain();
-    let plan = first.wait("dwarfstar mesh: plan");
-    assert_eq!(
-        plan.split(';').next().unwrap().matches(" on ").count(),
-        2,
-        "{plan}"
-    );
-    first.wait("listening on http://");
-    first.drain();
-    answers_as_one_machine(&format!("http://{http}"), &model);
+    two_stages_answer(&mut first, &http, &model);
     let _ = std::fs::remove_dir_all(&root);
 }

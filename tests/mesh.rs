@@ -449,8 +449,9 @@ fn meshctl_cluster_status_is_status(grpc: &str) {
     assert!(err.contains("frobnicate"), "{err}");
 }
 
-/// The coordinator's `/metrics` counts its calls to every other node of the
-/// plan: frames and bytes each way, round trips and their time.
+/// The coordinator's `/metrics` counts its calls to the nodes it talks to
+/// (the next stage, the expert holders; a later stage is called by the one
+/// before it): frames and bytes each way, round trips and their time.
 fn peer_metrics_name_each_peer(http: &str, r: &dwarfstar_proto::v1::StatusReply) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
@@ -471,7 +472,19 @@ fn peer_metrics_name_each_peer(http: &str, r: &dwarfstar_proto::v1::StatusReply)
             .parse()
             .unwrap()
     };
-    for n in r.nodes.iter().filter(|n| !n.local) {
+    let called: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("dwarfstar_peer_round_trips_total{peer=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(!called.is_empty(), "no peer counted:\n{text}");
+    for id in &called {
+        assert!(
+            r.nodes.iter().any(|n| !n.local && n.id == *id),
+            "{id} is not a peer of the plan"
+        );
+    }
+    for n in r.nodes.iter().filter(|n| called.contains(&n.id.as_str())) {
         let trips = value("dwarfstar_peer_round_trips_total", &n.id);
         assert!(trips > 0.0, "{}: {trips}", n.id);
         assert!(value("dwarfstar_peer_bytes_sent_total", &n.id) > 0.0);

@@ -14,16 +14,6 @@ use serde_json::{json, Value};
 use crate::api::{metric, Server};
 use crate::common::*;
 
-fn tiny() -> Model {
-    let p = fixtures().join("tiny-deepseek-v4/tiny-dsv4-Q8_0.gguf");
-    Model::open(&p, &[]).expect("model loads").0
-}
-
-fn prompt() -> Vec<u32> {
-    let j = read_json(&fixtures().join("tiny-deepseek-v4/tiny-dsv4.topk_all.summary.json"));
-    ids(&j["tokens"])
-}
-
 /// Greedy decoding one token a pass from `prompt` up to `total` positions:
 /// the tokens, and the logits after each position from the prompt's last
 /// on (`logits[i]` follows position `prompt.len() - 1 + i`).
@@ -43,8 +33,8 @@ fn plain(m: &Model, prompt: &[u32], total: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
 
 #[test]
 fn v4_cut_back_into_a_verify_pass_is_exact() {
-    let m = tiny();
-    let p = prompt();
+    let m = tiny_v4();
+    let p = tiny_v4_prompt();
     // From position 100 to 160: the HCA layer's first block completes at
     // 127, the CSA layers' every 4, the 15-slot window wraps many times.
     let (start, total) = (100, 160);
@@ -126,7 +116,7 @@ fn completions(s: &Server, prompts: &[Vec<u32>]) -> (Vec<Value>, Vec<Value>) {
 /// block) gives the greedy text of serving it without, alone and
 /// batched; the block drafts and some drafts are accepted or rejected.
 fn mtp_keeps_greedy_text(path: &Path, label: &str) {
-    let p = prompt();
+    let p = tiny_v4_prompt();
     // Across the HCA boundary (127) and within the first window.
     let prompts: Vec<Vec<u32>> = vec![p[..9].to_vec(), p[..60].to_vec(), p[..118].to_vec()];
     let plain = Server::start_model(path, &["--mtp=false"], None);
@@ -219,7 +209,7 @@ fn v4_ds4_mtp_file_attached_drafts_as_in_file() {
     };
     let drafts = |m: Arc<Model>| {
         let mut d = MtpDrafter::new(m.clone(), 256).expect("MTP drafter");
-        let mut hist = prompt()[..40].to_vec();
+        let mut hist = tiny_v4_prompt()[..40].to_vec();
         let mut st = m.new_state(256);
         let mut out = Vec::new();
         for step in 0..6 {
