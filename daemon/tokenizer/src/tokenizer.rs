@@ -295,6 +295,17 @@ impl Tokenizer {
             .chat_template
             .as_deref()
             .ok_or(TokenizerError::NoChatTemplate)?;
+        self.render(source, messages, tools, add_generation_prompt)
+    }
+
+    /// Renders `source` with this model's BOS/EOS texts.
+    fn render(
+        &self,
+        source: &str,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let text_of = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or("");
         chat::render(
             source,
@@ -314,14 +325,6 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let text_of = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or("");
-        chat::render(
-            source,
-            messages,
-            add_generation_prompt,
-            text_of(self.vocab.bos),
-            text_of(self.vocab.eos),
-            None,
-        )
+        self.render(source, messages, None, add_generation_prompt)
     }
 }
