@@ -124,7 +124,10 @@ impl Drop for Lan {
             let ns = self.ns(i);
             if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // The shell's own kill: a fresh machine may lack procps.
+                    let _ = Command::new("sh")
+                        .args(["-c", &format!("kill -9 {pid}")])
+                        .status();
                 }
             }
             // Deleting the namespace deletes its veth pair; the host end

@@ -275,11 +275,7 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let source = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
-        self.apply_chat_template_with(source, messages, add_generation_prompt)
+        self.apply_chat_template_tools(messages, None, add_generation_prompt)
     }
 
     /// Renders the model's chat template with `tools` (OpenAI's tool
