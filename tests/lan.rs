@@ -21,11 +21,13 @@ const KEY: &str = "lan-test-key";
 
 /// A bridge with `n` namespaces, each with `eth0` at `10.213.K.i` (i from
 /// 1), and the host at `10.213.K.254` so the test can reach their HTTP
-/// ports. Removed on drop, with every process left inside.
+/// ports. Removed on drop, with every process left inside. The daemons'
+/// logs (info level) go to files, printed when the test fails.
 struct Lan {
     tag: String,
     subnet: String,
     n: usize,
+    logs: PathBuf,
 }
 
 static LANS: AtomicU32 = AtomicU32::new(0);
@@ -49,7 +51,15 @@ impl Lan {
         let pid = std::process::id();
         let tag = format!("dsn{}{k}", pid % 100_000);
         let subnet = format!("10.213.{}", (pid * 4 + k) % 250);
-        let lan = Lan { tag, subnet, n };
+        let logs = std::env::temp_dir().join(format!("dwarfstar-lan-logs-{tag}"));
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).unwrap();
+        let lan = Lan {
+            tag,
+            subnet,
+            n,
+            logs,
+        };
         let br = lan.bridge();
         ip(&["link", "add", &br, "type", "bridge"]);
         // Multicast (mDNS) floods the bridge instead of waiting for joins.
@@ -96,7 +106,39 @@ impl Lan {
         format!("{}.{i}", self.subnet)
     }
 
-    /// `dwarfstar ARGS` inside namespace `i`, stdout piped.
+    /// Takes namespace `i`'s link down or up: the machine drops off the LAN
+    /// (its daemon keeps running) or comes back.
+    fn link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.ns(i), "link", "set", "eth0", state]);
+        if up {
+            // Routes that went with the link come back with it, but the
+            // multicast one was added by hand.
+            let _ = Command::new("ip")
+                .args([
+                    "-n",
+                    &self.ns(i),
+                    "route",
+                    "add",
+                    "224.0.0.0/4",
+                    "dev",
+                    "eth0",
+                ])
+                .output();
+        }
+    }
+
+    /// Where the daemons of namespace `i` log.
+    fn log(&self, i: usize) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("node{i}.log")))
+            .unwrap()
+    }
+
+    /// `dwarfstar ARGS` inside namespace `i`, stdout piped, stderr to the
+    /// namespace's log.
     fn dwarfstar(&self, i: usize, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args([
@@ -108,18 +150,39 @@ impl Lan {
         .args(args)
         .env(
             "DWARFSTAR_LOG",
-            std::env::var("LAN_LOG").unwrap_or("warn".into()),
+            std::env::var("LAN_LOG").unwrap_or("info".into()),
         )
         .env_remove("DWARFSTAR_SECRET")
         .env_remove("DWARFSTAR_JOIN")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(self.log(i));
         c
+    }
+
+    /// The last lines each daemon logged, for a failed test's report.
+    fn print_logs(&self) {
+        for i in 1..=self.n {
+            let text =
+                std::fs::read_to_string(self.logs.join(format!("node{i}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "---- node {i} ({}), last {} log lines:",
+                self.addr(i),
+                tail.len()
+            );
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         for i in 1..=self.n {
             let ns = self.ns(i);
             if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -140,6 +203,7 @@ impl Drop for Lan {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .output();
+        let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
 
@@ -308,6 +372,7 @@ fn a_join_token_joins_a_second_machine() {
     // A damaged token is refused with the reason, before any network.
     let out = lan
         .dwarfstar(2, &["join", &token[..token.len() - 3], "--no-mdns"])
+        .stderr(Stdio::piped())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -316,7 +381,10 @@ fn a_join_token_joins_a_second_machine() {
 }
 
 /// Three daemons that share a secret and are given no peer address find
-/// each other by mDNS alone, and the coordinator plans over all three.
+/// each other by mDNS alone, and the coordinator plans over all three. The
+/// third machine is off the LAN while the coordinator starts (its first
+/// mDNS queries, which stop at the first answer, reach only the second):
+/// once it is back it is found by the queries every node keeps sending.
 #[test]
 fn three_machines_find_each_other_by_mdns_alone() {
     let lan = Lan::new(3);
@@ -350,6 +418,7 @@ fn three_machines_find_each_other_by_mdns_alone() {
         w.drain();
         workers.push(w);
     }
+    lan.link(3, false);
     let http = format!("{}:8080", lan.addr(1));
     let s1 = state_dir("mdns1");
     let mut coord = Node::start(
@@ -379,6 +448,8 @@ fn three_machines_find_each_other_by_mdns_alone() {
         ),
         s1,
     );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    lan.link(3, true);
     let plan = coord.wait("dwarfstar mesh: plan");
     assert_eq!(
         plan.split(';').next().unwrap().matches(" on ").count(),
@@ -450,11 +521,11 @@ fn the_installed_unit_joins_with_the_token() {
     cmd.args(["netns", "exec", &lan.ns(2), &installed])
         .args(&argv[1..])
         .args(["--threads", "1"])
-        .env("DWARFSTAR_LOG", "warn")
+        .env("DWARFSTAR_LOG", "info")
         .env_remove("DWARFSTAR_SECRET")
         .env_remove("DWARFSTAR_JOIN")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(lan.log(2));
     let mut second = Node::start(cmd, s2);
     second.wait("mesh worker ready");
     second.drain();

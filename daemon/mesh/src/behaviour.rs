@@ -29,6 +29,10 @@ pub(crate) struct MeshBehaviour {
     pub(crate) ctl: request_response::Behaviour<BytesCodec>,
 }
 
+/// How often a node asks the LAN who is there (each node answers with a few
+/// hundred bytes).
+const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(15);
+
 impl MeshBehaviour {
     pub(crate) fn new(
         identity: &Identity,
@@ -37,10 +41,14 @@ impl MeshBehaviour {
     ) -> std::io::Result<MeshBehaviour> {
         let key = identity.keypair();
         let mdns = if mdns_on {
-            Some(mdns::tokio::Behaviour::new(
-                mdns::Config::default(),
-                identity.peer_id(),
-            )?)
+            // Ask the LAN again every 15 s, not every 5 min: a node stops its
+            // fast start-up queries at the first answer, so one whose answer
+            // was lost (or who came up between queries) would wait minutes.
+            let config = mdns::Config {
+                query_interval: MDNS_QUERY_INTERVAL,
+                ..mdns::Config::default()
+            };
+            Some(mdns::tokio::Behaviour::new(config, identity.peer_id())?)
         } else {
             None
         };

@@ -1,7 +1,8 @@
 //! The ONE task that owns the libp2p `Swarm`. It is fed [`Command`]s by `MeshHandle`s over an
 //! mpsc channel, turns swarm events into `MeshEvent`s, keeps the admitted-peer book the QUIC
-//! verifier reads, exchanges capabilities on every new connection, and redials static peers with
-//! exponential backoff.
+//! verifier reads, exchanges capabilities on every new connection (asking again when an exchange
+//! fails), and redials static peers and peers mDNS found with exponential backoff: a peer whose
+//! connection dropped, or whose first dial failed, is not left for the next mDNS answer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -55,6 +56,23 @@ struct PeerState {
     caps: Option<Capabilities>,
     rtt: Option<Duration>,
     agent: Option<String>,
+    /// Our capabilities push failed this many times in a row; asked again
+    /// at `caps_retry` while connected (at most [`CAPS_RETRIES`] times).
+    caps_failures: u32,
+    caps_retry: Option<Instant>,
+}
+
+/// How many times in a row a failed capabilities exchange is tried again.
+const CAPS_RETRIES: u32 = 5;
+
+/// A peer mDNS announced: dialed until connected, and again whenever its
+/// connection drops, while its announcement lives.
+#[derive(Debug)]
+struct FoundPeer {
+    addrs: Vec<Multiaddr>,
+    dialing: bool,
+    next_dial: Instant,
+    backoff: Duration,
 }
 
 #[derive(Debug)]
@@ -80,6 +98,7 @@ pub(crate) struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     discovered: HashSet<PeerId>,
     statics: Vec<StaticPeer>,
+    found: HashMap<PeerId, FoundPeer>,
     pending_caps: HashMap<OutboundRequestId, Option<Reply<Capabilities>>>,
     pending_ctl: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
     redial_initial: Duration,
@@ -132,6 +151,7 @@ impl EventLoop {
             peers: HashMap::new(),
             discovered: HashSet::new(),
             statics,
+            found: HashMap::new(),
             pending_caps: HashMap::new(),
             pending_ctl: HashMap::new(),
             redial_initial,
@@ -184,7 +204,11 @@ impl EventLoop {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                _ = tick.tick() => self.redial_due(),
+                _ = tick.tick() => {
+                    self.redial_due();
+                    self.redial_found();
+                    self.retry_caps();
+                }
             }
         }
         // Tell QUIC peers we leave (so their streams fail now, not at the idle timeout), then
@@ -326,6 +350,60 @@ impl EventLoop {
         }
     }
 
+    /// Dials each peer mDNS announced that is neither connected nor being
+    /// dialed, once its backoff passed.
+    fn redial_found(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .found
+            .iter()
+            .filter(|(_, f)| !f.dialing && f.next_dial <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            self.dial_found(peer);
+        }
+    }
+
+    fn dial_found(&mut self, peer: PeerId) {
+        let Some(f) = self.found.get_mut(&peer) else {
+            return;
+        };
+        let opts = DialOpts::peer_id(peer)
+            .addresses(f.addrs.clone())
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => f.dialing = true,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "mDNS peer dial refused");
+                f.next_dial = Instant::now() + f.backoff;
+                f.backoff = (f.backoff * 2).min(self.redial_max);
+            }
+        }
+    }
+
+    /// Asks again for capabilities whose exchange failed, while the peer is connected.
+    fn retry_caps(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, st)| st.caps_retry.is_some_and(|t| t <= now))
+            .map(|(p, st)| {
+                st.caps_retry = None;
+                *p
+            })
+            .collect();
+        for peer in due {
+            tracing::debug!(%peer, "asking again for capabilities");
+            self.push_caps(peer, None);
+        }
+    }
+
     fn backoff_static(&mut self, i: usize) {
         let s = &mut self.statics[i];
         s.dialing = None;
@@ -376,6 +454,11 @@ impl EventLoop {
                         tracing::debug!(addr = %self.statics[i].addr, %error, "static peer unreachable; will redial");
                         self.backoff_static(i);
                     }
+                } else if let Some(f) = peer_id.and_then(|p| self.found.get_mut(&p)) {
+                    tracing::info!(peer = ?peer_id, %error, backoff = ?f.backoff, "dial of a peer mDNS found failed; will redial");
+                    f.dialing = false;
+                    f.next_dial = Instant::now() + f.backoff;
+                    f.backoff = (f.backoff * 2).min(self.redial_max);
                 } else {
                     tracing::debug!(?peer_id, %error, "dial failed");
                 }
@@ -407,6 +490,10 @@ impl EventLoop {
         }
         if from_static && self.discovered.insert(peer) {
             self.emit(MeshEvent::PeerDiscovered(peer, remote.clone()));
+        }
+        if let Some(f) = self.found.get_mut(&peer) {
+            f.dialing = false;
+            f.backoff = self.redial_initial;
         }
         let state = self.peers.entry(peer).or_default();
         state.conns.insert(conn, remote.clone());
@@ -441,6 +528,10 @@ impl EventLoop {
                 s.connected = false;
                 s.next_dial = now + s.backoff;
             }
+        }
+        if let Some(f) = self.found.get_mut(&peer) {
+            f.dialing = false;
+            f.next_dial = now + f.backoff;
         }
         self.emit(MeshEvent::PeerLost(peer));
     }
@@ -494,6 +585,9 @@ impl EventLoop {
                     response,
                 } => {
                     let caps = self.on_caps(peer, &response);
+                    if let Some(st) = self.peers.get_mut(&peer) {
+                        st.caps_failures = 0;
+                    }
                     if let Some(Some(reply)) = self.pending_caps.remove(&request_id) {
                         let _ = reply.send(caps.ok_or_else(|| MeshError::Request {
                             peer,
@@ -508,7 +602,18 @@ impl EventLoop {
                 error,
                 ..
             }) => {
-                tracing::debug!(%peer, %error, "capabilities request failed");
+                let connected = self.swarm.is_connected(&peer);
+                if let Some(st) = self.peers.get_mut(&peer).filter(|_| connected) {
+                    st.caps_failures += 1;
+                    if st.caps_failures <= CAPS_RETRIES {
+                        tracing::info!(%peer, %error, attempt = st.caps_failures, "capabilities exchange failed; asking again");
+                        st.caps_retry = Some(Instant::now() + self.redial_initial);
+                    } else {
+                        tracing::warn!(%peer, %error, "capabilities exchange failed {CAPS_RETRIES} times; the peer stays out of plans until it reconnects");
+                    }
+                } else {
+                    tracing::debug!(%peer, %error, "capabilities request failed");
+                }
                 if let Some(Some(reply)) = self.pending_caps.remove(&request_id) {
                     let _ = reply.send(Err(MeshError::Request {
                         peer,
@@ -596,23 +701,46 @@ impl EventLoop {
                     }
                 }
                 for (peer, addrs) in by_peer {
-                    if peer == me || self.swarm.is_connected(&peer) {
+                    if peer == me {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let f = self.found.entry(peer).or_insert_with(|| FoundPeer {
+                        addrs: Vec::new(),
+                        dialing: false,
+                        next_dial: now,
+                        backoff: self.redial_initial,
+                    });
+                    for a in addrs {
+                        if !f.addrs.contains(&a) {
+                            f.addrs.push(a);
+                        }
+                    }
+                    let (dialing, first) = (f.dialing, f.addrs[0].clone());
+                    if self.swarm.is_connected(&peer) {
                         continue;
                     }
                     if self.discovered.insert(peer) {
-                        tracing::info!(%peer, addrs = ?addrs, "discovered by mDNS");
-                        self.emit(MeshEvent::PeerDiscovered(peer, addrs[0].clone()));
+                        tracing::info!(%peer, addr = %first, "discovered by mDNS");
+                        self.emit(MeshEvent::PeerDiscovered(peer, first));
                     }
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, error = %e, "mDNS dial refused");
+                    // A fresh announcement is worth a dial now, whatever the backoff.
+                    if !dialing {
+                        self.dial_found(peer);
                     }
                 }
             }
-            MeshBehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            MeshBehaviourEvent::Mdns(mdns::Event::Expired(list)) => {
+                for (peer, addr) in list {
+                    if let Some(f) = self.found.get_mut(&peer) {
+                        f.addrs.retain(|a| *a != addr);
+                        if f.addrs.is_empty() {
+                            tracing::debug!(%peer, "mDNS announcement expired");
+                            self.found.remove(&peer);
+                        }
+                    }
+                }
+            }
         }
     }
 }
