@@ -1,7 +1,7 @@
 //! A mesh member that stops answering (SIGSTOP: its connections stay open,
-//! nothing closes them) is declared lost within the liveness bound, and the
-//! requests waiting on it fail at once with an error that says so, instead
-//! of hanging until the QUIC idle timeout.
+//! nothing closes them) is declared lost within the liveness bound, not at
+//! the QUIC idle timeout, and the request that waited on it goes on over
+//! the nodes left (see `recovery` for what it then gets).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use crate::mesh::{post_completion, start_in, status, Daemon};
 
 /// Sends `sig` (STOP, CONT) to the daemon's process, with the shell's
 /// built-in `kill` (a fresh machine may lack procps' /bin/kill).
-fn signal(d: &Daemon, sig: &str) {
+pub(crate) fn signal(d: &Daemon, sig: &str) {
     let ok = Command::new("sh")
         .arg("-c")
         .arg(format!("kill -{sig} {}", d.pid()))
@@ -40,7 +40,7 @@ fn member(grpc: &str, id: &str) -> (i32, String) {
 }
 
 #[test]
-fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_requests_fail_fast() {
+fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_request_goes_on() {
     let model = model_path(SMOLLM2);
     let dir = model.parent().unwrap();
     let worker = start_in(None, "lw", "team-secret", dir, None, &[]);
@@ -56,7 +56,7 @@ fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_requests_fail_fast
     // A long generation is under way when the worker stops.
     let long = {
         let (base, name) = (base.clone(), name.clone());
-        std::thread::spawn(move || post(&base, &name, 2000))
+        std::thread::spawn(move || post(&base, &name, 400))
     };
     std::thread::sleep(Duration::from_millis(700));
     signal(&worker, "STOP");
@@ -67,7 +67,7 @@ fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_requests_fail_fast
     let bound = Duration::from_secs(3) + Duration::from_millis(700);
     let lost_after = loop {
         let (state, detail) = member(&coord.grpc, &worker_id);
-        if state == NodeState::Failed as i32 {
+        if state == NodeState::Failed as i32 || state == NodeState::Unreachable as i32 {
             assert!(detail.contains("lost"), "{detail}");
             break stopped.elapsed();
         }
@@ -81,30 +81,18 @@ fn a_stopped_worker_is_declared_lost_within_the_bound_and_its_requests_fail_fast
     eprintln!("stopped worker declared lost after {lost_after:?}");
     assert!(lost_after <= bound, "declared lost after {lost_after:?}");
 
-    // The request that was running fails, soon, and says why.
+    // The request that was running goes on over the coordinator alone.
     let (code, body) = long.join().unwrap();
-    let failed_after = stopped.elapsed();
-    eprintln!("running request failed {failed_after:?} after the stop: {code} {body}");
-    assert_ne!(code, 200, "{body}");
-    assert!(body.contains("lost"), "{body}");
-    assert!(
-        failed_after <= bound + Duration::from_secs(2),
-        "{failed_after:?}"
+    eprintln!(
+        "running request ended {:?} after the stop: {code}",
+        stopped.elapsed()
     );
+    assert_eq!(code, 200, "{body}");
 
-    // A new request fails at once instead of waiting on the lost node.
+    // A new request runs at once on the new plan.
     let t = Instant::now();
     let (code, body) = post(&base, &name, 8);
-    assert_ne!(code, 200, "{body}");
-    assert!(body.contains("lost"), "{body}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-
-    // The coordinator's status says the plan lost a member.
-    let r = status(&coord.grpc);
-    let me = r.nodes.iter().find(|n| n.local).unwrap();
-    assert!(
-        me.state_detail.contains("lost") || r.nodes.iter().any(|n| n.state_detail.contains("lost")),
-        "{r:#?}"
-    );
+    assert_eq!(code, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     signal(&worker, "CONT");
 }

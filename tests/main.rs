@@ -23,6 +23,7 @@ mod paging;
 mod paging_mesh;
 mod paging_v4;
 mod quantize;
+mod recovery;
 mod reference;
 mod spec;
 mod stage;

@@ -87,6 +87,9 @@ pub struct Members {
     /// The encoded proposal of each round under way.
     proposals: Mutex<HashMap<u64, Vec<u8>>>,
     lost: watch::Sender<BTreeMap<String, String>>,
+    /// The version of the last plan this node coordinates that lost a
+    /// member (0: none); the recovery task re-plans on each change.
+    broken: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,7 +108,14 @@ impl Members {
             rounds: Mutex::default(),
             proposals: Mutex::default(),
             lost: watch::Sender::new(BTreeMap::new()),
+            broken: watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time a plan this node coordinates loses a member (its
+    /// version).
+    pub fn broken_plans(&self) -> watch::Receiver<u64> {
+        self.broken.subscribe()
     }
 
     /// The core, for a decision taken on the spot (the member's side);
@@ -229,8 +239,7 @@ impl NodeRuntime {
                 reason,
             } => {
                 let error = format!(
-                    "plan v{version} lost {lost} ({reason}); its requests fail until a load \
-                     re-plans over the {} node(s) left",
+                    "plan v{version} lost {lost} ({reason}); re-planning over the {} node(s) left",
                     survivors.len()
                 );
                 tracing::warn!("{error}");
@@ -238,6 +247,7 @@ impl NodeRuntime {
                     s.state = "failed".into();
                     s.error = Some(error);
                 });
+                self.members.broken.send_replace(version);
             }
             Action::Ignored { from, why } => tracing::info!("from {from}: ignored {why}"),
         }

@@ -40,9 +40,9 @@ use crate::serve::replan::Resume;
 
 /// A mesh daemon's Control service. See the module doc.
 pub struct MeshNode {
-    rt: Arc<NodeRuntime>,
+    pub(super) rt: Arc<NodeRuntime>,
     /// The model this node coordinates, if any.
-    engines: Arc<Engines>,
+    pub(super) engines: Arc<Engines>,
     /// How this daemon builds the engine of a model it is asked to load.
     factory: Arc<EngineFactory>,
     metrics: Arc<Metrics>,
@@ -142,7 +142,7 @@ impl MeshNode {
     /// until its running requests finish (new ones wait in the queue),
     /// plans over the same nodes, has them load their new shares, and hands
     /// the engine and Control's generations the new pipeline.
-    async fn replan(
+    pub(super) async fn replan(
         &self,
         e: &Engine,
         req: &LoadRequest,
@@ -168,10 +168,9 @@ impl MeshNode {
         match self.rt.coordinate(&e.model_path, &opts, version).await {
             Ok((plan, applied)) => {
                 let Some(backend) = applied.backend else {
-                    hold.resume(Resume::Keep);
-                    return Err(ApiError::Internal(
-                        "the new plan does not make this node its coordinator".into(),
-                    ));
+                    let why = "the new plan does not make this node its coordinator";
+                    hold.resume(Resume::Failed(why.into()));
+                    return Err(ApiError::Internal(why.into()));
                 };
                 *slot.write().unwrap_or_else(|e| e.into_inner()) = backend.clone();
                 hold.resume(Resume::Swap(backend));
@@ -184,7 +183,10 @@ impl MeshNode {
                 })
             }
             Err(err) => {
-                hold.resume(Resume::Keep);
+                // Requests a broken step set aside fail with the reason.
+                hold.resume(Resume::Failed(format!(
+                    "no new plan fits the nodes left: {err}"
+                )));
                 Err(ApiError::Unavailable(format!(
                     "re-planning failed: {err} (the nodes that took the new plan no longer \
                      serve v{}; load again, or restart the coordinator)",
@@ -462,8 +464,14 @@ impl NodeApi for MeshNode {
             };
             let member = members.get(&id);
             let in_plan = plan.is_some_and(|p| !roles(p, &id).contains(&(Role::Standby as i32)));
+            let lost = (!local)
+                .then(|| self.rt.members.core().lost(&id).map(str::to_string))
+                .flatten();
             let (state, detail) = if local {
                 (local_state(&st.state), st.error.clone().unwrap_or_default())
+            } else if let Some(why) = lost {
+                // Declared lost (a hung node keeps its connections open).
+                (NodeState::Unreachable, format!("lost: {why}"))
             } else if peer.is_none() {
                 (NodeState::Unreachable, "not connected".to_string())
             } else if let Some(m) = member {

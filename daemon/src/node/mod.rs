@@ -18,6 +18,7 @@
 //! - [`local`]: the single-machine `NodeApi` over one engine;
 //! - [`lone`]: a lone daemon's `NodeApi`, which swaps engines on LoadModel;
 //! - [`mesh_api`]: the mesh `NodeApi`: plan, peers, members' states;
+//! - [`recovery`]: a coordinator re-plans on its own when its plan loses a member;
 //! - [`paging`]: a node's share of the weights within its budget;
 //! - [`roster`]: what a node knows of its plan's members;
 //! - [`traffic`]: data-plane frame and byte counters.
@@ -37,6 +38,7 @@ pub mod mesh_serve;
 pub mod paging;
 pub mod pipeline;
 pub mod plan_wire;
+pub mod recovery;
 pub mod roster;
 pub mod runtime;
 pub mod shards;

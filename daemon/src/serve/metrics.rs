@@ -46,6 +46,12 @@ pub struct Metrics {
     pub spec_drafted: AtomicU64,
     /// Draft tokens the target accepted.
     pub spec_accepted: AtomicU64,
+    /// Times running sequences were carried over a broken pipeline (see
+    /// `scheduler::recover`), the milliseconds it took until they ran
+    /// again, and the tokens their caches were rebuilt from.
+    pub recoveries: AtomicU64,
+    pub recovery_ms: AtomicU64,
+    pub replayed_tokens: AtomicU64,
     ttft: Mutex<Histogram>,
     decoded: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -74,6 +80,9 @@ impl Metrics {
             batched_steps: AtomicU64::new(0),
             spec_drafted: AtomicU64::new(0),
             spec_accepted: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            recovery_ms: AtomicU64::new(0),
+            replayed_tokens: AtomicU64::new(0),
             ttft: Mutex::default(),
             decoded: Mutex::default(),
         }
@@ -182,7 +191,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "dwarfstar_generated_tokens_total",
                 "Tokens sampled.",
@@ -227,6 +236,16 @@ impl Metrics {
                 "dwarfstar_spec_accepted_tokens_total",
                 "Draft tokens accepted.",
                 self.spec_accepted.load(Relaxed),
+            ),
+            (
+                "dwarfstar_recoveries_total",
+                "Times running requests were carried over a lost mesh node.",
+                self.recoveries.load(Relaxed),
+            ),
+            (
+                "dwarfstar_replayed_tokens_total",
+                "Tokens replayed to rebuild caches after a lost mesh node.",
+                self.replayed_tokens.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -274,6 +293,15 @@ impl Metrics {
             family(&mut o, name, "gauge", help);
             let _ = writeln!(o, "{name} {v}");
         }
+        let name = "dwarfstar_recovery_seconds_total";
+        family(
+            &mut o,
+            name,
+            "counter",
+            "Seconds running requests waited for a new plan after a lost mesh node.",
+        );
+        let recovery = self.recovery_ms.load(Relaxed) as f64 / 1000.0;
+        let _ = writeln!(o, "{name} {recovery}");
         let name = "dwarfstar_time_to_first_token_seconds";
         family(
             &mut o,

@@ -295,6 +295,7 @@ async fn serve_on(
                 factory.clone(),
                 metrics.clone(),
             ));
+            api.spawn_recovery();
             announce_services(&node, &grpc_text, &http_text).await;
             Some(api)
         }

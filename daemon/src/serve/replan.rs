@@ -12,6 +12,14 @@
 //! When the daemon moves to another model, or another node takes over the
 //! mesh, the held engine is [`Resume::Retire`]d instead: it fails the
 //! requests still queued for the old model, and ends.
+//!
+//! A pipeline that breaks under running requests (a node lost) meets the
+//! same way from the other side: the engine's step fails, it sets its
+//! sequences aside (their tokens kept) and waits, at most
+//! [`Replan::recovery_wait`], for a re-planner to hold it
+//! ([`Replan::wait_hold`]); the new backend it is resumed with rebuilds
+//! their caches from their tokens. A re-plan that finds no plan resumes it
+//! with [`Resume::Failed`], and the requests set aside fail with the reason.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,18 +33,28 @@ pub enum Resume<B> {
     Swap(B),
     /// Not at all: the model it serves is no longer served here.
     Retire,
+    /// With the backend it had, though it is broken: no new plan could be
+    /// made, for this reason (the requests a broken step set aside fail).
+    Failed(String),
 }
 
 struct State<B> {
     hold: bool,
     idle: bool,
     next: Resume<B>,
+    /// The engine waits for a hold after a broken step.
+    recovering: bool,
 }
+
+/// How long a broken step's requests wait for a re-plan by default: the
+/// liveness bound (3 s) and a new plan's loading, with room to spare.
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(20);
 
 /// The meeting point of the engine and a re-planner.
 pub struct Replan<B> {
     state: Mutex<State<B>>,
     cv: Condvar,
+    recovery_wait: Duration,
 }
 
 impl<B> Default for Replan<B> {
@@ -46,13 +64,54 @@ impl<B> Default for Replan<B> {
                 hold: false,
                 idle: false,
                 next: Resume::Keep,
+                recovering: false,
             }),
             cv: Condvar::new(),
+            recovery_wait: RECOVERY_WAIT,
         }
     }
 }
 
 impl<B> Replan<B> {
+    /// A meeting point whose engine waits `wait` for a re-plan after a
+    /// broken step.
+    #[cfg(test)]
+    pub fn with_recovery_wait(wait: Duration) -> Self {
+        Replan {
+            recovery_wait: wait,
+            ..Replan::default()
+        }
+    }
+
+    /// How long the engine waits for a re-plan after a broken step.
+    pub fn recovery_wait(&self) -> Duration {
+        self.recovery_wait
+    }
+
+    /// The engine's side, after a broken step: waits at most `timeout` for
+    /// a re-planner to hold it. Whether one did.
+    pub fn wait_hold(&self, timeout: Duration) -> bool {
+        let mut s = self.lock();
+        s.recovering = true;
+        self.cv.notify_all();
+        let (mut s, _) = self
+            .cv
+            .wait_timeout_while(s, timeout, |s| !s.hold)
+            .unwrap_or_else(|e| e.into_inner());
+        s.recovering = false;
+        s.hold
+    }
+
+    /// Waits until the engine waits for a re-plan after a broken step.
+    #[cfg(test)]
+    pub fn wait_recovering(&self) {
+        let s = self.lock();
+        let _s = self
+            .cv
+            .wait_while(s, |s| !s.recovering)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -66,6 +125,7 @@ impl<B> Replan<B> {
         }
         s.hold = true;
         s.idle = false;
+        self.cv.notify_all();
         true
     }
 

@@ -20,6 +20,10 @@
 //! also run draft tokens and keep those the target agrees with (see
 //! [`super::spec`]).
 //!
+//! On a split model ([`Scheduler::with_replan`]) a failed step loses no
+//! request: the running sequences wait for a new plan and rebuild their
+//! caches from their tokens (see `recover`).
+//!
 //! The logic is generic over [`Backend`] so tests can drive it with a fake
 //! model and no sockets; the real backend is [`dwarfstar_model::Model`].
 
@@ -37,6 +41,8 @@ use super::metrics::Metrics;
 use super::prefix::PrefixCache;
 use super::replan::{Replan, Resume};
 use super::spec::{DraftLen, Speculation};
+
+mod recover;
 
 /// What the scheduler needs of a model.
 pub trait Backend {
@@ -262,6 +268,8 @@ struct Seq<S> {
     /// Draft tokens at the end of `history` this step.
     drafted: usize,
     draft_len: DraftLen,
+    /// Times its cache was rebuilt from its tokens after a broken step.
+    replays: u32,
 }
 
 /// The engine loop's state. See the module doc.
@@ -279,6 +287,8 @@ pub struct Scheduler<B: Backend> {
     waiting: Option<GenRequest>,
     spec: Option<Speculation>,
     next_id: u64,
+    /// Set by a recovery (see `recover`) until the next step runs.
+    recovering: Option<std::time::Instant>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -304,6 +314,7 @@ impl<B: Backend> Scheduler<B> {
             waiting: None,
             spec: None,
             next_id: 0,
+            recovering: None,
         }
     }
 
@@ -343,7 +354,7 @@ impl<B: Backend> Scheduler<B> {
             return true;
         }
         match r.idle_until_resumed() {
-            Resume::Keep => {}
+            Resume::Keep | Resume::Failed(_) => {}
             Resume::Swap(b) => {
                 self.backend = b;
                 self.drop_cache();
@@ -522,6 +533,7 @@ impl<B: Backend> Scheduler<B> {
             ended: false,
             drafted: 0,
             draft_len: DraftLen::new(max),
+            replays: 0,
         });
     }
 
@@ -598,6 +610,12 @@ impl<B: Backend> Scheduler<B> {
                     let n = s.history.len() - std::mem::take(&mut s.drafted);
                     s.history.truncate(n);
                 }
+                if self.replan.is_some() {
+                    // A split model: the mesh may have lost a node. The
+                    // sequences wait for a new plan and go on (`recover`).
+                    self.recover(e);
+                    return;
+                }
                 for (s, &t) in self.active.iter_mut().zip(&take) {
                     if t > 0 {
                         let _ = s.req.events.send(Event::Failed(e.clone()));
@@ -610,6 +628,7 @@ impl<B: Backend> Scheduler<B> {
                 return;
             }
         };
+        self.recovered();
         let mut sampled = 0;
         for (s, &t) in self.active.iter_mut().zip(&take) {
             if t == 0 {

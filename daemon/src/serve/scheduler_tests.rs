@@ -1,7 +1,7 @@
 //! The scheduler driven by a fake model: admission order, chunked prefill,
 //! cancellation, finish reasons, the prefix cache and the queue bound.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -20,6 +20,9 @@ pub(super) struct Fake {
     /// like DeepSeek V4's windows, a cut keeps nothing and the kept tokens
     /// are recomputed).
     cuts: bool,
+    /// Forward passes left before one fails, as a pipeline that lost a
+    /// node does (None: none fails).
+    fail_in: Cell<Option<usize>>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +79,18 @@ impl Backend for Fake {
         self.calls
             .borrow_mut()
             .push(items.iter().map(|i| i.0.len()).collect());
+        match self.fail_in.get() {
+            Some(0) => {
+                self.fail_in.set(None);
+                // Half written, as a pipeline that broke mid-step leaves it.
+                if let Some((t, st, _)) = items.first_mut() {
+                    st.tokens.extend_from_slice(t);
+                }
+                return Err("peer x lost: its link closed".into());
+            }
+            Some(n) => self.fail_in.set(Some(n - 1)),
+            None => {}
+        }
         let mut out = Vec::new();
         for (toks, st, all) in items.iter_mut() {
             if st.tokens.len() + toks.len() > st.capacity {
@@ -126,6 +141,7 @@ pub(super) fn sched_cutting(
     }
     let fake = Fake {
         calls: RefCell::new(Vec::new()),
+        fail_in: Cell::new(None),
         cuts,
     };
     (Scheduler::new(fake, cfg, e, rx, m.clone()), sub, m)
@@ -450,6 +466,7 @@ fn held_with_one_queued(
 fn a_replan_drains_running_requests_then_swaps_the_backend() {
     let new = Fake {
         calls: RefCell::new(Vec::new()),
+        fail_in: Cell::new(None),
         cuts: true,
     };
     let (mut s, _sub, _m, r, [mut rxa, mut rxb], planner) = held_with_one_queued(Resume::Swap(new));
@@ -567,4 +584,121 @@ fn a_grammar_constrains_every_token_and_ends_the_sequence() {
         assert_eq!(toks.last(), Some(&15));
         assert_eq!(ev.last(), Some(&Event::Done(Finish::Stop)));
     }
+}
+
+/// A scheduler on a split model running `a` ([1, 2, 3], 6 tokens) and `b`
+/// ([4, 5], 5 tokens) whose third forward pass fails (a node lost), with
+/// `c` ([7], 2 tokens) queued behind them.
+#[allow(clippy::type_complexity)]
+fn broken_mid_decode(
+    wait: std::time::Duration,
+) -> (
+    Scheduler<Fake>,
+    Submitter,
+    Arc<Metrics>,
+    Arc<Replan<Fake>>,
+    [UnboundedReceiver<Event>; 3],
+) {
+    let mut c = cfg();
+    c.max_batch = 2;
+    let (s, sub, m) = sched(c, &[]);
+    let r = Arc::new(Replan::with_recovery_wait(wait));
+    let s = s.with_replan(r.clone());
+    s.backend.fail_in.set(Some(2));
+    let (a, rxa) = req(vec![1, 2, 3], 6);
+    let (b, rxb) = req(vec![4, 5], 5);
+    let (q, rxc) = req(vec![7], 2);
+    sub.submit(a).unwrap();
+    sub.submit(b).unwrap();
+    sub.submit(q).unwrap();
+    (s, sub, m, r, [rxa, rxb, rxc])
+}
+
+/// A re-planner that holds the engine and resumes it with `how` once idle.
+fn replanner(r: &Arc<Replan<Fake>>, how: Resume<Fake>) -> std::thread::JoinHandle<()> {
+    let r = r.clone();
+    std::thread::spawn(move || {
+        // As the node runtime does once the plan broke: it holds the engine.
+        r.wait_recovering();
+        assert!(r.hold());
+        assert!(r.wait_idle(std::time::Duration::from_secs(30)));
+        r.resume(how);
+    })
+}
+
+#[test]
+fn a_broken_step_loses_no_request_the_new_backend_replays_their_tokens() {
+    let (mut s, _sub, m, r, [mut rxa, mut rxb, mut rxc]) =
+        broken_mid_decode(std::time::Duration::from_secs(30));
+    let new = Fake {
+        calls: RefCell::new(Vec::new()),
+        cuts: true,
+        fail_in: Cell::new(None),
+    };
+    let planner = replanner(&r, Resume::Swap(new));
+    run_all(&mut s);
+    planner.join().unwrap();
+    // Every request, the queued one too, gets what an undisturbed run gives.
+    let (ea, eb, ec) = (drain(&mut rxa), drain(&mut rxb), drain(&mut rxc));
+    assert_eq!(tokens(&ea), reference(&[1, 2, 3], 6, &[]), "{ea:?}");
+    assert_eq!(tokens(&eb), reference(&[4, 5], 5, &[]), "{eb:?}");
+    assert_eq!(tokens(&ec), reference(&[7], 2, &[]), "{ec:?}");
+    for e in [&ea, &eb, &ec] {
+        assert_eq!(e.last(), Some(&Event::Done(Finish::Length)), "{e:?}");
+    }
+    // The new backend's first pass rebuilt both caches in one step: each
+    // sequence's prompt and the tokens it had sent.
+    let calls = s.backend.calls.borrow();
+    assert_eq!(calls.first(), Some(&vec![3 + 2, 2 + 2]), "{calls:?}");
+    assert_eq!(m.recoveries.load(Relaxed), 1);
+    assert_eq!(m.replayed_tokens.load(Relaxed), (3 + 1) + (2 + 1));
+    assert!(!r.held());
+}
+
+#[test]
+fn with_nobody_replanning_the_same_backend_rebuilds_the_caches() {
+    let (mut s, _sub, m, _r, [mut rxa, mut rxb, _rxc]) =
+        broken_mid_decode(std::time::Duration::from_millis(50));
+    run_all(&mut s);
+    assert_eq!(tokens(&drain(&mut rxa)), reference(&[1, 2, 3], 6, &[]));
+    assert_eq!(tokens(&drain(&mut rxb)), reference(&[4, 5], 5, &[]));
+    assert_eq!(m.recoveries.load(Relaxed), 1);
+}
+
+#[test]
+fn when_no_plan_fits_the_running_requests_fail_with_the_reason_and_queued_ones_run() {
+    let (mut s, _sub, _m, r, [mut rxa, mut rxb, mut rxc]) =
+        broken_mid_decode(std::time::Duration::from_secs(30));
+    let planner = replanner(&r, Resume::Failed("no plan fits 1 node".into()));
+    run_all(&mut s);
+    planner.join().unwrap();
+    for rx in [&mut rxa, &mut rxb] {
+        let e = drain(rx);
+        assert!(
+            matches!(e.last(), Some(Event::Failed(why)) if why.contains("lost") && why.contains("no plan fits")),
+            "{e:?}"
+        );
+    }
+    // The queued request waited and ran (here the fake backend works again).
+    assert_eq!(tokens(&drain(&mut rxc)), reference(&[7], 2, &[]));
+}
+
+#[test]
+fn a_request_whose_cache_keeps_breaking_fails_after_the_replay_bound() {
+    let (mut s, _sub, _m, _r, [mut rxa, _rxb, _rxc]) =
+        broken_mid_decode(std::time::Duration::from_millis(10));
+    // Every pass from the third on fails.
+    for _ in 0..=super::recover::MAX_REPLAYS {
+        s.backend.fail_in.set(Some(0));
+        s.admit(false);
+        s.step();
+        if s.active() == 0 {
+            break;
+        }
+    }
+    let e = drain(&mut rxa);
+    assert!(
+        matches!(e.last(), Some(Event::Failed(why)) if why.contains("rebuilt")),
+        "{e:?}"
+    );
 }
