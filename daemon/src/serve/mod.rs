@@ -19,15 +19,18 @@
 //! status then shows too). A mesh node started without a model serves the
 //! API (when given an address) once a load makes it a coordinator.
 
+pub mod anthropic;
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod grammar;
 pub mod kv_disk;
+pub mod logprobs;
 pub mod metrics;
 pub mod openai;
 pub mod prefix;
 pub mod replan;
+pub mod responses;
 pub mod scheduler;
 pub mod spec;
 pub mod tools;
