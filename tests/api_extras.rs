@@ -145,13 +145,13 @@ fn n_choices_carry_their_index_and_seed_plus_i() {
     let mut sreq = req.clone();
     sreq["stream_options"] = json!({"include_usage": true});
     let chunks = srv.stream("/v1/chat/completions", &sreq);
-    for i in 0..3 {
+    for (i, choice) in choices.iter().enumerate() {
         let text: String = chunks
             .iter()
             .filter(|c| c["choices"][0]["index"] == i)
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
-        assert_eq!(text, choices[i]["message"]["content"].as_str().unwrap());
+        assert_eq!(text, choice["message"]["content"].as_str().unwrap());
         assert!(
             chunks
                 .iter()

@@ -18,7 +18,7 @@ pub mod body;
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Map, Value};
 
-use super::openai::params::{field, opt_bool, opt_f32, opt_str, opt_uint, parse_object};
+use super::openai::fields::{field, opt_bool, opt_f32, opt_str, opt_uint, parse_object};
 use super::openai::{ApiError, ChatRequest, Sampling};
 use super::tools::{self, ToolSpec};
 

@@ -1,6 +1,7 @@
 //! Messages API parsing: blocks into chat messages, tools, refusals.
 
 use super::*;
+use crate::serve::openai::Usage;
 use crate::serve::tools::{Choice, ToolCall};
 
 fn req(body: &str) -> Res<MessagesRequest> {
@@ -22,7 +23,7 @@ fn blocks_become_chat_messages_with_calls_and_results() {
     .unwrap();
     assert_eq!(r.model, "claude-x");
     let m = &r.chat.messages;
-    assert_eq!(m.len(), 6, "{m:?}");
+    assert_eq!(m.len(), 5, "{m:?}");
     assert_eq!(
         (m[0].role.as_str(), m[0].content.as_str()),
         ("system", "Be brief.")

@@ -115,7 +115,7 @@ async fn stream_response(
         }
         Out::Text(t, _) if mode.is_some() => {
             text.push_str(&t);
-            true
+            !tx.is_closed()
         }
         Out::Text(t, _) => {
             text.push_str(&t);

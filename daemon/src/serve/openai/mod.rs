@@ -19,6 +19,7 @@
 //! `[limits] max_tokens`) is clamped, not refused: the answer then ends
 //! with `finish_reason: "length"`. Non-integers and values below 1 are 400.
 
+pub mod fields;
 pub mod params;
 pub mod response;
 

@@ -1,15 +1,14 @@
 //! Request bodies of `/v1/chat/completions` and `/v1/completions`, read
-//! field by field into [`ChatRequest`] and [`CompletionRequest`]; the
-//! field readers here serve the other APIs' parsers too.
+//! field by field (with [`super::fields`]) into [`ChatRequest`] and
+//! [`CompletionRequest`].
 
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Map, Value};
 
 use super::super::grammar::{schema, Grammar};
 use super::super::tools::{self, ToolSpec};
+use super::fields::*;
 use super::ApiError;
-
-pub(crate) type Res<T> = std::result::Result<T, ApiError>;
 
 /// Sampling and stopping, common to both endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,91 +57,6 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
     pub sampling: Sampling,
-}
-
-/// Parses a body into a JSON object.
-pub fn parse_object(body: &[u8]) -> Res<Map<String, Value>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("", format!("The body is not valid JSON: {e}")))?;
-    match v {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::invalid("", "The body must be a JSON object.")),
-    }
-}
-
-/// `o[name]`, with JSON null read as absent.
-pub(crate) fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    o.get(name).filter(|v| !v.is_null())
-}
-
-pub(crate) fn opt_f32(o: &Map<String, Value>, name: &str, lo: f32, hi: f32) -> Res<Option<f32>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    let x = v
-        .as_f64()
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a number, got {v}.")))?;
-    if !(lo as f64..=hi as f64).contains(&x) {
-        return Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be between {lo} and {hi}, got {x}."),
-        ));
-    }
-    Ok(Some(x as f32))
-}
-
-pub(crate) fn opt_uint(o: &Map<String, Value>, name: &str, min: u64) -> Res<Option<u64>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    let x = v.as_u64().ok_or_else(|| {
-        ApiError::invalid(
-            name,
-            format!("`{name}` must be an integer of at least {min}, got {v}."),
-        )
-    })?;
-    if x < min {
-        return Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be at least {min}, got {x}."),
-        ));
-    }
-    Ok(Some(x))
-}
-
-pub(crate) fn opt_bool(o: &Map<String, Value>, name: &str) -> Res<Option<bool>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    v.as_bool()
-        .map(Some)
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a boolean, got {v}.")))
-}
-
-pub(crate) fn opt_str<'a>(o: &'a Map<String, Value>, name: &str) -> Res<Option<&'a str>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    v.as_str()
-        .map(Some)
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a string, got {v}.")))
-}
-
-/// Refuses a field that asks for something this server does not do.
-pub(crate) fn refuse_if(
-    o: &Map<String, Value>,
-    name: &str,
-    on: impl Fn(&Value) -> bool,
-    what: &str,
-) -> Res<()> {
-    match field(o, name) {
-        Some(v) if on(v) => Err(ApiError::invalid_code(
-            name,
-            "unsupported_parameter",
-            format!("{what} is not supported by this server."),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// The most choices one request may ask for.
@@ -211,7 +125,7 @@ fn text_logprobs(o: &Map<String, Value>) -> Res<Option<usize>> {
     }
 }
 
-pub(crate) fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
+fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
     let n = match opt_uint(o, "n", 1)? {
         None => 1,
         Some(n) if n as usize <= MAX_N => n as usize,
@@ -296,14 +210,14 @@ pub(crate) fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
 }
 
 /// `g` if it compiles, else a 400 naming `param`.
-pub(crate) fn checked_grammar(param: &str, g: String) -> Res<String> {
+fn checked_grammar(param: &str, g: String) -> Res<String> {
     Grammar::parse(&g)
         .map_err(|e| ApiError::invalid(param, format!("The grammar is not usable: {e}.")))?;
     Ok(g)
 }
 
 /// `response_format`: none for text, else the grammar it asks for.
-pub(crate) fn response_format(o: &Map<String, Value>) -> Res<Option<String>> {
+fn response_format(o: &Map<String, Value>) -> Res<Option<String>> {
     let Some(rf) = field(o, "response_format") else {
         return Ok(None);
     };
@@ -345,12 +259,12 @@ pub(crate) fn response_format(o: &Map<String, Value>) -> Res<Option<String>> {
     }
 }
 
-pub(crate) fn model(o: &Map<String, Value>) -> Res<Option<String>> {
+fn model(o: &Map<String, Value>) -> Res<Option<String>> {
     Ok(opt_str(o, "model")?.map(str::to_string))
 }
 
 /// The text of a message's `content`: a string, or an array of text parts.
-pub(crate) fn content(v: Option<&Value>, role: &str, at: usize) -> Res<String> {
+fn content(v: Option<&Value>, role: &str, at: usize) -> Res<String> {
     let param = format!("messages[{at}].content");
     match v {
         Some(Value::String(s)) => Ok(s.clone()),

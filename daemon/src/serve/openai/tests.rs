@@ -1,5 +1,6 @@
 //! Request parsing: defaults, every refusal names its `param`.
 
+use super::fields::*;
 use super::params::*;
 use super::*;
 use dwarfstar_tokenizer::ChatMessage;
