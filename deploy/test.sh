@@ -23,11 +23,12 @@ if [ $# -eq 0 ]; then
       reference:: kv_quant:: deepseek:: deepseek4:: stage::
   done
 fi
-# `dwarfstar serve` through the official openai client (tool calls and JSON-schema output checked
-# with the jsonschema validator), and its chat page in headless Chromium
+# `dwarfstar serve` through the official openai and anthropic clients (tool calls and JSON-schema
+# output checked with the jsonschema validator; the compatibility tests on one node and on a
+# 2-stage loopback mesh), and its chat page in headless Chromium
 # (skipped on a developer's machine without Debian's chromium package; under CI, which installs
 # it, a missing Chromium fails the test).
-python3 -c "import openai, pytest, jsonschema" 2>/dev/null ||
-  python3 -m pip install --quiet openai pytest jsonschema ||
-  python3 -m pip install --quiet --break-system-packages openai pytest jsonschema
+python3 -c "import openai, anthropic, pytest, jsonschema" 2>/dev/null ||
+  python3 -m pip install --quiet openai anthropic pytest jsonschema ||
+  python3 -m pip install --quiet --break-system-packages openai anthropic pytest jsonschema
 python3 -m pytest -q tests/python

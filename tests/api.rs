@@ -376,7 +376,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             400,
             "max_tokens",
         ),
-        (json!({"messages": user, "n": 2}).to_string(), 400, "n"),
+        (json!({"messages": user, "n": 9}).to_string(), 400, "n"),
         (
             json!({"messages": user, "stop": 7}).to_string(),
             400,

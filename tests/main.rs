@@ -6,6 +6,7 @@
 //! `deploy/fetch-models.sh` fills.
 
 mod api;
+mod api_extras;
 mod cgroup;
 mod cli;
 mod common;

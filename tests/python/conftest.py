@@ -1,6 +1,9 @@
 """Shared fixtures for the Python tests of `dwarfstar serve`: find the binary and the
 SmolLM2 model, start a server on a free loopback port, stop it afterwards.
 
+`served` runs a module's tests against one daemon and then against a 2-stage loopback mesh
+(`Mesh`: a worker and a coordinator admitted by a join secret).
+
 The binary comes from $DWARFSTAR_BIN or target/release/dwarfstar (deploy/test.sh builds
 it with `cargo test --release` first); the model from $DWARFSTAR_MODELS_DIR or models/
 (deploy/fetch-models.sh fills it). A missing one fails the tests with the fix.
@@ -9,7 +12,11 @@ it with `cargo test --release` first); the model from $DWARFSTAR_MODELS_DIR or m
 import json
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -73,3 +80,64 @@ def run_greedy(*args: str, n: int) -> dict:
         check=True, capture_output=True, text=True, env={**os.environ, "DWARFSTAR_LOG": "error"},
     )
     return json.loads(out.stdout)
+
+
+class Mesh:
+    """A 2-stage loopback mesh: a worker daemon and a coordinator that splits the model into two
+    pipeline stages across both and serves the API. Admitted by a join secret in a temp dir."""
+
+    def __init__(self, *args: str):
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="dwarfstar-pymesh-"))
+        secret = self.dir / "secret"
+        secret.write_text(os.urandom(32).hex())
+        env = {k: v for k, v in os.environ.items() if k not in ("DWARFSTAR_API_KEYS", "DWARFSTAR_SECRET")}
+        env["DWARFSTAR_LOG"] = "warn"
+        common = ["serve", "--threads", "1", "--no-mdns", "--grpc-listen", "127.0.0.1:0",
+                  "--mesh-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0",
+                  "--secret-file", str(secret), "--models-dir", str(model().parent)]
+        self.procs = []
+        worker = self._start("worker", [*common, "--state-dir", str(self.dir / "w")], env)
+        line = self._wait(worker, "dwarfstar mesh: node")
+        port = next(w for w in line.split() if w.startswith("/ip4/127.0.0.1/tcp/")).split("/")[-1].rstrip(",")
+        self._wait(worker, "mesh worker ready")
+        coord = self._start("coordinator", [
+            *common, "--state-dir", str(self.dir / "c"), "--peer", f"127.0.0.1:{port}",
+            "--mesh-nodes", "2", "--stages", "2", "--model", str(model()), "--http-addr", "127.0.0.1:0", *args,
+        ], env)
+        self.plan = self._wait(coord, "dwarfstar mesh: plan")
+        line = self._wait(coord, "listening on http://")
+        self.base = line[line.index("http://"):].split()[0].rstrip(";")
+        for p in self.procs:
+            threading.Thread(target=p.stdout.read, daemon=True).start()
+
+    def _start(self, tag, args, env):
+        log = open(self.dir / f"{tag}.log", "w")
+        p = subprocess.Popen([str(binary()), *args], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+        self.procs.append(p)
+        return p
+
+    def _wait(self, proc, needle: str) -> str:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if needle in line:
+                return line
+            if not line and proc.poll() is not None:
+                break
+        logs = "".join(f.read_text() for f in self.dir.glob("*.log"))
+        self.stop()
+        pytest.fail(f"the mesh did not start ({needle!r} never came): {logs}")
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["node", "mesh"])
+def served(request):
+    """The server the compatibility tests run against: one daemon, then a 2-stage mesh."""
+    srv = Server() if request.param == "node" else Mesh()
+    yield srv
+    srv.stop()

@@ -87,7 +87,7 @@ def test_unknown_model_is_404(client):
 
 def test_bad_request_is_400(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], n=9)
     assert e.value.param == "n"
 
 
@@ -100,3 +100,39 @@ def test_401_without_or_with_a_wrong_key(server):
         wrong.models.list()
     assert e.value.status_code == 401
     assert e.value.code == "invalid_api_key"
+
+
+def test_logprobs_whole_streamed_and_text(client):
+    args = dict(model=MODEL_ID, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=8,
+                logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(**args)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.logprob == t.top_logprobs[0].logprob  # greedy picks the most likely
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token
+    streamed = [t for c in client.chat.completions.create(stream=True, **args) if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    text = client.completions.create(model=MODEL_ID, prompt="The quick brown fox", max_tokens=5, temperature=0,
+                                     logprobs=2)
+    lp = text.choices[0].logprobs
+    assert "".join(lp.tokens) == text.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == len(lp.tokens)
+
+
+def test_n_choices(client):
+    r = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Tell me a word."}],
+                                       temperature=1.0, seed=3, max_tokens=6, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert r.usage.completion_tokens >= 3
+    one = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Tell me a word."}],
+                                         temperature=1.0, seed=5, max_tokens=6)
+    assert one.choices[0].message.content == r.choices[2].message.content  # choice i samples with seed + i
+    chunks = list(client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Tell me a word."}], temperature=1.0, seed=3,
+        max_tokens=6, n=3, stream=True))
+    for i in range(3):
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        assert text == r.choices[i].message.content

@@ -318,6 +318,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
             frequency_penalty: 0.0,
             ignore_eos: true,
             constraint: None,
+            logprobs: None,
             events: tx,
         })
         .unwrap();
@@ -334,7 +335,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
                 Event::Started { cached_tokens } => cached = cached_tokens,
                 Event::Token(t) => toks.push(t),
                 Event::Failed(f) => panic!("request failed: {f}"),
-                Event::Done(_) => {}
+                Event::Done(_) | Event::Logprobs(_) => {}
             }
         }
         out.push((cached, toks));

@@ -7,8 +7,11 @@
 //!   batched forward pass per step, sampling, cancellation;
 //! - [`spec`]: speculative decoding's per-sequence draft lengths;
 //! - [`prefix`]: the cache of recent states for shared prompt starts;
-//! - [`openai`]: request parsing and response bodies;
-//! - [`api`]: the axum routes, auth, streaming;
+//! - [`openai`]: OpenAI's request parsing and response bodies;
+//! - [`responses`]: OpenAI's Responses API bodies; [`anthropic`]: Anthropic's
+//!   Messages API bodies (both read into the same chat request);
+//! - [`logprobs`]: the logprobs of sampled tokens;
+//! - [`api`]: the axum routes, auth, the one generation path, streaming;
 //! - [`metrics`]: counters, gauges and the Prometheus rendering.
 //!
 //! The model lives on one `std::thread` (its kernels use the rayon pool);
@@ -19,15 +22,18 @@
 //! status then shows too). A mesh node started without a model serves the
 //! API (when given an address) once a load makes it a coordinator.
 
+pub mod anthropic;
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod grammar;
 pub mod kv_disk;
+pub mod logprobs;
 pub mod metrics;
 pub mod openai;
 pub mod prefix;
 pub mod replan;
+pub mod responses;
 pub mod scheduler;
 pub mod spec;
 pub mod tools;

@@ -37,6 +37,7 @@ use dwarfstar_model::{Model, Sampler, SamplerConfig, SeqState, Verdict};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::grammar::Constraint;
+use super::logprobs::{self, TokenLogprobs};
 use super::metrics::Metrics;
 use super::prefix::PrefixCache;
 use super::replan::{Replan, Resume};
@@ -174,6 +175,8 @@ pub enum Event {
     Started {
         cached_tokens: usize,
     },
+    /// The next token's logprobs (when asked), just before its `Token`.
+    Logprobs(TokenLogprobs),
     Token(u32),
     Done(Finish),
     Failed(String),
@@ -193,6 +196,8 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     /// A grammar the output must follow (such a sequence never drafts).
     pub constraint: Option<Constraint>,
+    /// Send each token's logprob and this many most likely alternatives.
+    pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -270,6 +275,8 @@ struct Seq<S> {
     draft_len: DraftLen,
     /// Times its cache was rebuilt from its tokens after a broken step.
     replays: u32,
+    /// The logprobs of the token just sampled, sent with it.
+    lp: Option<TokenLogprobs>,
 }
 
 /// The engine loop's state. See the module doc.
@@ -534,6 +541,7 @@ impl<B: Backend> Scheduler<B> {
             drafted: 0,
             draft_len: DraftLen::new(max),
             replays: 0,
+            lp: None,
         });
     }
 
@@ -810,6 +818,9 @@ impl Ends<'_> {
         if s.req.presence_penalty != 0.0 || s.req.frequency_penalty != 0.0 {
             *s.counts.entry(tok).or_insert(0) += 1;
         }
+        if let Some(lp) = s.lp.take() {
+            let _ = s.req.events.send(Event::Logprobs(lp));
+        }
         let _ = s.req.events.send(Event::Token(tok));
         let eog = self.eog.get(tok as usize).copied().unwrap_or(false);
         let finish = if eog && (!s.req.ignore_eos || s.req.constraint.is_some()) {
@@ -827,10 +838,21 @@ impl Ends<'_> {
     }
 }
 
+/// [`pick`], keeping the token's logprobs (from the raw logits) in `s.lp`
+/// when the request asks for them.
+fn sample<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
+    let raw = s.req.logprobs.map(|k| (k, l.to_vec()));
+    let r = pick(s, l, draft);
+    if let Some((k, raw)) = raw {
+        s.lp = Some(logprobs::of(&raw, r.0, k));
+    }
+    r
+}
+
 /// The next token from one position's logits `l` (penalised by what `s`
 /// generated so far), or, given the `draft` for that position, the
 /// acceptance test: the token and whether it is the draft.
-fn sample<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
+fn pick<S>(s: &mut Seq<S>, l: &mut [f32], draft: Option<u32>) -> (u32, bool) {
     penalize(
         l,
         &s.counts,

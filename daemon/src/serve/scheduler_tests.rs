@@ -158,6 +158,7 @@ pub(super) fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, Unbounded
             frequency_penalty: 0.0,
             ignore_eos: false,
             constraint: None,
+            logprobs: None,
             events: tx,
         },
         rx,

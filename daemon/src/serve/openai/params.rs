@@ -1,138 +1,14 @@
-//! OpenAI's wire format: request bodies parsed and checked field by field
-//! (so an error names the offending `param`), the error object, and the
-//! response and stream-chunk bodies of chat and text completions.
-//!
-//! Accepted sampling fields: `temperature` (0–2, default 1), `top_p` (0–1,
-//! default 1), `max_tokens` / `max_completion_tokens`, `stop` (string or up
-//! to 16 strings), `seed`, `n` (1 only), `presence_penalty` and
-//! `frequency_penalty` (−2–2, over the generated tokens), `stream`,
-//! `stream_options.include_usage`; llama.cpp's extensions `top_k`, `min_p`,
-//! `repeat_penalty` and `ignore_eos`; constrained output through `grammar`
-//! (GBNF, both endpoints) and, for chat, `response_format` (`json_object`,
-//! `json_schema`); chat's `tools`, `tool_choice` and `parallel_tool_calls`
-//! (see [`super::tools`]). Unknown fields are ignored; features this server
-//! lacks (`logprobs`, images) are refused.
-//! A `max_tokens` larger than the room left in the context (or than
-//! `[limits] max_tokens`) is clamped, not refused: the answer then ends
-//! with `finish_reason: "length"`. Non-integers and values below 1 are 400.
+//! Request bodies of `/v1/chat/completions` and `/v1/completions`, read
+//! field by field (with [`super::fields`]) into [`ChatRequest`] and
+//! [`CompletionRequest`].
 
 use dwarfstar_tokenizer::ChatMessage;
 use serde_json::{json, Map, Value};
 
-use super::grammar::{schema, Grammar};
-use super::tools::{self, ToolCall, ToolSpec};
-
-/// An error as OpenAI shapes it: `{"error": {message, type, param, code}}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<&'static str>,
-}
-
-impl ApiError {
-    fn new(
-        status: u16,
-        kind: &'static str,
-        code: Option<&'static str>,
-        message: impl Into<String>,
-    ) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code,
-        }
-    }
-
-    /// 400: the request is wrong; `param` names the field.
-    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        let mut e = ApiError::new(400, "invalid_request_error", None, message);
-        if !param.is_empty() {
-            e.param = Some(param.to_string());
-        }
-        e
-    }
-
-    /// 400 with a code.
-    pub fn invalid_code(param: &str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code: Some(code),
-            ..ApiError::invalid(param, message)
-        }
-    }
-
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(
-            401,
-            "invalid_request_error",
-            Some("invalid_api_key"),
-            message,
-        )
-    }
-
-    pub fn model_not_found(model: &str) -> Self {
-        ApiError {
-            param: Some("model".into()),
-            ..ApiError::new(
-                404,
-                "invalid_request_error",
-                Some("model_not_found"),
-                format!("The model `{model}` does not exist."),
-            )
-        }
-    }
-
-    pub fn not_found(path: &str) -> Self {
-        ApiError::new(
-            404,
-            "invalid_request_error",
-            Some("not_found"),
-            format!("No route for {path}."),
-        )
-    }
-
-    pub fn too_large(message: impl Into<String>) -> Self {
-        ApiError::new(
-            413,
-            "invalid_request_error",
-            Some("request_too_large"),
-            message,
-        )
-    }
-
-    pub fn queue_full() -> Self {
-        ApiError::new(
-            429,
-            "rate_limit_error",
-            Some("rate_limit_exceeded"),
-            "The server's request queue is full; retry later.",
-        )
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(503, "server_error", Some("service_unavailable"), message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(500, "server_error", None, message)
-    }
-
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-    }
-}
-
-type Res<T> = std::result::Result<T, ApiError>;
+use super::super::grammar::{schema, Grammar};
+use super::super::tools::{self, ToolSpec};
+use super::fields::*;
+use super::ApiError;
 
 /// Sampling and stopping, common to both endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +26,10 @@ pub struct Sampling {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (1–[`MAX_N`]); choice i samples with seed + i.
+    pub n: usize,
+    /// Each token's logprob and this many alternatives (None: off).
+    pub logprobs: Option<usize>,
     /// GBNF the output must follow (`grammar`, or chat's `response_format`),
     /// already checked to compile.
     pub grammar: Option<String>,
@@ -179,102 +59,83 @@ pub struct CompletionRequest {
     pub sampling: Sampling,
 }
 
-/// Parses a body into a JSON object.
-pub fn parse_object(body: &[u8]) -> Res<Map<String, Value>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("", format!("The body is not valid JSON: {e}")))?;
-    match v {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::invalid("", "The body must be a JSON object.")),
+/// The most choices one request may ask for.
+pub const MAX_N: usize = 8;
+
+impl Default for Sampling {
+    /// OpenAI's defaults.
+    fn default() -> Self {
+        Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+            stream: false,
+            include_usage: false,
+            n: 1,
+            logprobs: None,
+            grammar: None,
+        }
     }
 }
 
-/// `o[name]`, with JSON null read as absent.
-fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    o.get(name).filter(|v| !v.is_null())
-}
-
-fn opt_f32(o: &Map<String, Value>, name: &str, lo: f32, hi: f32) -> Res<Option<f32>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
+/// `logprobs` / `top_logprobs` of a chat request.
+fn chat_logprobs(o: &Map<String, Value>) -> Res<Option<usize>> {
+    let on = opt_bool(o, "logprobs")?.unwrap_or(false);
+    let top = match field(o, "top_logprobs") {
+        None => None,
+        Some(v) => match v.as_u64().filter(|&k| k <= 20) {
+            Some(k) => Some(k as usize),
+            None => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be an integer from 0 to 20, got {v}."),
+                ))
+            }
+        },
     };
-    let x = v
-        .as_f64()
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a number, got {v}.")))?;
-    if !(lo as f64..=hi as f64).contains(&x) {
-        return Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be between {lo} and {hi}, got {x}."),
-        ));
-    }
-    Ok(Some(x as f32))
-}
-
-fn opt_uint(o: &Map<String, Value>, name: &str, min: u64) -> Res<Option<u64>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    let x = v.as_u64().ok_or_else(|| {
-        ApiError::invalid(
-            name,
-            format!("`{name}` must be an integer of at least {min}, got {v}."),
-        )
-    })?;
-    if x < min {
-        return Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be at least {min}, got {x}."),
-        ));
-    }
-    Ok(Some(x))
-}
-
-fn opt_bool(o: &Map<String, Value>, name: &str) -> Res<Option<bool>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    v.as_bool()
-        .map(Some)
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a boolean, got {v}.")))
-}
-
-fn opt_str<'a>(o: &'a Map<String, Value>, name: &str) -> Res<Option<&'a str>> {
-    let Some(v) = field(o, name) else {
-        return Ok(None);
-    };
-    v.as_str()
-        .map(Some)
-        .ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be a string, got {v}.")))
-}
-
-/// Refuses a field that asks for something this server does not do.
-fn refuse_if(
-    o: &Map<String, Value>,
-    name: &str,
-    on: impl Fn(&Value) -> bool,
-    what: &str,
-) -> Res<()> {
-    match field(o, name) {
-        Some(v) if on(v) => Err(ApiError::invalid_code(
-            name,
-            "unsupported_parameter",
-            format!("{what} is not supported by this server."),
+    match (on, top) {
+        (false, Some(k)) if k > 0 => Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`.",
         )),
-        _ => Ok(()),
+        (false, _) => Ok(None),
+        (true, k) => Ok(Some(k.unwrap_or(0))),
+    }
+}
+
+/// `logprobs` of a text completion request: how many alternatives (0–5).
+fn text_logprobs(o: &Map<String, Value>) -> Res<Option<usize>> {
+    match field(o, "logprobs") {
+        None => Ok(None),
+        Some(v) => match v.as_u64().filter(|&k| k <= 5) {
+            Some(k) => Ok(Some(k as usize)),
+            None => Err(ApiError::invalid(
+                "logprobs",
+                format!("`logprobs` must be an integer from 0 to 5, got {v}."),
+            )),
+        },
     }
 }
 
 fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
-    if let Some(n) = opt_uint(o, "n", 1)? {
-        if n != 1 {
-            return Err(ApiError::invalid_code(
+    let n = match opt_uint(o, "n", 1)? {
+        None => 1,
+        Some(n) if n as usize <= MAX_N => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
                 "n",
-                "unsupported_parameter",
-                "Only `n` = 1 is supported.",
-            ));
+                format!("`n` must be at most {MAX_N}, got {n}."),
+            ))
         }
-    }
-    refuse_if(o, "logprobs", |v| v != &Value::Bool(false), "`logprobs`")?;
+    };
     refuse_if(o, "best_of", |v| v.as_u64() != Some(1), "`best_of` > 1")?;
     refuse_if(o, "echo", |v| v != &Value::Bool(false), "`echo`")?;
     refuse_if(o, "suffix", |_| true, "`suffix`")?;
@@ -339,6 +200,8 @@ fn sampling(o: &Map<String, Value>) -> Res<Sampling> {
         ignore_eos: opt_bool(o, "ignore_eos")?.unwrap_or(false),
         stream: opt_bool(o, "stream")?.unwrap_or(false),
         include_usage,
+        n,
+        logprobs: None,
         grammar: match opt_str(o, "grammar")? {
             None => None,
             Some(g) => Some(checked_grammar("grammar", g.to_string())?),
@@ -450,6 +313,7 @@ pub fn chat_request(body: &[u8]) -> Res<ChatRequest> {
     )?;
     let tools = tools::tool_spec(&o)?;
     let mut sampling = sampling(&o)?;
+    sampling.logprobs = chat_logprobs(&o)?;
     if let Some(g) = response_format(&o)? {
         if sampling.grammar.is_some() {
             return Err(ApiError::invalid(
@@ -573,169 +437,9 @@ pub fn completion_request(body: &[u8]) -> Res<CompletionRequest> {
     Ok(CompletionRequest {
         model: model(&o)?,
         prompt,
-        sampling: sampling(&o)?,
+        sampling: Sampling {
+            logprobs: text_logprobs(&o)?,
+            ..sampling(&o)?
+        },
     })
 }
-
-/// Which endpoint a response belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Chat,
-    Text,
-}
-
-/// Token counts of a finished request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub cached_tokens: usize,
-}
-
-impl Usage {
-    pub fn json(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        })
-    }
-}
-
-/// What identifies every body of one response.
-#[derive(Clone, Debug)]
-pub struct Envelope {
-    pub kind: Kind,
-    pub id: String,
-    pub created: u64,
-    pub model: String,
-}
-
-impl Envelope {
-    pub fn new(kind: Kind, model: &str) -> Envelope {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let prefix = match kind {
-            Kind::Chat => "chatcmpl",
-            Kind::Text => "cmpl",
-        };
-        Envelope {
-            kind,
-            id: format!("{prefix}-{:x}{:04x}", now.as_micros(), n & 0xffff),
-            created: now.as_secs(),
-            model: model.to_string(),
-        }
-    }
-
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.kind, chunk) {
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Chat, true) => "chat.completion.chunk",
-            (Kind::Text, _) => "text_completion",
-        }
-    }
-
-    /// A whole (non-streamed) response.
-    pub fn whole(&self, text: &str, finish: &str, usage: Usage) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-            Kind::Text => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-            }
-        };
-        json!({
-            "id": self.id,
-            "object": self.object(false),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage.json(),
-            "system_fingerprint": null,
-        })
-    }
-
-    /// A stream chunk carrying `text` (chat: `role` too in the first one)
-    /// and, in the last one, a finish reason.
-    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => {
-                let mut delta = Map::new();
-                if first {
-                    delta.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = text {
-                    delta.insert("content".into(), json!(t));
-                }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            Kind::Text => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
-            }
-        };
-        json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "system_fingerprint": null,
-        })
-    }
-
-    /// A whole chat response whose message carries `calls` (ids `ids`).
-    pub fn whole_calls(
-        &self,
-        content: &str,
-        calls: &[ToolCall],
-        ids: &[String],
-        usage: Usage,
-    ) -> Value {
-        let mut v = self.whole(content, "tool_calls", usage);
-        let msg = &mut v["choices"][0]["message"];
-        if content.is_empty() {
-            msg["content"] = Value::Null;
-        }
-        msg["tool_calls"] = calls
-            .iter()
-            .zip(ids)
-            .map(|(c, id)| {
-                json!({"id": id, "type": "function",
-                       "function": {"name": c.name, "arguments": c.arguments}})
-            })
-            .collect();
-        v
-    }
-
-    /// A chat stream chunk with the given `delta`.
-    pub fn delta_chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        let mut v = self.chunk(None, false, finish);
-        v["choices"][0]["delta"] = delta;
-        v
-    }
-
-    /// The closing chunk of `stream_options.include_usage`.
-    pub fn usage_chunk(&self, usage: Usage) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage.json(),
-        })
-    }
-}
-
-#[cfg(test)]
-#[path = "openai_tests.rs"]
-mod tests;

@@ -1,6 +1,9 @@
 //! Request parsing: defaults, every refusal names its `param`.
 
+use super::fields::*;
+use super::params::*;
 use super::*;
+use dwarfstar_tokenizer::ChatMessage;
 
 fn chat(body: &str) -> Res<ChatRequest> {
     chat_request(body.as_bytes())
@@ -105,7 +108,8 @@ fn bad_chat_requests_name_the_param() {
             r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":"10"}"#,
             "max_tokens",
         ),
-        (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+        (r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#, "n"),
+        (r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "n"),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"stop":[1]}"#,
             "stop",
@@ -131,8 +135,16 @@ fn bad_chat_requests_name_the_param() {
             "model",
         ),
         (
-            r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"logprobs":1}"#,
             "logprobs",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#,
+            "top_logprobs",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+            "top_logprobs",
         ),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
@@ -233,4 +245,64 @@ fn response_bodies_have_openais_shape() {
     }
     assert_eq!(ApiError::unauthorized("x").code, Some("invalid_api_key"));
     assert_eq!(ApiError::model_not_found("x").status, 404);
+}
+
+#[test]
+fn logprobs_and_n_are_read_per_endpoint() {
+    let r = chat(
+        r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":4,"n":3}"#,
+    )
+    .unwrap();
+    assert_eq!((r.sampling.logprobs, r.sampling.n), (Some(4), 3));
+    let r = chat(r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#).unwrap();
+    assert_eq!(r.sampling.logprobs, Some(0));
+    let r =
+        chat(r#"{"messages":[{"role":"user","content":"x"}],"logprobs":false,"top_logprobs":0}"#)
+            .unwrap();
+    assert_eq!((r.sampling.logprobs, r.sampling.n), (None, 1));
+    let t = completion_request(br#"{"prompt":"a","logprobs":2}"#).unwrap();
+    assert_eq!(t.sampling.logprobs, Some(2));
+    let e = completion_request(br#"{"prompt":"a","logprobs":6}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("logprobs"));
+    let e = completion_request(br#"{"prompt":"a","logprobs":true}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("logprobs"));
+}
+
+#[test]
+fn logprobs_and_choices_have_openais_shape() {
+    let toks = [
+        LpToken {
+            bytes: b"Hi".to_vec(),
+            logprob: -0.5,
+            top: vec![(b"Hi".to_vec(), -0.5), (b"Yo".to_vec(), -1.5)],
+        },
+        LpToken {
+            bytes: vec![0xe2],
+            logprob: -2.0,
+            top: vec![],
+        },
+    ];
+    let c = chat_logprobs(&toks);
+    assert_eq!(c["content"][0]["token"], "Hi");
+    assert_eq!(c["content"][0]["bytes"], json!([72, 105]));
+    assert_eq!(c["content"][0]["top_logprobs"][1]["token"], "Yo");
+    assert_eq!(c["content"][1]["bytes"], json!([0xe2]));
+    let t = text_logprobs(&toks, 4);
+    assert_eq!(t["tokens"][0], "Hi");
+    assert_eq!(t["text_offset"], json!([4, 6]));
+    assert_eq!(t["top_logprobs"][0]["Yo"], json!(-1.5));
+    let env = Envelope::new(Kind::Chat, "m");
+    let u = Usage {
+        prompt_tokens: 1,
+        completion_tokens: 4,
+        cached_tokens: 0,
+    };
+    let a = at_choice(env.whole("a", "stop", u), 0, Some(c.clone()));
+    let b = at_choice(env.whole("b", "length", u), 1, None);
+    let m = merge_choices(vec![a, b], u);
+    assert_eq!(m["choices"][1]["index"], 1);
+    assert_eq!(m["choices"][1]["message"]["content"], "b");
+    assert_eq!(m["choices"][0]["logprobs"], c);
+    let chunk = at_choice(env.chunk(Some("x"), false, None), 3, None);
+    assert_eq!(chunk["choices"][0]["index"], 3);
 }

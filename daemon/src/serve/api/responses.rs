@@ -1,0 +1,224 @@
+//! OpenAI's `/v1/responses` over the shared generation path
+//! ([`super::run`]): the request becomes the same chat (template, tools,
+//! grammar) as chat completions; the answer a `response` with `message`
+//! and `function_call` output items, or its event stream
+//! (`response.created`, `response.output_item.added`,
+//! `response.content_part.added`, `response.output_text.delta` / `.done`,
+//! `response.function_call_arguments.delta` / `.done`,
+//! `response.output_item.done`, `response.completed`). With tools, the
+//! text is held to the end, then sent as items.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use super::super::openai::ApiError;
+use super::super::responses::body::{self as rb, Events, Meta};
+use super::super::responses::responses_request;
+use super::super::tools::{self, ToolCall};
+use super::run::{collect, consume, prepare_chat, submit, End, Job, Out, ToolMode};
+use super::{body, AppState};
+
+pub(super) async fn responses(
+    State(st): State<Arc<AppState>>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let req = responses_request(&body(&st, b)?)?;
+    let p = prepare_chat(&st, req.chat.clone()).await?;
+    let meta = Meta::new(&req, &p.engine.model_name);
+    let job = submit(
+        &st,
+        &p.engine,
+        p.prompt,
+        &p.sampling,
+        p.mode.is_some(),
+        received,
+    )
+    .await?
+    .pop()
+    .ok_or_else(|| ApiError::internal("no sequence was queued"))?;
+    if !p.sampling.stream {
+        let o = collect(job, p.mode.as_ref()).await?;
+        let mut output = Vec::new();
+        if !o.text.is_empty() || o.calls.is_empty() {
+            output.push(rb::message_item(
+                &rb::new_id("msg"),
+                Some(&o.text),
+                "completed",
+            ));
+        }
+        output.extend(o.calls.iter().map(call_done));
+        let (status, why) = status_of(o.reason);
+        return Ok(Json(meta.response(status, output, Some(&o.usage), why)).into_response());
+    }
+    let (tx, rx) = unbounded_channel();
+    tokio::spawn(stream_response(job, p.mode, meta, tx));
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A response's status, and why it is incomplete if it is.
+fn status_of(reason: &str) -> (&'static str, Option<&'static str>) {
+    match reason {
+        "length" => ("incomplete", Some("max_output_tokens")),
+        _ => ("completed", None),
+    }
+}
+
+fn call_done(c: &ToolCall) -> Value {
+    rb::call_item(
+        &rb::new_id("fc"),
+        &tools::call_id(),
+        &c.name,
+        &c.arguments,
+        "completed",
+    )
+}
+
+/// Sends one streamed response's events (see the module doc).
+async fn stream_response(
+    job: Job,
+    mode: Option<ToolMode>,
+    meta: Meta,
+    tx: UnboundedSender<SseEvent>,
+) {
+    let mut ev = Events::default();
+    let mut send = |kind: &str, fields: Value| {
+        let v = ev.event(kind, fields);
+        tx.send(SseEvent::default().event(kind).data(v.to_string()))
+            .is_ok()
+    };
+    let msg_id = rb::new_id("msg");
+    let mut output: Vec<Value> = Vec::new();
+    let mut text = String::new();
+    // The message item's output index once it is open.
+    let mut open: Option<usize> = None;
+    let end = consume(job, |o| match o {
+        Out::Started => {
+            let r = meta.response("in_progress", Vec::new(), None, None);
+            send("response.created", json!({"response": r}))
+                && send("response.in_progress", json!({"response": r}))
+        }
+        Out::Text(t, _) if mode.is_some() => {
+            text.push_str(&t);
+            !tx.is_closed()
+        }
+        Out::Text(t, _) => {
+            text.push_str(&t);
+            if open.is_none() {
+                open = Some(0);
+                open_message(&mut send, &msg_id, 0);
+            }
+            send(
+                "response.output_text.delta",
+                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t}),
+            )
+        }
+    })
+    .await;
+    let (reason, usage) = match end {
+        End::Finished { reason, usage, .. } => (reason, usage),
+        End::Failed(e) => {
+            let r = meta.response("failed", output, None, None);
+            let mut r = r;
+            r["error"] = json!({"code": "server_error", "message": e});
+            send("response.failed", json!({"response": r}));
+            return;
+        }
+        End::Gone => return,
+    };
+    let (content, calls) = match &mode {
+        Some(m) => m.parse(&text).unwrap_or((text, Vec::new())),
+        None => (text, Vec::new()),
+    };
+    if open.is_none() && (!content.is_empty() || calls.is_empty()) {
+        open = Some(0);
+        open_message(&mut send, &msg_id, 0);
+        if !content.is_empty() {
+            send(
+                "response.output_text.delta",
+                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": content}),
+            );
+        }
+    }
+    if let Some(at) = open {
+        let ids = json!({"item_id": msg_id, "output_index": at, "content_index": 0});
+        let mut done = ids.clone();
+        done["text"] = json!(content);
+        send("response.output_text.done", done);
+        let mut part = ids;
+        part["part"] = rb::text_part(&content);
+        send("response.content_part.done", part);
+        let item = rb::message_item(&msg_id, Some(&content), "completed");
+        send(
+            "response.output_item.done",
+            json!({"output_index": at, "item": item}),
+        );
+        output.push(item);
+    }
+    for c in &calls {
+        let at = output.len();
+        let done = call_done(c);
+        let id = done["id"].clone();
+        let mut added = done.clone();
+        added["arguments"] = json!("");
+        added["status"] = json!("in_progress");
+        send(
+            "response.output_item.added",
+            json!({"output_index": at, "item": added}),
+        );
+        send(
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": at, "delta": c.arguments}),
+        );
+        send(
+            "response.function_call_arguments.done",
+            json!({"item_id": id, "output_index": at, "arguments": c.arguments}),
+        );
+        send(
+            "response.output_item.done",
+            json!({"output_index": at, "item": done}),
+        );
+        output.push(done);
+    }
+    let reason = if calls.is_empty() {
+        reason
+    } else {
+        "tool_calls"
+    };
+    let (status, why) = status_of(reason);
+    let r = meta.response(status, output, Some(&usage), why);
+    let kind = if status == "completed" {
+        "response.completed"
+    } else {
+        "response.incomplete"
+    };
+    send(kind, json!({"response": r}));
+}
+
+/// Opens the message item at `at` with its empty text part.
+fn open_message(send: &mut impl FnMut(&str, Value) -> bool, id: &str, at: usize) {
+    send(
+        "response.output_item.added",
+        json!({"output_index": at, "item": rb::message_item(id, None, "in_progress")}),
+    );
+    send(
+        "response.content_part.added",
+        json!({"item_id": id, "output_index": at, "content_index": 0,
+               "part": rb::text_part("")}),
+    );
+}
