@@ -374,8 +374,8 @@ impl DenseModel {
                     .collect();
                 ops::softmax_aligned(&mut sc, lo);
                 let order = value_order(self.llama_exact, rows);
-                let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
-                ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                let v = ops::ValueRows::f32(lv, vd, g * dv, dv);
+                ops::weighted_sum_rows(&sc, lo, &v, o, order, acc);
             });
         out
     }

@@ -13,6 +13,7 @@ mod attn;
 mod dequant_matmul;
 mod exp;
 pub mod qat;
+mod vsum;
 
 use std::sync::OnceLock;
 
@@ -21,6 +22,7 @@ use half::f16;
 pub use attn::{dot_kq, dot_kq_f16, weighted_sum_v, VSumOrder};
 pub use dequant_matmul::matmul_dequant_f32;
 pub use exp::{expf, silu, softmax, softmax_aligned, swiglu};
+pub use vsum::{weighted_sum_rows, weighted_sum_rows_at, ValueRows};
 
 /// `y = x / sqrt(mean(x²) + eps) * w`, in place on `x`. `w` may be empty
 /// (no weight).
