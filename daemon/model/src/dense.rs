@@ -351,6 +351,12 @@ impl DenseModel {
         let group = hp.n_head / hp.n_head_kv;
         let scale = hp.attn_scale;
         let mut out = vec![0f32; n * hp.n_head * dv];
+        // Prompt batches: tiled, the same bits (llama.cpp's batch order
+        // under `llama_exact` is the one-row path's with sgemm's lanes).
+        let tiled = |rows: usize| !self.llama_exact && rows >= crate::attn_tiled::MIN_ROWS;
+        if spans.iter().any(|sp| tiled(sp.1)) {
+            crate::attn_tiled::attention(hp, q, caches, spans, il, window, &mut out);
+        }
         out.par_chunks_mut(dv)
             .enumerate()
             .with_min_len(2)
@@ -358,6 +364,9 @@ impl DenseModel {
                 let (t, h) = (i / hp.n_head, i % hp.n_head);
                 let s = spans.partition_point(|sp| sp.0 + sp.1 <= t);
                 let (row0, rows, pos0) = spans[s];
+                if tiled(rows) {
+                    return;
+                }
                 let kv = caches[s];
                 let (kd, vd) = (kv.k_dim(), kv.v_dim());
                 let (lk, lv) = (&kv.layers[il].k, &kv.layers[il].v);
@@ -374,8 +383,8 @@ impl DenseModel {
                     .collect();
                 ops::softmax_aligned(&mut sc, lo);
                 let order = value_order(self.llama_exact, rows);
-                let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
-                ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                let v = ops::ValueRows::f32(lv, vd, g * dv, dv);
+                ops::weighted_sum_rows(&sc, lo, &v, o, order, acc);
             });
         out
     }

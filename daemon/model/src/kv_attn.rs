@@ -6,15 +6,17 @@
 //! (the same bits on every SIMD level), f16 keys by
 //! [`ops::dot_kq_f16`], tinyBLAS's 16-lane order (ggml's own F16 `vec_dot`
 //! sums in 8 lanes under AVX2 and 16 under AVX-512, so using the level's
-//! F16 kernel made the logits depend on the CPU); values are dequantized
-//! to f32 and summed in f32 (ggml sums f16 values in f16).
+//! F16 kernel made the logits depend on the CPU); values are summed in f32
+//! straight from the stored blocks by [`ops::weighted_sum_rows`], each
+//! dequantized in a register as it is read (ggml sums f16 values in f16),
+//! so a step reads the cache once and copies none of it.
 //!
 //! Scores, softmax and the weighted sum otherwise follow the f32 path of
 //! `dense.rs`, and a sequence whose cache is f32 takes exactly that path's
 //! arithmetic, so a batch may mix cache types.
 
 use dwarfstar_kernels::dispatch::VecDotFn;
-use dwarfstar_kernels::ops;
+use dwarfstar_kernels::ops::{self, ValueRows};
 use dwarfstar_kernels::quants::{float, legacy};
 use dwarfstar_kernels::{type_kernels, GgmlType};
 use rayon::prelude::*;
@@ -32,21 +34,21 @@ fn round_query(vdt: GgmlType, x: &[f32], dst: &mut Vec<u8>) {
 }
 
 /// How one sequence's keys are scored and its values read.
-enum SeqKv {
+enum SeqKv<'a> {
     F32,
     Quant {
         dot: VecDotFn,
         vdt: GgmlType,
         /// Bytes of one head's key slice.
         head_bytes: usize,
-        /// First position of `values`.
-        v_lo: usize,
-        /// Values of positions `v_lo..` as f32.
-        values: Vec<f32>,
+        /// The value rows of the layer, from head 0.
+        values: ValueRows<'a>,
+        /// Bytes of one head's value slice.
+        v_head_bytes: usize,
     },
 }
 
-fn prepare(kv: &KvCache, il: usize, dk: usize, lo: usize, hi: usize) -> SeqKv {
+fn prepare(kv: &KvCache, il: usize, dk: usize, dv: usize) -> SeqKv<'_> {
     let ty = kv.ty();
     let kernels = type_kernels(ty.ggml()).ok();
     let (Some(k), false) = (kernels, ty == KvType::F32) else {
@@ -62,22 +64,20 @@ fn prepare(kv: &KvCache, il: usize, dk: usize, lo: usize, hi: usize) -> SeqKv {
     } else {
         dot
     };
-    let vd = kv.v_dim();
-    let mut values = vec![0f32; (hi - lo) * vd];
-    const CHUNK: usize = 64;
-    values
-        .par_chunks_mut(vd * CHUNK)
-        .enumerate()
-        .for_each(|(i, c)| {
-            let p0 = lo + i * CHUNK;
-            kv.values_f32(il, p0..p0 + c.len() / vd, c);
-        });
+    // Heads are whole blocks (checked when the cache was made).
+    let (Some(head_bytes), Some(v_head_bytes)) = (ty.row_bytes(dk), ty.row_bytes(dv)) else {
+        return SeqKv::F32;
+    };
+    let vq = &kv.layers[il].vq;
+    let Ok(values) = ValueRows::new(ty.ggml(), vq, kv.row_bytes().1, 0, dv) else {
+        return SeqKv::F32;
+    };
     SeqKv::Quant {
         dot,
         vdt: k.vec_dot_type,
-        head_bytes: ty.row_bytes(dk).unwrap_or(0),
-        v_lo: lo,
+        head_bytes,
         values,
+        v_head_bytes,
     }
 }
 
@@ -104,11 +104,7 @@ pub(crate) fn attention(
             0
         }
     };
-    let seqs: Vec<SeqKv> = spans
-        .iter()
-        .zip(caches)
-        .map(|(&(_, rows, pos0), kv)| prepare(kv, il, dk, first(pos0), pos0 + rows))
-        .collect();
+    let seqs: Vec<SeqKv> = caches.iter().map(|kv| prepare(kv, il, dk, dv)).collect();
     let mut out = vec![0f32; n * hp.n_head * dv];
     out.par_chunks_mut(dv)
         .enumerate()
@@ -135,15 +131,15 @@ pub(crate) fn attention(
                             })
                             .collect();
                         ops::softmax_aligned(&mut sc, lo);
-                        let v = |j: usize| &lv[j * vd + g * dv..j * vd + (g + 1) * dv];
-                        ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                        let v = ValueRows::f32(lv, vd, g * dv, dv);
+                        ops::weighted_sum_rows(&sc, lo, &v, o, order, acc);
                     }
                     SeqKv::Quant {
                         dot,
                         vdt,
                         head_bytes,
-                        v_lo,
                         values,
+                        v_head_bytes,
                     } => {
                         round_query(*vdt, qh, qbuf);
                         let kb = kv.k_bytes(il);
@@ -155,11 +151,8 @@ pub(crate) fn attention(
                             })
                             .collect();
                         ops::softmax_aligned(&mut sc, lo);
-                        let v = |j: usize| {
-                            let at = (j - v_lo) * vd + g * dv;
-                            &values[at..at + dv]
-                        };
-                        ops::weighted_sum_v(&sc, lo, &v, o, order, acc);
+                        let v = values.offset_by(g * v_head_bytes);
+                        ops::weighted_sum_rows(&sc, lo, &v, o, order, acc);
                     }
                 }
             },

@@ -21,6 +21,7 @@
 
 pub mod arch;
 pub mod architecture;
+mod attn_tiled;
 mod batch;
 pub mod deepseek2;
 pub mod deepseek4;

@@ -1,6 +1,8 @@
 //! `dwarfstar bench`: prompt-processing and decode tokens/s, measured the
 //! way llama-bench does: a batch of `-p` tokens on an empty cache, then
 //! `-n` single-token decode steps on an empty cache, averaged over runs.
+//! With `--depth D` both start after `D` untimed prompt tokens already in
+//! the cache (llama-bench's `-d`), to time attention over a long context.
 //! With weights paged under `--mem-budget`, the decode runs' expert hit
 //! rate, bytes read per token and I/O stall time are printed too.
 
@@ -24,6 +26,10 @@ pub struct BenchArgs {
     /// Tokens per decode run.
     #[arg(short = 'n', long, default_value_t = 32)]
     pub n_gen: usize,
+    /// Positions already in the cache (an untimed prompt) before each
+    /// prompt-processing and decode run.
+    #[arg(short = 'd', long, default_value_t = 0)]
+    pub depth: usize,
     /// Timed repetitions (after one warm-up).
     #[arg(short = 'r', long, default_value_t = 3)]
     pub reps: usize,
@@ -77,17 +83,25 @@ fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let m = a.model.load_for(Some(a.prompt.max(a.n_gen) + 1))?;
+    let ctx = a.depth + a.prompt.max(a.n_gen) + 1;
+    let m = a.model.load_for(Some(ctx))?;
     let model = &m.model;
     let nv = model.n_vocab();
-    let ctx = a.prompt.max(a.n_gen) + 1;
+    // A fresh state holding `depth` positions (untimed).
+    let filled = |salt: usize| -> Result<_> {
+        let mut st = model.new_state(ctx);
+        if a.depth > 0 {
+            model.forward(&tokens(a.depth, nv, salt + 31), &mut st, false)?;
+        }
+        Ok(st)
+    };
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     // The weight store's counters over the timed decode runs.
     let mut io = Decode::default();
     for rep in 0..=a.reps {
         if a.prompt > 0 {
-            let mut st = model.new_state(ctx);
+            let mut st = filled(rep)?;
             let toks = tokens(a.prompt, nv, rep);
             let t = Instant::now();
             model.forward(&toks, &mut st, false)?;
@@ -97,7 +111,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
         if a.n_gen > 0 {
-            let mut st = model.new_state(ctx);
+            let mut st = filled(rep)?;
             let toks = tokens(a.n_gen, nv, rep + 17);
             let before = model.store_stats();
             let t = Instant::now();
@@ -128,6 +142,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "threads": threads,
                 "prompt_tokens": a.prompt,
                 "decode_tokens": a.n_gen,
+                "depth": a.depth,
                 "prompt_tokens_per_s": mean(&pp),
                 "decode_tokens_per_s": mean(&tg),
                 "paged": store.paged,
@@ -140,8 +155,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     } else {
         println!("model: {} ({} threads)", a.model.model.display(), threads);
-        println!("pp{}: {:.2} tokens/s", a.prompt, mean(&pp));
-        println!("tg{}: {:.2} tokens/s", a.n_gen, mean(&tg));
+        let at = if a.depth > 0 {
+            format!(" @ d{}", a.depth)
+        } else {
+            String::new()
+        };
+        println!("pp{}{at}: {:.2} tokens/s", a.prompt, mean(&pp));
+        println!("tg{}{at}: {:.2} tokens/s", a.n_gen, mean(&tg));
         if store.paged {
             println!(
                 "paged within {}: {} resident; decode: expert hit rate {:.3}, {} read per token, {:.3}s stalled on I/O",

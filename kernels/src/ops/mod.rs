@@ -10,17 +10,22 @@
 //! into a visible one, so they are worth the care.
 
 mod attn;
+mod attn_tile;
+mod attn_tile_lanes;
 mod dequant_matmul;
 mod exp;
 pub mod qat;
+mod vsum;
 
 use std::sync::OnceLock;
 
 use half::f16;
 
 pub use attn::{dot_kq, dot_kq_f16, weighted_sum_v, VSumOrder};
+pub use attn_tile::{attend_tile, tile_rows, F32Rows, TileScratch};
 pub use dequant_matmul::matmul_dequant_f32;
 pub use exp::{expf, silu, softmax, softmax_aligned, swiglu};
+pub use vsum::{weighted_sum_rows, weighted_sum_rows_at, ValueRows};
 
 /// `y = x / sqrt(mean(x²) + eps) * w`, in place on `x`. `w` may be empty
 /// (no weight).
