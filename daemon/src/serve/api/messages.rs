@@ -20,7 +20,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::super::anthropic::{self, body as ab, AnthropicError};
 use super::super::openai::ApiError;
-use super::run::{collect, consume, prepare_chat, submit, End, Job, Out, ToolMode};
+use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, AppState};
 
 impl IntoResponse for AnthropicError {
@@ -45,7 +45,7 @@ pub(super) async fn messages(
     };
     let input_tokens = p.prompt.len();
     let stream = p.sampling.stream;
-    let job = submit(
+    let job = submit_one(
         &st,
         &p.engine,
         p.prompt,
@@ -53,9 +53,7 @@ pub(super) async fn messages(
         p.mode.is_some(),
         received,
     )
-    .await?
-    .pop()
-    .ok_or_else(|| ApiError::internal("no sequence was queued"))?;
+    .await?;
     if !stream {
         let o = collect(job, p.mode.as_ref()).await?;
         let stop = o.stop_string.as_deref();

@@ -25,7 +25,7 @@ use super::super::openai::ApiError;
 use super::super::responses::body::{self as rb, Events, Meta};
 use super::super::responses::responses_request;
 use super::super::tools::{self, ToolCall};
-use super::run::{collect, consume, prepare_chat, submit, End, Job, Out, ToolMode};
+use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, AppState};
 
 pub(super) async fn responses(
@@ -36,7 +36,7 @@ pub(super) async fn responses(
     let req = responses_request(&body(&st, b)?)?;
     let p = prepare_chat(&st, req.chat.clone()).await?;
     let meta = Meta::new(&req, &p.engine.model_name);
-    let job = submit(
+    let job = submit_one(
         &st,
         &p.engine,
         p.prompt,
@@ -44,9 +44,7 @@ pub(super) async fn responses(
         p.mode.is_some(),
         received,
     )
-    .await?
-    .pop()
-    .ok_or_else(|| ApiError::internal("no sequence was queued"))?;
+    .await?;
     if !p.sampling.stream {
         let o = collect(job, p.mode.as_ref()).await?;
         let mut output = Vec::new();

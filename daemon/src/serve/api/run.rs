@@ -116,6 +116,21 @@ pub(super) struct Job {
     prompt_tokens: usize,
 }
 
+/// [`submit`] for the APIs that answer with one choice: its one job.
+pub(super) async fn submit_one(
+    st: &AppState,
+    e: &Arc<Engine>,
+    prompt: Vec<u32>,
+    s: &Sampling,
+    tools: bool,
+    received: Instant,
+) -> Result<Job, ApiError> {
+    submit(st, e, prompt, s, tools, received)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("no sequence was queued"))
+}
+
 /// Queues `prompt` for `s.n` sequences (sequence i samples with seed + i);
 /// one [`Job`] each. `tools` says whether the output is parsed for calls.
 pub(super) async fn submit(
