@@ -504,7 +504,12 @@ fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: 
         let f = dwarfstar_gguf::GgufFile::open(model).unwrap();
         let m = f.metadata();
         let arch = m.get_str("general.architecture").unwrap().to_string();
-        m.get_u32(&format!("{arch}.block_count")).unwrap()
+        // An MTP block (llama.cpp's layout) counts as a block but is no
+        // stage's layer: the coordinator runs it to draft.
+        let nextn = m
+            .get_u32(&format!("{arch}.nextn_predict_layers"))
+            .unwrap_or(0);
+        m.get_u32(&format!("{arch}.block_count")).unwrap() - nextn
     };
     let check = |r: &dwarfstar_proto::v1::StatusReply, who: &str| {
         assert_eq!(r.nodes.len(), n_nodes, "{who}: {r:#?}");
@@ -654,19 +659,62 @@ fn smollm2_with_a_draft_model_in_two_pipeline_stages_matches_one_machine() {
         "--spec-always",
     ];
     let plan = mesh_matches_one_machine_and(&model_path(SMOLLM2), 2, &args, |coord| {
-        let base = coord.http.as_ref().unwrap();
-        let text = ureq::get(format!("{base}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let drafted = crate::api::metric(&text, "dwarfstar_spec_drafted_tokens_total");
-        let accepted = crate::api::metric(&text, "dwarfstar_spec_accepted_tokens_total");
+        let (drafted, accepted) = spec_counts(coord);
         eprintln!("2-stage mesh with a draft: drafted {drafted}, accepted {accepted}");
-        assert!(drafted > 0.0 && accepted > 0.0, "{text}");
+        assert!(drafted > 0.0 && accepted > 0.0);
     });
     assert_eq!(stages(&plan), 2, "{plan}");
+}
+
+/// The coordinator's drafted and accepted token counters.
+fn spec_counts(coord: &Daemon) -> (f64, f64) {
+    let base = coord.http.as_ref().unwrap();
+    let text = ureq::get(format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let drafted = crate::api::metric(&text, "dwarfstar_spec_drafted_tokens_total");
+    let accepted = crate::api::metric(&text, "dwarfstar_spec_accepted_tokens_total");
+    (drafted, accepted)
+}
+
+/// DeepSeek V4's MTP block drafts through the pipeline: the coordinator
+/// runs the block on the final hidden rows the stages send back, the stages
+/// verify each step's drafts in one pass, and the text is one machine's.
+#[test]
+fn deepseek_v4_with_mtp_in_two_pipeline_stages_matches_one_machine() {
+    let plan = v4_mtp_mesh("v4-mtp", &["--stages", "2"]);
+    assert_eq!(stages(&plan), 2, "{plan}");
+}
+
+/// The same with the experts spread: each verify pass's one round trip
+/// per MoE layer carries every drafted position.
+#[test]
+fn deepseek_v4_with_mtp_and_experts_on_two_daemons_matches_one_machine() {
+    let plan = v4_mtp_mesh("v4-mtp-ep", &["--stages", "1", "--expert-parallel"]);
+    assert!(plan.contains("experts on 2 node(s)"), "{plan}");
+}
+
+/// The tiny V4 with an MTP block served by two daemons split by `split`,
+/// drafting 3 tokens every step: one machine's text, and drafts made.
+fn v4_mtp_mesh(tag: &str, split: &[&str]) -> String {
+    let dir = TempDir::new(tag);
+    let m = dir.0.join("tiny-dsv4-mtp.gguf");
+    let made = crate::deepseek4::with_mtp_tagged(tag);
+    std::fs::copy(&made, &m).unwrap();
+    let _ = std::fs::remove_file(&made);
+    let mut args = split.to_vec();
+    args.extend(["--spec-tokens", "3", "--spec-always"]);
+    mesh_matches_one_machine_and(&m, 2, &args, |coord| {
+        let (drafted, accepted) = spec_counts(coord);
+        eprintln!("{tag}: V4 mesh with MTP drafted {drafted}, accepted {accepted}");
+        assert!(
+            drafted > 0.0,
+            "the MTP block drafted nothing through the mesh"
+        );
+    })
 }
 
 #[test]

@@ -116,6 +116,11 @@ fn completions(s: &Server, prompts: &[Vec<u32>]) -> (Vec<Value>, Vec<Value>) {
 /// block) gives the greedy text of serving it without, alone and
 /// batched; the block drafts and some drafts are accepted or rejected.
 fn mtp_keeps_greedy_text(path: &Path, label: &str) {
+    mtp_keeps_greedy_text_with(path, &[], label)
+}
+
+/// [`mtp_keeps_greedy_text`] with `extra` flags on the drafting servers.
+fn mtp_keeps_greedy_text_with(path: &Path, extra: &[&str], label: &str) {
     let p = tiny_v4_prompt();
     // Across the HCA boundary (127) and within the first window.
     let prompts: Vec<Vec<u32>> = vec![p[..9].to_vec(), p[..60].to_vec(), p[..118].to_vec()];
@@ -126,7 +131,9 @@ fn mtp_keeps_greedy_text(path: &Path, label: &str) {
     drop(plain);
     assert_eq!(want, want_together, "{label}: batching changed greedy text");
     for k in ["1", "3"] {
-        let spec = Server::start_model(path, &["--spec-tokens", k, "--spec-always"], None);
+        let mut args = vec!["--spec-tokens", k, "--spec-always"];
+        args.extend_from_slice(extra);
+        let spec = Server::start_model(path, &args, None);
         let (alone, together) = completions(&spec, &prompts);
         assert_eq!(alone, want, "{label}, {k} drafts: alone");
         assert_eq!(together, want, "{label}, {k} drafts: batched");
@@ -182,17 +189,12 @@ fn mtp_on_a_model_without_the_block_is_refused() {
 /// what the same block in the trunk's file drafts.
 #[test]
 fn v4_ds4_mtp_file_attached_drafts_as_in_file() {
-    use dwarfstar_gguf::{GgufFile, GgufWriter};
+    use dwarfstar_gguf::GgufFile;
     use dwarfstar_model::draft::{DraftAsk, Drafter, Observed};
     use dwarfstar_model::draft_mtp::MtpDrafter;
     use std::sync::Arc;
 
-    let f = GgufFile::open(crate::deepseek4::gguf("f32")).unwrap();
-    let mut w = GgufWriter::new(f.alignment()).unwrap();
-    w.add_kv("general.architecture", "deepseek4").unwrap();
-    crate::deepseek4::add_ds4_mtp(&f, &mut w);
-    let side = std::env::temp_dir().join(format!("dsv4-mtp-side-{}.gguf", std::process::id()));
-    w.write_to_path(&side).unwrap();
+    let side = ds4_mtp_side_file("side");
     let trunk = crate::deepseek4::ds4_trunk_tagged(false, "side");
     let inside = crate::deepseek4::ds4_trunk_tagged(true, "inside");
     let open = |p: &Path, attach: bool| {
@@ -246,4 +248,98 @@ fn v4_ds4_mtp_file_attached_drafts_as_in_file() {
         let _ = std::fs::remove_file(p);
     }
     assert_eq!(a, b);
+}
+
+/// ds4's MTP block of the tiny model in a file of its own (`mtp.0.*`).
+fn ds4_mtp_side_file(tag: &str) -> std::path::PathBuf {
+    use dwarfstar_gguf::{GgufFile, GgufWriter};
+    let f = GgufFile::open(crate::deepseek4::gguf("f32")).unwrap();
+    let mut w = GgufWriter::new(f.alignment()).unwrap();
+    w.add_kv("general.architecture", "deepseek4").unwrap();
+    crate::deepseek4::add_ds4_mtp(&f, &mut w);
+    let side = std::env::temp_dir().join(format!("dsv4-mtp-{tag}-{}.gguf", std::process::id()));
+    w.write_to_path(&side).unwrap();
+    side
+}
+
+/// `--mtp-model`: ds4's trunk file served with its MTP file of its own
+/// drafts, and keeps the greedy text; a file that is no MTP block, or one
+/// given to a model of another architecture, is refused with the reason.
+#[test]
+fn v4_ds4_mtp_file_given_by_flag_drafts_and_keeps_greedy_text() {
+    let side = ds4_mtp_side_file("flag");
+    let trunk = crate::deepseek4::ds4_trunk_tagged(false, "flag");
+    let s = side.to_str().unwrap();
+    mtp_keeps_greedy_text_with(&trunk, &["--mtp-model", s], "ds4 MTP file by flag");
+    let refused = |model: &Path, mtp: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dwarfstar"))
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .arg("--mtp-model")
+            .arg(mtp)
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-listen", "off"])
+            .env("DWARFSTAR_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = refused(&trunk, &trunk);
+    assert!(err.contains("not a ds4 MTP file"), "{err}");
+    let err = refused(&model_path(SMOLLM2), &side);
+    assert!(err.contains("only DeepSeek V4"), "{err}");
+    for p in [&side, &trunk] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// `bench --mtp` drafts with the block (in the trunk's file, or ds4's file
+/// of its own given by `--mtp-model`) and counts the drafts.
+#[test]
+fn bench_mtp_counts_the_blocks_drafts() {
+    let inside = crate::deepseek4::with_mtp_tagged("bench");
+    let v = crate::spec::bench_spec(&inside, &["--mtp"]);
+    assert_eq!(v["drafter"], json!("mtp"), "{v}");
+    let side = ds4_mtp_side_file("bench");
+    let trunk = crate::deepseek4::ds4_trunk_tagged(false, "bench");
+    let s = side.to_str().unwrap();
+    crate::spec::bench_spec(&trunk, &["--mtp", "--mtp-model", s]);
+    for p in [&inside, &side, &trunk] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A request whose prompt comes from the prefix cache drafts from its
+/// first decode step: the MTP block's state is cached with the model's and
+/// restored with it, and the greedy text is the text of the first run.
+#[test]
+fn v4_mtp_drafts_after_a_prefix_cache_hit() {
+    let path = crate::deepseek4::with_mtp_tagged("prefix");
+    let s = Server::start_model(&path, &["--spec-tokens", "2", "--spec-always"], None);
+    let prompt = tiny_v4_prompt()[..60].to_vec();
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": true});
+    let drafted = || metric(&s.metrics(), "dwarfstar_spec_drafted_tokens_total");
+    let (st, first) = s.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{first}");
+    let before = drafted();
+    let first_drafts = before;
+    let (st, again) = s.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{again}");
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert!(
+        cached > Some(0),
+        "the prompt did not come from the cache: {again}"
+    );
+    assert_eq!(first["choices"][0]["text"], again["choices"][0]["text"]);
+    let after = drafted();
+    eprintln!(
+        "first run: {first_drafts} drafts; after a prefix hit: {} drafts",
+        after - before
+    );
+    // The restored block drafts what it drafted the first time.
+    assert!(first_drafts > 0.0);
+    assert_eq!(after - before, first_drafts, "drafts after the prefix hit");
+    drop(s);
+    let _ = std::fs::remove_file(&path);
 }

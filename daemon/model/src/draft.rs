@@ -10,6 +10,7 @@
 //! further pass. Proposals are greedy (the draft's argmax), which is what
 //! [`crate::Sampler::verify`]'s acceptance rule assumes.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -60,6 +61,16 @@ pub trait Drafter: Send {
     fn observe(&mut self, _seen: &[Observed<'_>]) -> Result<()> {
         Ok(())
     }
+    /// A copy of `seq`'s drafting state, kept with its target state in a
+    /// prefix cache where a later sequence starting from that prefix needs
+    /// it to draft ([`Drafter::restore`]); None where the drafter rebuilds
+    /// what it needs from the tokens alone.
+    fn snapshot(&self, _seq: u64) -> Option<Box<dyn Any + Send>> {
+        None
+    }
+    /// The new sequence `seq` starts from a cached prefix of `len`
+    /// positions whose drafting state [`Drafter::snapshot`] gave.
+    fn restore(&mut self, _seq: u64, _saved: &(dyn Any + Send), _len: usize) {}
 }
 
 /// A draft model's state of one sequence: the tokens it has run, and their

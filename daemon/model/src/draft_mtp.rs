@@ -16,6 +16,7 @@
 //! a cached prefix) has no MTP state for the positions before: it is not
 //! drafted for.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use crate::sampler::argmax;
 use crate::Model;
 
 /// One sequence's MTP state.
+#[derive(Clone)]
 struct MtpState {
     cache: Ds4Cache,
     /// The block's output streams at its last position, and the draft
@@ -44,18 +46,15 @@ pub struct MtpDrafter {
 
 impl MtpDrafter {
     /// A drafter over `model`'s MTP block, for sequences of up to
-    /// `capacity` positions. The model must keep its passes' hidden
-    /// streams ([`Deepseek4Model::keep_hidden`]).
+    /// `capacity` positions. It drafts from the target's final hidden
+    /// rows, which [`Drafter::observe`] must be shown: a model running
+    /// alone keeps them with [`Deepseek4Model::keep_hidden`], a split one
+    /// gets them back from its last stage.
     pub fn new(model: Arc<Model>, capacity: usize) -> Result<MtpDrafter> {
         let d = ds4(&model)?;
         if !d.has_mtp() {
             return Err(ModelError::Invalid(
                 "the model has no MTP block to draft with".into(),
-            ));
-        }
-        if !d.keep_hidden {
-            return Err(ModelError::Invalid(
-                "MTP drafting needs the model to keep its hidden streams (keep_hidden)".into(),
             ));
         }
         d.mtp_cache(capacity)?;
@@ -205,5 +204,27 @@ impl Drafter for MtpDrafter {
 
     fn forget(&mut self, seq: u64) {
         self.seqs.remove(&seq);
+    }
+
+    /// The block's state goes with the target's into the prefix cache: a
+    /// sequence starting from that prefix drafts from its first step.
+    fn snapshot(&self, seq: u64) -> Option<Box<dyn Any + Send>> {
+        let st = self.seqs.get(&seq).filter(|st| !st.lost)?;
+        Some(Box::new(st.clone()))
+    }
+
+    fn restore(&mut self, seq: u64, saved: &(dyn Any + Send), len: usize) {
+        let Some(st) = saved.downcast_ref::<MtpState>() else {
+            return;
+        };
+        if st.cache.len() < len {
+            return;
+        }
+        let mut st = st.clone();
+        st.cache.truncate(len);
+        st.last = None;
+        // Cut below what the block's cache can go back to: no drafts.
+        st.lost = !st.cache.pending().is_empty();
+        self.seqs.insert(seq, st);
     }
 }

@@ -145,6 +145,25 @@ impl Model {
         Ok((Model::load(file.clone())?, file))
     }
 
+    /// Attaches the MTP block of another GGUF file (ds4 ships DeepSeek V4's
+    /// as a file of its own, `mtp.0.*`); an error for a model of another
+    /// architecture or a file that holds no such block.
+    pub fn attach_mtp_file(&mut self, path: &Path) -> Result<()> {
+        let Model::Deepseek4(m) = self else {
+            return Err(ModelError::Invalid(format!(
+                "{}: only DeepSeek V4 models draft with an MTP block, this one is {}",
+                path.display(),
+                self.arch()
+            )));
+        };
+        m.attach_mtp(Arc::new(GgufFile::open(path)?))
+    }
+
+    /// Whether the model has an MTP block to draft with (DeepSeek V4).
+    pub fn has_mtp(&self) -> bool {
+        matches!(self, Model::Deepseek4(m) if m.has_mtp())
+    }
+
     /// Binds the architecture that `general.architecture` names.
     pub fn load(file: Arc<GgufFile>) -> Result<Model> {
         let arch = file.get_str("general.architecture")?.to_string();

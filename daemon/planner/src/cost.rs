@@ -145,6 +145,8 @@ pub(crate) struct Ctx {
     pub kv_tokens: u64,
     /// Zipf exponent of expert popularity (0: uniform).
     pub skew: f64,
+    /// [`PlanRequest::output_on_coordinator`].
+    pub output_on_coord: bool,
     links: BTreeMap<(usize, usize), (f64, f64)>,
     /// Per node, per layer: time of the whole layer with every expert local.
     pub layer_time: Vec<Vec<f64>>,
@@ -325,6 +327,7 @@ impl Ctx {
             output_flops: 2.0 * m.output_params as f64,
             kv_tokens: req.kv_tokens,
             skew: terms.expert_skew,
+            output_on_coord: req.output_on_coordinator,
             links,
             layer_time,
         })

@@ -287,11 +287,14 @@ pub(crate) fn pipelines(ctx: &Ctx, ks: &BTreeSet<usize>, act: ActDType) -> Vec<C
         let last = order[order.len() - 1];
         // The output goes on the last stage, or on the coordinator when it
         // runs the first stage (then the last stage sends its hidden rows
-        // back instead of logits).
-        let outs: &[bool] = if order[0] == ctx.coord && last != ctx.coord {
-            &[false, true]
-        } else {
-            &[false]
+        // back instead of logits); only there when the request asks.
+        let outs: &[bool] = match (
+            order[0] == ctx.coord && last != ctx.coord,
+            ctx.output_on_coord,
+        ) {
+            (true, true) => &[true],
+            (true, false) => &[false, true],
+            (false, _) => &[false],
         };
         for &on_coord in outs {
             for free_paging in [false, true] {

@@ -205,6 +205,12 @@ pub struct PlanRequest {
     /// [`crate::F16_MIN_GAIN`]).
     #[serde(default)]
     pub force_act_dtype: Option<ActDType>,
+    /// Put the output head on the coordinator wherever it runs the first
+    /// stage (the last stage then sends its hidden rows back): the
+    /// coordinator drafts with the model's MTP block, which reads those
+    /// rows and shares the head.
+    #[serde(default)]
+    pub output_on_coordinator: bool,
 }
 
 impl PlanRequest {
@@ -226,6 +232,7 @@ impl PlanRequest {
             expert_parallel: false,
             kv_tokens: DEFAULT_KV_TOKENS,
             force_act_dtype: None,
+            output_on_coordinator: false,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct DistSeq {
     /// Copy sequence `.0`'s positions on the stages first.
     fork: Option<u64>,
     released: Arc<Released>,
+    /// The final hidden rows of the last step's run, from position
+    /// `hidden_pos0` (kept when the backend keeps them, for MTP drafting).
+    hidden: Vec<f32>,
+    hidden_pos0: usize,
 }
 
 impl Drop for DistSeq {
@@ -55,6 +59,9 @@ pub struct DistBackend {
     plan_version: u64,
     ids: Arc<AtomicU64>,
     released: Arc<Released>,
+    /// Every step asks the pipeline for the final hidden rows of all its
+    /// positions and keeps them in each sequence ([`DistBackend::keep_hidden`]).
+    keep_hidden: bool,
 }
 
 impl DistBackend {
@@ -76,7 +83,48 @@ impl DistBackend {
             plan_version,
             ids: Arc::new(AtomicU64::new(1)),
             released: Arc::default(),
+            keep_hidden: false,
         }
+    }
+
+    /// Keeps each step's final hidden rows in its sequences, for a drafter
+    /// that drafts from them (DeepSeek V4's MTP block). Only possible where
+    /// the output head is on this node (the pipeline then returns hidden
+    /// rows, not logits): returns whether the rows will be kept.
+    pub fn keep_hidden(&mut self) -> bool {
+        self.keep_hidden = self.holds_output;
+        self.keep_hidden
+    }
+
+    /// Keeps each sequence's hidden rows from `rows` (every run row of the
+    /// step, in order) and returns the rows its caller wants logits of.
+    fn split_hidden(
+        &self,
+        items: &mut [(&[u32], &mut DistSeq, bool)],
+        runs: &[Vec<u32>],
+        pos0: &[usize],
+        rows: Vec<f32>,
+    ) -> Result<Vec<f32>, String> {
+        let e = self.model.n_embd();
+        let total: usize = runs.iter().map(Vec::len).sum();
+        if rows.len() != total * e {
+            return Err(format!(
+                "the pipeline returned {} hidden values for {total} rows of {e}",
+                rows.len()
+            ));
+        }
+        let mut wanted = Vec::new();
+        let mut at = 0;
+        for (((_, s, all), run), &p) in items.iter_mut().zip(runs).zip(pos0) {
+            let mine = &rows[at * e..(at + run.len()) * e];
+            s.hidden.clear();
+            s.hidden.extend_from_slice(mine);
+            s.hidden_pos0 = p;
+            let from = if *all { 0 } else { run.len() - 1 };
+            wanted.extend_from_slice(&mine[from * e..]);
+            at += run.len();
+        }
+        Ok(wanted)
     }
 
     fn flush_released(&self) {
@@ -95,6 +143,7 @@ impl DistBackend {
         // Each sequence runs what a truncation left to recompute (states
         // that cannot rewind exactly), then its new tokens; every stage
         // dropped the same positions and starts where this state holds.
+        let keep = self.keep_hidden;
         let runs: Vec<Vec<u32>> = items
             .iter()
             .map(|(t, s, _)| [s.local.pending(), t].concat())
@@ -106,10 +155,11 @@ impl DistBackend {
                 seq: s.id,
                 rows: run.len() as u32,
                 pos0: s.local.held() as u32,
-                want: if *all { Want::All } else { Want::Last },
+                want: if *all || keep { Want::All } else { Want::Last },
                 fork: s.fork,
             })
             .collect();
+        let pos0: Vec<usize> = spans.iter().map(|s| s.pos0 as usize).collect();
         let tokens: Vec<u32> = runs.concat();
         let mut x = self.model.embed(&tokens).map_err(|e| e.to_string())?;
         {
@@ -144,7 +194,10 @@ impl DistBackend {
                         s.local.truncate(s.len);
                     }
                 }
-                let rows = r?;
+                let mut rows = r?;
+                if keep {
+                    rows = self.split_hidden(items, &runs, &pos0, rows)?;
+                }
                 if self.holds_output {
                     self.model.logits(&rows).map_err(|e| e.to_string())?
                 } else {
@@ -153,11 +206,14 @@ impl DistBackend {
             }
             None => {
                 let e = self.model.n_embd();
-                let rows: Vec<f32> = step
+                let mut rows: Vec<f32> = step
                     .output_rows()
                     .iter()
                     .flat_map(|&r| step.x[r as usize * e..(r as usize + 1) * e].iter().copied())
                     .collect();
+                if keep {
+                    rows = self.split_hidden(items, &runs, &pos0, rows)?;
+                }
                 self.model.logits(&rows).map_err(|e| e.to_string())?
             }
         };
@@ -202,6 +258,8 @@ impl Backend for DistBackend {
             len: 0,
             fork: None,
             released: self.released.clone(),
+            hidden: Vec::new(),
+            hidden_pos0: 0,
         }
     }
 
@@ -212,6 +270,12 @@ impl Backend for DistBackend {
     fn truncate(&self, s: &mut DistSeq, len: usize) {
         s.local.truncate(len);
         s.len = s.len.min(len);
+        let e = self.model.n_embd();
+        if s.hidden_pos0 >= len {
+            s.hidden.clear();
+        } else {
+            s.hidden.truncate((len - s.hidden_pos0) * e);
+        }
     }
 
     /// What the coordinator's own state keeps (every stage holds the
@@ -224,6 +288,12 @@ impl Backend for DistBackend {
         self.model.capabilities().cuts_anywhere
     }
 
+    /// Every stage cuts its own state to the step's start, as a model
+    /// alone would: what the architecture allows there holds here.
+    fn cuts_last_pass(&self) -> bool {
+        self.model.capabilities().cuts_last_pass
+    }
+
     fn clone_state(&self, s: &DistSeq) -> DistSeq {
         DistSeq {
             id: self.ids.fetch_add(1, Ordering::Relaxed),
@@ -232,6 +302,8 @@ impl Backend for DistBackend {
             // A fork of a fork not yet run copies the same original.
             fork: Some(s.fork.unwrap_or(s.id)),
             released: self.released.clone(),
+            hidden: s.hidden.clone(),
+            hidden_pos0: s.hidden_pos0,
         }
     }
 
@@ -248,6 +320,14 @@ impl Backend for DistBackend {
         items: &mut [(&[u32], &mut DistSeq, bool)],
     ) -> Result<Vec<Vec<f32>>, String> {
         self.step(items)
+    }
+
+    fn keep_hidden(&mut self) -> bool {
+        DistBackend::keep_hidden(self)
+    }
+
+    fn hidden<'a>(&self, s: &'a DistSeq) -> Option<(usize, &'a [f32])> {
+        (self.keep_hidden && !s.hidden.is_empty()).then_some((s.hidden_pos0, s.hidden.as_slice()))
     }
 }
 

@@ -97,7 +97,21 @@ impl NodeRuntime {
         }
         let links = super::links::measure(&self.mesh, &self.me, &seen).await;
         let p = path.to_path_buf();
-        let (model, file) = tokio::task::spawn_blocking(move || Model::open(&p, &[]))
+        // Drafting with the model's MTP block: attach its own file, if any,
+        // and keep the output head here (the block reads the final hidden
+        // rows and shares the head).
+        let mtp = (self.settings().mtp.as_ref())
+            .filter(|(m, _)| crate::serve::engine::same_file(m, path))
+            .map(|(_, f)| f.clone());
+        let wants_mtp = mtp.is_some();
+        let open = move || -> dwarfstar_model::Result<_> {
+            let (mut model, file) = Model::open(&p, &[])?;
+            if let Some(Some(f)) = mtp {
+                model.attach_mtp_file(&f)?;
+            }
+            Ok((model, file))
+        };
+        let (model, file) = tokio::task::spawn_blocking(open)
             .await
             .map_err(|e| NodeError::NotReady(e.to_string()))??;
         let shape = dwarfstar_model::shape::model_shape(&file)?;
@@ -117,6 +131,7 @@ impl NodeRuntime {
             expert_parallel: opts.expert_parallel,
             kv_tokens: self.settings().limits.ctx_size as u64,
             force_act_dtype: Some(ActDType::F32),
+            output_on_coordinator: wants_mtp && model.has_mtp(),
         };
         let plan = dwarfstar_planner::plan(&req)
             .map_err(|e| NodeError::NotReady(format!("planning: {e}")))?;

@@ -411,6 +411,7 @@ impl MeshNode {
             expert_parallel: req.expert_parallel,
             kv_tokens: self.rt.settings().limits.ctx_size as u64,
             force_act_dtype: Some(ActDType::F32),
+            output_on_coordinator: false,
         })
         .map_err(|e| ApiError::ResourceExhausted(format!("planning: {e}")))?;
         Ok(plan_wire::to_proto(&plan, n_layer))

@@ -186,7 +186,8 @@ pub fn lost_after(args: &MeshArgs, configured: Option<Duration>) -> Result<Durat
 
 /// Joins the mesh and starts the node's event loop; `engines` is where the
 /// daemon serves the model it coordinates, if any; plan members silent for
-/// `lost_after` are declared lost.
+/// `lost_after` are declared lost; `mtp` names the model whose MTP block
+/// drafts when this node coordinates it (and the block's own file).
 pub async fn join(
     args: &MeshArgs,
     secret: JoinSecret,
@@ -194,6 +195,7 @@ pub async fn join(
     limits: StageLimits,
     lost_after: Duration,
     engines: Arc<crate::serve::engine::Engines>,
+    mtp: Option<(PathBuf, Option<PathBuf>)>,
 ) -> Result<Arc<NodeRuntime>> {
     let state = args.state_dir();
     std::fs::create_dir_all(&state).with_context(|| format!("state dir {}", state.display()))?;
@@ -273,6 +275,7 @@ pub async fn join(
             limits,
             caps,
             liveness: dwarfstar_membership::Config::with_lost_after(lost_after),
+            mtp,
         },
         engines,
     );

@@ -52,6 +52,10 @@ pub struct NodeSettings {
     pub caps: NodeCaps,
     /// When a silent member is declared lost, and how long a load may take.
     pub liveness: dwarfstar_membership::Config,
+    /// The model file whose MTP block drafts when this node coordinates it
+    /// (the plan then keeps the output head here), and the block's own
+    /// file to attach first (ds4's layout), if it has one.
+    pub mtp: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 /// How the coordinator plans.

@@ -98,6 +98,9 @@ pub struct ModelConfig {
     /// where the model has one and no `draft_model` is given; `true`
     /// requires the block, `false` turns it off.
     pub mtp: Option<bool>,
+    /// ds4's MTP block in a GGUF of its own (`mtp.0.*`), attached to the
+    /// model to draft with (implies `mtp`).
+    pub mtp_model: Option<PathBuf>,
 }
 
 /// Draft tokens per step when neither the file nor a flag says.
@@ -167,6 +170,7 @@ pub struct Overrides {
     pub spec_tokens: Option<usize>,
     pub spec_always: bool,
     pub mtp: Option<bool>,
+    pub mtp_model: Option<PathBuf>,
 }
 
 /// What drafts for speculative decoding.
@@ -175,8 +179,12 @@ pub enum DraftSource {
     /// A smaller model of the same vocabulary.
     Model(PathBuf),
     /// The served model's MTP block; `required`: refuse a model without
-    /// one (else it decodes without drafts).
-    Mtp { required: bool },
+    /// one (else it decodes without drafts); `file`: the block's own GGUF
+    /// (ds4's layout), attached to the model at load.
+    Mtp {
+        required: bool,
+        file: Option<PathBuf>,
+    },
 }
 
 /// Everything `serve` runs with, checked.
@@ -337,17 +345,22 @@ pub fn resolve(file: FileConfig, o: Overrides, env_keys: Option<&str>) -> Result
         bail!("spec_tokens must be at least 1 (leave draft_model unset to decode without drafts)");
     }
     let mtp = o.mtp.or(model.mtp);
-    let source = match (o.draft_model.or(model.draft_model), mtp) {
-        (Some(_), Some(true)) => {
+    let mtp_file = o.mtp_model.or(model.mtp_model);
+    let source = match (o.draft_model.or(model.draft_model), mtp, mtp_file) {
+        (Some(_), Some(true), _) | (Some(_), _, Some(_)) => {
             bail!("mtp and a draft model both asked for: choose one drafter")
         }
-        (Some(m), _) => Some(DraftSource::Model(m)),
-        (None, Some(false)) if spec_tokens.is_some() => {
+        (Some(m), _, None) => Some(DraftSource::Model(m)),
+        (None, Some(false), Some(_)) => {
+            bail!("mtp_model given with mtp off: drop one of them")
+        }
+        (None, Some(false), None) if spec_tokens.is_some() => {
             bail!("spec_tokens needs a drafter: give --draft-model, or leave mtp on")
         }
-        (None, Some(false)) => None,
-        (None, mtp) => Some(DraftSource::Mtp {
-            required: mtp == Some(true),
+        (None, Some(false), None) => None,
+        (None, mtp, file) => Some(DraftSource::Mtp {
+            required: mtp == Some(true) || file.is_some(),
+            file,
         }),
     };
     let draft = source.map(|source| DraftSettings {
@@ -418,7 +431,12 @@ mod tests {
             o.draft_model = model.map(Into::into);
             resolve(FileConfig::parse(file).unwrap(), o, None).map(|s| s.draft.map(|d| d.source))
         };
-        let mtp = |required| Some(DraftSource::Mtp { required });
+        let mtp = |required| {
+            Some(DraftSource::Mtp {
+                required,
+                file: None,
+            })
+        };
         assert_eq!(draft("", None, None).unwrap(), mtp(false));
         assert_eq!(draft("", Some(true), None).unwrap(), mtp(true));
         assert_eq!(
@@ -438,6 +456,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("choose one"), "{e}");
+        // ds4's MTP file of its own: MTP, required, with the file.
+        let side = |file: &str, mtp: Option<bool>, model: Option<&str>| {
+            let mut o = flags("/m/x.gguf");
+            o.mtp = mtp;
+            o.mtp_model = Some("/m/mtp.gguf".into());
+            o.draft_model = model.map(Into::into);
+            resolve(FileConfig::parse(file).unwrap(), o, None).map(|s| s.draft.map(|d| d.source))
+        };
+        let attached = Some(DraftSource::Mtp {
+            required: true,
+            file: Some("/m/mtp.gguf".into()),
+        });
+        assert_eq!(side("", None, None).unwrap(), attached);
+        let e = side("", Some(false), None).unwrap_err().to_string();
+        assert!(e.contains("mtp off"), "{e}");
+        let e = side("", None, Some("/d.gguf")).unwrap_err().to_string();
+        assert!(e.contains("choose one"), "{e}");
+        let from_file = FileConfig::parse("[model]\nmtp_model = \"/m/mtp.gguf\"\n").unwrap();
+        let s = resolve(from_file, flags("/m/x.gguf"), None).unwrap();
+        assert_eq!(s.draft.map(|d| d.source), attached);
         let e = draft("[model]\nmtp = false\nspec_tokens = 2\n", None, None)
             .unwrap_err()
             .to_string();

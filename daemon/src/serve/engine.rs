@@ -234,6 +234,7 @@ impl EngineFactory {
         };
         let (mut model, gguf) =
             Model::open(path, &overrides).with_context(|| format!("loading {}", path.display()))?;
+        self.attach_mtp(path, &mut model)?;
         if let Some(ty) = self.kv_type {
             model
                 .set_kv_type(ty)
@@ -267,7 +268,11 @@ impl EngineFactory {
             cfg.kv_positions = positions.max(ctx_size);
         }
         let eog = eog_table(&tok, model.n_vocab());
-        let mtp = self.mtp_wanted(path, &mut model)?;
+        let mtp = self.mtp_wanted(path, &model)?.is_some();
+        if let (true, Model::Deepseek4(m)) = (mtp, &mut model) {
+            // The states keep the hidden streams the block drafts from.
+            m.keep_hidden = true;
+        }
         let spec = match mtp {
             true => None,
             false => self.speculation(path, &gguf, ctx_size)?,
@@ -325,7 +330,24 @@ impl EngineFactory {
                  prefixes are reused from memory only"
             );
         }
-        let spec = self.speculation(path, &gguf, ctx_size)?;
+        let mut backend = backend;
+        let spec = match self.mtp_wanted(path, &model)? {
+            // The pipeline brings the final hidden rows back here.
+            Some(_) if backend.keep_hidden() => {
+                Some(self.mtp_speculation(model.clone(), ctx_size)?)
+            }
+            Some(true) => anyhow::bail!(
+                "mtp: the plan puts the output head on another node, so the hidden rows the \
+                 MTP block drafts from stay there"
+            ),
+            Some(false) => {
+                tracing::warn!(
+                    "MTP drafting is off: the plan puts the output head on another node"
+                );
+                None
+            }
+            None => self.speculation(path, &gguf, ctx_size)?,
+        };
         let hold = Arc::new(Replan::default());
         let slot = Arc::new(RwLock::new(backend.clone()));
         let s =
@@ -443,26 +465,43 @@ impl EngineFactory {
     }
 
     /// Whether the configured model `path` drafts with its own MTP block
-    /// (the settings' default where it has one); if so, `model` is set to
-    /// keep the hidden streams the block drafts from. Refuses a model
-    /// without the block where MTP was asked for.
-    fn mtp_wanted(&self, path: &Path, model: &mut Model) -> Result<bool> {
+    /// (the settings' default where it has one): `Some(required)` if so,
+    /// `required` where MTP was asked for by name. Refuses a model without
+    /// the block where it was.
+    fn mtp_wanted(&self, path: &Path, model: &Model) -> Result<Option<bool>> {
         let Some(d) = self.draft.as_ref().filter(|_| self.is_configured(path)) else {
-            return Ok(false);
+            return Ok(None);
         };
-        let DraftSource::Mtp { required } = d.source else {
-            return Ok(false);
+        let DraftSource::Mtp { required, .. } = d.source else {
+            return Ok(None);
         };
         match model {
-            Model::Deepseek4(m) if m.has_mtp() => {
-                m.keep_hidden = true;
-                Ok(true)
-            }
+            Model::Deepseek4(m) if m.has_mtp() => Ok(Some(required)),
             _ if required => {
                 anyhow::bail!("mtp: {} has no MTP block to draft with", path.display())
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
+    }
+
+    /// Attaches the MTP block's own file to `model` where the settings
+    /// give one for `path` (ds4's layout).
+    pub fn attach_mtp(&self, path: &Path, model: &mut Model) -> Result<()> {
+        if !self.is_configured(path) {
+            return Ok(());
+        }
+        if let Some(DraftSettings {
+            source: DraftSource::Mtp {
+                file: Some(file), ..
+            },
+            ..
+        }) = &self.draft
+        {
+            model
+                .attach_mtp_file(file)
+                .with_context(|| format!("mtp_model {}", file.display()))?;
+        }
+        Ok(())
     }
 
     /// Speculation drafted by `model`'s MTP block.

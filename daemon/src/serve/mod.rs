@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// turns it off, `--mtp` refuses a model without one.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub mtp: Option<bool>,
+    /// DeepSeek V4's MTP block in a GGUF file of its own (ds4 ships it so:
+    /// `mtp.0.*`), attached to the model to draft with; implies `--mtp`.
+    #[arg(long, value_name = "FILE")]
+    pub mtp_model: Option<PathBuf>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -180,6 +184,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         spec_tokens: a.spec_tokens,
         spec_always: a.spec_always,
         mtp: a.mtp,
+        mtp_model: a.mtp_model,
     };
     let env_keys = std::env::var("DWARFSTAR_API_KEYS").ok();
     let s = config::resolve(file, flags, env_keys.as_deref())?;
@@ -280,9 +285,26 @@ async fn serve_on(
             };
             let dir = mesh_serve::models_dir(mesh_args, s.model_path.as_deref());
             let lost_after = mesh_serve::lost_after(mesh_args, s.lost_after)?;
-            let node =
-                mesh_serve::join(mesh_args, secret, dir, limits, lost_after, engines.clone())
-                    .await?;
+            let mtp = match (&s.model_path, &s.draft) {
+                (
+                    Some(m),
+                    Some(config::DraftSettings {
+                        source: config::DraftSource::Mtp { file, .. },
+                        ..
+                    }),
+                ) => Some((m.clone(), file.clone())),
+                _ => None,
+            };
+            let node = mesh_serve::join(
+                mesh_args,
+                secret,
+                dir,
+                limits,
+                lost_after,
+                engines.clone(),
+                mtp,
+            )
+            .await?;
             if let Some(path) = &s.model_path {
                 let (_, applied) = mesh_serve::coordinate(mesh_args, &node, path).await?;
                 let backend = applied.backend.ok_or_else(|| {

@@ -96,6 +96,12 @@ pub trait Backend {
     fn hidden<'a>(&self, _s: &'a Self::State) -> Option<(usize, &'a [f32])> {
         None
     }
+    /// Asks the backend to keep its states' final hidden rows from now on
+    /// ([`Backend::hidden`]); returns whether it will. A backend that keeps
+    /// them by construction (a model loaded to) answers through `hidden`.
+    fn keep_hidden(&mut self) -> bool {
+        false
+    }
 }
 
 impl Backend for Model {
@@ -284,6 +290,13 @@ struct Seq<S> {
     lp: Option<TokenLogprobs>,
 }
 
+/// A prefix cache entry: the target's state, and the drafter's where it
+/// keeps one ([`dwarfstar_model::draft::Drafter::save`]).
+struct Cached<S> {
+    state: S,
+    draft: Option<Box<dyn std::any::Any + Send>>,
+}
+
 /// The engine loop's state. See the module doc.
 pub struct Scheduler<B: Backend> {
     backend: B,
@@ -292,7 +305,7 @@ pub struct Scheduler<B: Backend> {
     rx: Receiver<GenRequest>,
     open: bool,
     active: Vec<Seq<B::State>>,
-    cache: PrefixCache<B::State>,
+    cache: PrefixCache<Cached<B::State>>,
     metrics: Arc<Metrics>,
     replan: Option<Arc<Replan<B>>>,
     /// A request taken from the queue that waits for cache room.
@@ -368,12 +381,26 @@ impl<B: Backend> Scheduler<B> {
         match r.idle_until_resumed() {
             Resume::Keep | Resume::Failed(_) => {}
             Resume::Swap(b) => {
-                self.backend = b;
+                self.set_backend(b);
                 self.drop_cache();
             }
             Resume::Retire => self.close_for_good(),
         }
         false
+    }
+
+    /// Runs the steps from now on through `b` (a new plan's pipeline),
+    /// keeping the hidden rows a drafter drafts from where it wants them.
+    fn set_backend(&mut self, b: B) {
+        self.backend = b;
+        if self.spec.as_ref().is_some_and(|s| s.drafter.wants_hidden())
+            && !self.backend.keep_hidden()
+        {
+            tracing::warn!(
+                "the new plan puts the output head on another node: MTP drafting stops \
+                 (the hidden rows it drafts from stay there)"
+            );
+        }
     }
 
     fn drop_cache(&mut self) {
@@ -494,16 +521,20 @@ impl<B: Backend> Scheduler<B> {
         let backend = &self.backend;
         let hit = self
             .cache
-            .best_by(&r.prompt, |s, len| {
-                backend.kept_by_truncate(s, len.min(n - 1))
+            .best_by(&r.prompt, |c, len| {
+                backend.kept_by_truncate(&c.state, len.min(n - 1))
             })
             .filter(|&(_, _, kept)| kept >= min);
         let (state, cached) = match hit {
-            Some((s, len, kept)) => {
-                let mut s = self.backend.clone_state(s);
+            Some((c, len, kept)) => {
+                let mut s = self.backend.clone_state(&c.state);
                 self.backend.truncate(&mut s, len.min(n - 1));
                 self.metrics.prefix_hits.fetch_add(1, Relaxed);
                 self.metrics.prefix_tokens.fetch_add(kept as u64, Relaxed);
+                if let (Some(spec), Some(d)) = (self.spec.as_mut(), &c.draft) {
+                    spec.drafter
+                        .restore(self.next_id + 1, d.as_ref(), self.backend.state_len(&s));
+                }
                 (s, kept)
             }
             None => {
@@ -643,6 +674,8 @@ impl<B: Backend> Scheduler<B> {
         };
         self.recovered();
         let mut sampled = 0;
+        // Prompt states to cache once the drafter has seen this step.
+        let mut held = Vec::new();
         for (s, &t) in self.active.iter_mut().zip(&take) {
             if t == 0 {
                 continue;
@@ -660,9 +693,8 @@ impl<B: Backend> Scheduler<B> {
                     // that never runs again is still this one then.
                     let bytes = self.backend.state_bytes(&s.state);
                     let copy = self.backend.clone_state(&s.state);
-                    let kept = std::mem::replace(&mut s.state, copy);
-                    self.cache
-                        .insert(s.history[..len].to_vec(), kept, bytes, false);
+                    let state = std::mem::replace(&mut s.state, copy);
+                    held.push((s.id, s.history[..len].to_vec(), state, bytes));
                 }
                 continue;
             }
@@ -683,6 +715,11 @@ impl<B: Backend> Scheduler<B> {
             }
         }
         self.observe(&take);
+        for (id, key, state, bytes) in held {
+            let draft = self.spec.as_ref().and_then(|s| s.drafter.snapshot(id));
+            self.cache
+                .insert(key, Cached { state, draft }, bytes, false);
+        }
         self.metrics.decoded(sampled);
         // Decode-only steps tell whether drafting pays.
         if let (0, Some(t)) = (prefill, started) {
@@ -783,19 +820,24 @@ impl<B: Backend> Scheduler<B> {
                 .partition(|s| s.ended);
             self.active = keep;
             for mut s in ended {
-                if let Some(spec) = self.spec.as_mut() {
-                    spec.drafter.forget(s.id);
-                }
                 let len = self.backend.state_len(&s.state);
+                let caching = len > 0 && self.cfg.cache_entries > 0;
+                let draft = self.spec.as_mut().and_then(|spec| {
+                    let d = caching.then(|| spec.drafter.snapshot(s.id)).flatten();
+                    spec.drafter.forget(s.id);
+                    d
+                });
                 if len > 0 {
                     self.backend.save_prefix(&s.history[..len], &s.state);
                 }
-                if len > 0 && self.cfg.cache_entries > 0 {
+                if caching {
                     self.backend.compact(&mut s.state);
                     let bytes = self.backend.state_bytes(&s.state);
                     s.history.truncate(len);
                     let cuts = cuts(&self.backend, &s.state);
-                    self.cache.insert(s.history, s.state, bytes, cuts);
+                    let state = s.state;
+                    self.cache
+                        .insert(s.history, Cached { state, draft }, bytes, cuts);
                 }
             }
             self.metrics.prefix_entries.store(self.cache.len(), Relaxed);

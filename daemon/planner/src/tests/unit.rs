@@ -271,6 +271,31 @@ fn logits_are_not_shipped_over_a_slow_link_when_the_coordinator_can_compute_them
     assert!(p.stages[0].holds_output && !p.stages[1].holds_output);
 }
 
+/// A small vocabulary and a fast link leave the head on the last stage,
+/// unless the request keeps it on the coordinator (its MTP block drafts
+/// there from the hidden rows and shares the head).
+#[test]
+fn the_output_head_stays_on_the_coordinator_when_asked() {
+    let mut r = req(
+        dense_model(8, 100 * MB),
+        vec![
+            node("a", 8 * GB, 20.0, 200.0, 1.0),
+            node("b", 8 * GB, 20.0, 200.0, 1.0),
+        ],
+        "a",
+    );
+    r.force_stages = Some(2);
+    r.links = vec![link("a", "b", 1e10, 5e-5)];
+    let p = plan(&r).unwrap();
+    check_plan(&r, &p);
+    assert_eq!(p.output_node, "b", "the head moves to the last stage");
+    r.output_on_coordinator = true;
+    let p = plan(&r).unwrap();
+    check_plan(&r, &p);
+    assert_eq!(p.output_node, "a");
+    assert!(p.stages[0].holds_output && !p.stages[1].holds_output);
+}
+
 #[test]
 fn a_v3_sized_model_over_four_nodes() {
     // DeepSeek V3 at ~4.5 bits/weight: 3 dense + 58 MoE layers of 256

@@ -47,7 +47,7 @@ impl<B: Backend> Scheduler<B> {
             Resume::Keep
         };
         match resume {
-            Resume::Swap(b) => self.backend = b,
+            Resume::Swap(b) => self.set_backend(b),
             Resume::Keep => {}
             Resume::Failed(why) => {
                 self.fail_running(&format!("{error}; {why}"));
