@@ -235,3 +235,55 @@ fn smollm2_verify_pass_equals_decode() {
 fn gemma3_verify_pass_equals_decode() {
     verify_pass_equals_decode(GEMMA3);
 }
+
+/// `dwarfstar bench --json` of a speculative decode: its counters and rates.
+pub(crate) fn bench_spec(model: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "-n",
+        "24",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = ok(dwarfstar(&args), "bench with speculation");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench prints JSON");
+    let (drafted, accepted) = (v["drafted_tokens"].as_u64(), v["accepted_tokens"].as_u64());
+    assert!(drafted > Some(0), "nothing drafted: {v}");
+    assert!(accepted <= drafted, "{v}");
+    let rate = v["acceptance_rate"].as_f64().unwrap();
+    let want = accepted.unwrap() as f64 / drafted.unwrap() as f64;
+    assert!((rate - want).abs() < 1e-9, "{v}");
+    for k in [
+        "decode_tokens_per_s",
+        "plain_decode_tokens_per_s",
+        "speedup",
+    ] {
+        assert!(v[k].as_f64() > Some(0.0), "{k}: {v}");
+    }
+    v
+}
+
+/// `bench --draft-model` times speculation against plain decoding and
+/// counts what was drafted and accepted (a dwarf-q2 self-draft of SmolLM2
+/// agrees with it on most greedy tokens).
+#[test]
+fn bench_counts_drafted_and_accepted_tokens() {
+    let draft = draft_of(SMOLLM2);
+    let v = bench_spec(
+        &model_path(SMOLLM2),
+        &[
+            "--draft-model",
+            draft.to_str().unwrap(),
+            "--spec-tokens",
+            "3",
+        ],
+    );
+    assert_eq!(v["spec_tokens"], json!(3), "{v}");
+    assert!(v["accepted_tokens"].as_u64() > Some(0), "{v}");
+}

@@ -62,7 +62,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(a) => {
             cli::init_threads(a.model.threads)?;
-            rayon::scope(|_| cli::bench::run(a))
+            if a.draft_model.is_some() || a.mtp {
+                // Through the serving engine: its thread forks into the
+                // pool as serve's does, so this one must stay outside it.
+                cli::bench::run(a)
+            } else {
+                rayon::scope(|_| cli::bench::run(a))
+            }
         }
         Command::Imatrix(a) => {
             cli::init_threads(a.threads)?;

@@ -4,16 +4,19 @@
 //! With `--depth D` both start after `D` untimed prompt tokens already in
 //! the cache (llama-bench's `-d`), to time attention over a long context.
 //! With weights paged under `--mem-budget`, the decode runs' expert hit
-//! rate, bytes read per token and I/O stall time are printed too.
+//! rate, bytes read per token and I/O stall time are printed too. With
+//! `--draft-model` or `--mtp` it times speculative decoding instead
+//! ([`super::bench_spec`]).
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
 use dwarfstar_model::store::{format_size, StoreStats};
 
+use super::bench_spec::Drafting;
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -36,6 +39,20 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Time greedy decoding with this draft model's speculation against
+    /// the same decode without (through the serving engine), with the
+    /// drafted and accepted token counts.
+    #[arg(long, value_name = "FILE", conflicts_with = "mtp")]
+    pub draft_model: Option<std::path::PathBuf>,
+    /// The same with the model's own MTP block drafting (DeepSeek V4).
+    #[arg(long)]
+    pub mtp: bool,
+    /// ds4's MTP block in a file of its own, attached for `--mtp`.
+    #[arg(long, value_name = "FILE", requires = "mtp")]
+    pub mtp_model: Option<std::path::PathBuf>,
+    /// Most tokens drafted a step, with `--draft-model` or `--mtp`.
+    #[arg(long, default_value_t = 3)]
+    pub spec_tokens: usize,
 }
 
 /// Weight-store counters summed over decode runs.
@@ -83,6 +100,24 @@ fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    let how = match (&a.draft_model, a.mtp) {
+        (Some(f), _) => Some(Drafting::Model(f.clone())),
+        (None, true) => Some(Drafting::Mtp),
+        (None, false) => None,
+    };
+    if let Some(how) = how {
+        let mut m = a.model.load_for(None)?;
+        if let Some(f) = &a.mtp_model {
+            m.model
+                .attach_mtp_file(f)
+                .with_context(|| format!("--mtp-model {}", f.display()))?;
+        }
+        let v = super::bench_spec::run(&a, m.model, &m.tokenizer, how)?;
+        if a.json {
+            println!("{v}");
+        }
+        return Ok(());
+    }
     let ctx = a.depth + a.prompt.max(a.n_gen) + 1;
     let m = a.model.load_for(Some(ctx))?;
     let model = &m.model;

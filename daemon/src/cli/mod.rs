@@ -2,6 +2,7 @@
 //! with metadata overrides and setting up the thread pool.
 
 pub mod bench;
+pub mod bench_spec;
 pub mod imatrix;
 pub mod inspect;
 pub mod plan;
