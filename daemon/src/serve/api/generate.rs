@@ -1,9 +1,9 @@
 //! OpenAI's chat and text completions over the shared generation path
 //! ([`super::run`]): whole responses with every choice, or server-sent
 //! events. Streamed choices carry their `index`; with tools, a choice's
-//! text is held to its end and sent as content or as `tool_calls` deltas
-//! (each call's id, type and name, then its arguments), as OpenAI streams
-//! them.
+//! text streams until a call could begin ([`Splitter`]); what is held from
+//! there is sent at its end as content or as `tool_calls` deltas (each
+//! call's id, type and name, then its arguments), as OpenAI streams them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use super::super::openai::{
     self, at_choice, chat_logprobs, merge_choices, text_logprobs, ApiError, Envelope, Kind,
     LpToken, Prompt, Sampling,
 };
-use super::super::tools;
+use super::super::tools::{self, split::Splitter};
 use super::run::{collect, consume, prepare_chat, submit, total_usage, End, Job, Out, ToolMode};
 use super::{blocking, body, AppState};
 
@@ -176,21 +176,34 @@ async fn stream_choice(
             .is_ok()
     };
     let mut first = true;
-    let mut held = String::new();
-    let mut held_lps = Vec::new();
     let mut offset = 0;
+    // With tools: the splitter, and the logprobs of text it still holds
+    // (each piece's with the output length at the piece's end).
+    let mut split = mode.map(|m| Splitter::new(m.family));
+    let mut pending: Vec<(usize, Vec<LpToken>)> = Vec::new();
+    let (mut fed, mut sent) = (0, 0);
     let end = consume(job, |o| match o {
         Out::Started if env.kind == Kind::Chat => {
             first = false;
             send(env.chunk(Some(""), true, None), None, 0)
         }
         Out::Started => true,
-        Out::Text(t, l) if mode.is_some() => {
-            held.push_str(&t);
-            held_lps.extend(l);
-            !tx.is_closed()
-        }
         Out::Text(t, l) => {
+            let (t, l) = match split.as_mut() {
+                Some(sp) => {
+                    fed += t.len();
+                    pending.push((fed, l));
+                    let now = sp.push(&t);
+                    sent += now.len();
+                    let done = pending.iter().take_while(|(e, _)| *e <= sent).count();
+                    let l = pending.drain(..done).flat_map(|(_, l)| l).collect();
+                    (now, l)
+                }
+                None => (t, l),
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
+            }
             let c = env.chunk(Some(&t), first, None);
             first = false;
             let ok = send(c, Some(&l), offset);
@@ -203,40 +216,36 @@ async fn stream_choice(
         return end;
     };
     let mut reason = *reason;
-    if let Some(m) = mode {
-        match m.parse(&held) {
-            None => {
-                if !held.is_empty() || !held_lps.is_empty() {
-                    send(env.chunk(Some(&held), false, None), Some(&held_lps), 0);
-                }
-            }
-            Some((content, calls)) => {
-                if !content.is_empty() || !held_lps.is_empty() {
-                    send(env.chunk(Some(&content), false, None), Some(&held_lps), 0);
-                }
-                for (k, c) in calls.iter().enumerate() {
-                    send(
-                        env.delta_chunk(
-                            json!({"tool_calls": [{"index": k, "id": tools::call_id(),
-                                "type": "function",
-                                "function": {"name": c.name, "arguments": ""}}]}),
-                            None,
-                        ),
-                        None,
-                        0,
-                    );
-                    send(
-                        env.delta_chunk(
-                            json!({"tool_calls": [{"index": k,
-                                "function": {"arguments": c.arguments}}]}),
-                            None,
-                        ),
-                        None,
-                        0,
-                    );
-                }
-                reason = "tool_calls";
-            }
+    if let (Some(m), Some(sp)) = (mode, split) {
+        let held = sp.finish();
+        let lps: Vec<LpToken> = pending.into_iter().flat_map(|(_, l)| l).collect();
+        let (content, calls) = m.parse(&held).unwrap_or((held, Vec::new()));
+        if !content.is_empty() || !lps.is_empty() {
+            send(env.chunk(Some(&content), false, None), Some(&lps), 0);
+        }
+        for (k, c) in calls.iter().enumerate() {
+            send(
+                env.delta_chunk(
+                    json!({"tool_calls": [{"index": k, "id": tools::call_id(),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": ""}}]}),
+                    None,
+                ),
+                None,
+                0,
+            );
+            send(
+                env.delta_chunk(
+                    json!({"tool_calls": [{"index": k,
+                        "function": {"arguments": c.arguments}}]}),
+                    None,
+                ),
+                None,
+                0,
+            );
+        }
+        if !calls.is_empty() {
+            reason = "tool_calls";
         }
     }
     send(env.chunk(None, false, Some(reason)), None, 0);

@@ -1,8 +1,10 @@
 //! Anthropic's `/v1/messages` and `/v1/messages/count_tokens` over the
 //! shared generation path ([`super::run`]): the request becomes the same
 //! chat (template, tools, grammar) as OpenAI's, the answer a `message` or
-//! its event stream. With tools, the text is held to the end and sent as a
-//! text block and `tool_use` blocks (their input as one `input_json_delta`).
+//! its event stream. With tools, text streams into its block until a call
+//! could begin ([`Splitter`]); what is held from there is parsed at the end
+//! and sent as more text and `tool_use` blocks (their input as one
+//! `input_json_delta`).
 //! Errors come in Anthropic's shape.
 
 use std::convert::Infallible;
@@ -20,6 +22,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::super::anthropic::{self, body as ab, AnthropicError};
 use super::super::openai::ApiError;
+use super::super::tools::split::Splitter;
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, AppState};
 
@@ -95,7 +98,14 @@ async fn stream_message(
     };
     let id = ab::message_id();
     let mut open = false;
-    let mut held = String::new();
+    let mut split = mode.as_ref().map(|m| Splitter::new(m.family));
+    let text = |send: &dyn Fn(Value) -> bool, open: &mut bool, t: &str| {
+        if !*open {
+            *open = true;
+            send(ab::block_start(0, json!({"type": "text", "text": ""})));
+        }
+        send(ab::text_delta(0, t))
+    };
     let end = consume(job, |o| match o {
         Out::Started => {
             let u = super::super::openai::Usage {
@@ -107,16 +117,15 @@ async fn stream_message(
                                "message": ab::message(&id, &model, Vec::new(), None, &u)});
             send(start) && send(json!({"type": "ping"}))
         }
-        Out::Text(t, _) if mode.is_some() => {
-            held.push_str(&t);
-            !tx.is_closed()
-        }
         Out::Text(t, _) => {
-            if !open {
-                open = true;
-                send(ab::block_start(0, json!({"type": "text", "text": ""})));
+            let t = match split.as_mut() {
+                Some(sp) => sp.push(&t),
+                None => t,
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
             }
-            send(ab::text_delta(0, &t))
+            text(&send, &mut open, &t)
         }
     })
     .await;
@@ -127,32 +136,33 @@ async fn stream_message(
             usage,
         } => {
             let mut reason = reason;
+            let (tail, calls) = match (&mode, split) {
+                (Some(m), Some(sp)) => {
+                    let held = sp.finish();
+                    m.parse(&held).unwrap_or((held, Vec::new()))
+                }
+                _ => (String::new(), Vec::new()),
+            };
+            if !tail.is_empty() {
+                text(&send, &mut open, &tail);
+            }
             let mut next = 0;
             if open {
                 send(ab::block_stop(0));
                 next = 1;
             }
-            if let Some(m) = &mode {
-                let (content, calls) = m.parse(&held).unwrap_or((held, Vec::new()));
-                if !content.is_empty() {
-                    send(ab::block_start(next, json!({"type": "text", "text": ""})));
-                    send(ab::text_delta(next, &content));
-                    send(ab::block_stop(next));
-                    next += 1;
-                }
-                for c in &calls {
-                    let block = ab::tool_use(c, &ab::tool_use_id());
-                    let input = block["input"].to_string();
-                    let mut empty = block.clone();
-                    empty["input"] = json!({});
-                    send(ab::block_start(next, empty));
-                    send(ab::json_delta(next, &input));
-                    send(ab::block_stop(next));
-                    next += 1;
-                }
-                if !calls.is_empty() {
-                    reason = "tool_calls";
-                }
+            for c in &calls {
+                let block = ab::tool_use(c, &ab::tool_use_id());
+                let input = block["input"].to_string();
+                let mut empty = block.clone();
+                empty["input"] = json!({});
+                send(ab::block_start(next, empty));
+                send(ab::json_delta(next, &input));
+                send(ab::block_stop(next));
+                next += 1;
+            }
+            if !calls.is_empty() {
+                reason = "tool_calls";
             }
             if next == 0 {
                 send(ab::block_start(0, json!({"type": "text", "text": ""})));

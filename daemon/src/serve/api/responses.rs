@@ -5,8 +5,9 @@
 //! (`response.created`, `response.output_item.added`,
 //! `response.content_part.added`, `response.output_text.delta` / `.done`,
 //! `response.function_call_arguments.delta` / `.done`,
-//! `response.output_item.done`, `response.completed`). With tools, the
-//! text is held to the end, then sent as items.
+//! `response.output_item.done`, `response.completed`). With tools, text
+//! streams until a call could begin ([`Splitter`]); what is held from
+//! there is parsed at the end and sent as more text and call items.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::super::openai::ApiError;
 use super::super::responses::body::{self as rb, Events, Meta};
 use super::super::responses::responses_request;
-use super::super::tools::{self, ToolCall};
+use super::super::tools::{self, split::Splitter, ToolCall};
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, AppState};
 
@@ -102,29 +103,37 @@ async fn stream_response(
     };
     let msg_id = rb::new_id("msg");
     let mut output: Vec<Value> = Vec::new();
+    // All the content sent so far, and with tools what may be a call.
     let mut text = String::new();
+    let mut split = mode.as_ref().map(|m| Splitter::new(m.family));
     // The message item's output index once it is open.
     let mut open: Option<usize> = None;
+    let delta = |send: &mut dyn FnMut(&str, Value) -> bool, open: &mut Option<usize>, t: &str| {
+        if open.is_none() {
+            *open = Some(0);
+            open_message(send, &msg_id, 0);
+        }
+        send(
+            "response.output_text.delta",
+            json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t}),
+        )
+    };
     let end = consume(job, |o| match o {
         Out::Started => {
             let r = meta.response("in_progress", Vec::new(), None, None);
             send("response.created", json!({"response": r}))
                 && send("response.in_progress", json!({"response": r}))
         }
-        Out::Text(t, _) if mode.is_some() => {
-            text.push_str(&t);
-            !tx.is_closed()
-        }
         Out::Text(t, _) => {
-            text.push_str(&t);
-            if open.is_none() {
-                open = Some(0);
-                open_message(&mut send, &msg_id, 0);
+            let t = match split.as_mut() {
+                Some(sp) => sp.push(&t),
+                None => t,
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
             }
-            send(
-                "response.output_text.delta",
-                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t}),
-            )
+            text.push_str(&t);
+            delta(&mut send, &mut open, &t)
         }
     })
     .await;
@@ -139,19 +148,21 @@ async fn stream_response(
         }
         End::Gone => return,
     };
-    let (content, calls) = match &mode {
-        Some(m) => m.parse(&text).unwrap_or((text, Vec::new())),
-        None => (text, Vec::new()),
+    let (tail, calls) = match (&mode, split) {
+        (Some(m), Some(sp)) => {
+            let held = sp.finish();
+            m.parse(&held).unwrap_or((held, Vec::new()))
+        }
+        _ => (String::new(), Vec::new()),
     };
-    if open.is_none() && (!content.is_empty() || calls.is_empty()) {
+    if !tail.is_empty() {
+        text.push_str(&tail);
+        delta(&mut send, &mut open, &tail);
+    }
+    let content = text;
+    if open.is_none() && calls.is_empty() {
         open = Some(0);
         open_message(&mut send, &msg_id, 0);
-        if !content.is_empty() {
-            send(
-                "response.output_text.delta",
-                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": content}),
-            );
-        }
     }
     if let Some(at) = open {
         let ids = json!({"item_id": msg_id, "output_index": at, "content_index": 0});
@@ -209,7 +220,7 @@ async fn stream_response(
 }
 
 /// Opens the message item at `at` with its empty text part.
-fn open_message(send: &mut impl FnMut(&str, Value) -> bool, id: &str, at: usize) {
+fn open_message(send: &mut dyn FnMut(&str, Value) -> bool, id: &str, at: usize) {
     send(
         "response.output_item.added",
         json!({"output_index": at, "item": rb::message_item(id, None, "in_progress")}),
