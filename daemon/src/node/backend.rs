@@ -18,6 +18,8 @@ use dwarfstar_model::{Forward, Model, ModelError, SeqState};
 use super::pipeline::{Hop, Span, Step, Want};
 use crate::serve::scheduler::Backend;
 
+mod embed;
+
 /// Sequence ids whose states were dropped, released in batches.
 #[derive(Default)]
 struct Released(Mutex<Vec<u64>>);
@@ -248,6 +250,10 @@ impl Backend for DistBackend {
         items: &mut [(&[u32], &mut DistSeq, bool)],
     ) -> Result<Vec<Vec<f32>>, String> {
         self.step(items)
+    }
+
+    fn final_rows(&self, items: &mut [(&[u32], &mut DistSeq)]) -> Result<Vec<Vec<f32>>, String> {
+        self.final_rows_step(items)
     }
 }
 

@@ -3,6 +3,7 @@
 //! `/v1/messages/count_tokens` ([`messages`]), OpenAI's `/v1/responses`
 //! ([`responses`]), whole or streamed as
 //! server-sent events, all over one generation path ([`run`]);
+//! `/v1/embeddings` ([`embeddings`]);
 //! `/v1/status` for the chat page, `/health`, `/metrics`, and the page
 //! itself at `/`.
 //!
@@ -10,6 +11,7 @@
 //! KEY` or Anthropic's `x-api-key: KEY` (the same keys). Errors under
 //! `/v1/messages` come in Anthropic's shape, the rest in OpenAI's.
 
+mod embeddings;
 mod generate;
 mod messages;
 mod responses;
@@ -61,6 +63,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/status", get(status))
@@ -86,6 +89,7 @@ fn endpoint(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
         "/v1/responses" => "/v1/responses",
+        "/v1/embeddings" => "/v1/embeddings",
         "/v1/messages" => "/v1/messages",
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v1/status" => "/v1/status",
