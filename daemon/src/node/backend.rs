@@ -33,6 +33,8 @@ pub struct DistSeq {
     len: usize,
     /// Copy sequence `.0`'s positions on the stages first.
     fork: Option<u64>,
+    /// The API request it serves (every step names it to the stages).
+    request: Option<Arc<str>>,
     released: Arc<Released>,
 }
 
@@ -110,6 +112,7 @@ impl DistBackend {
                 pos0: s.local.held() as u32,
                 want: if *all { Want::All } else { Want::Last },
                 fork: s.fork,
+                request: s.request.clone(),
             })
             .collect();
         let tokens: Vec<u32> = runs.concat();
@@ -203,6 +206,7 @@ impl Backend for DistBackend {
             local: self.model.new_state(capacity),
             len: 0,
             fork: None,
+            request: None,
             released: self.released.clone(),
         }
     }
@@ -233,6 +237,7 @@ impl Backend for DistBackend {
             len: s.len,
             // A fork of a fork not yet run copies the same original.
             fork: Some(s.fork.unwrap_or(s.id)),
+            request: None,
             released: self.released.clone(),
         }
     }
@@ -254,6 +259,11 @@ impl Backend for DistBackend {
 
     fn final_rows(&self, items: &mut [(&[u32], &mut DistSeq)]) -> Result<Vec<Vec<f32>>, String> {
         self.final_rows_step(items)
+    }
+
+    fn tag(&self, s: &mut DistSeq, request: &Arc<str>) {
+        tracing::info!("request {request}: seq {} on the pipeline", s.id);
+        s.request = Some(request.clone());
     }
 }
 

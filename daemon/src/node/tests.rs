@@ -217,6 +217,7 @@ fn step(m: &Model, layer: u32, spans: Vec<Span>) -> Step {
 
 fn span(seq: u64, rows: u32, pos0: u32) -> Span {
     Span {
+        request: None,
         seq,
         rows,
         pos0,
@@ -320,6 +321,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
             constraint: None,
             logprobs: None,
             events: tx,
+            request_id: None,
         })
         .unwrap();
         loop {

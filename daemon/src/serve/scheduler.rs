@@ -107,6 +107,9 @@ pub trait Backend {
     ) -> Result<Vec<Vec<f32>>, String> {
         Err("this engine cannot give final hidden rows".into())
     }
+    /// Names the API request `s` serves, where the backend passes it on
+    /// (a pipeline's stages log it).
+    fn tag(&self, _s: &mut Self::State, _request: &Arc<str>) {}
 }
 
 impl Backend for Model {
@@ -219,6 +222,9 @@ pub struct GenRequest {
     /// Send each token's logprob and this many most likely alternatives.
     pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
+    /// The API request's id (its response id or the client's
+    /// `x-request-id`): logs name it, and a pipeline's stages too.
+    pub request_id: Option<Arc<str>>,
 }
 
 /// Why a request was not queued.
@@ -573,10 +579,18 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         };
+        let mut state = state;
+        self.next_id += 1;
+        if let Some(id) = &r.request_id {
+            tracing::info!(
+                "request {id}: seq {} admitted, {n} prompt tokens ({cached} cached)",
+                self.next_id
+            );
+            self.backend.tag(&mut state, id);
+        }
         let _ = r.events.send(Event::Started {
             cached_tokens: cached,
         });
-        self.next_id += 1;
         let max = self.spec.as_ref().map_or(1, |s| s.max_tokens);
         self.active.push(Seq {
             id: self.next_id,

@@ -38,6 +38,7 @@ impl DistBackend {
                 pos0: s.local.held() as u32,
                 want: Want::All,
                 fork: s.fork,
+                request: s.request.clone(),
             })
             .collect();
         let tokens: Vec<u32> = runs.concat();

@@ -12,6 +12,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,10 +27,11 @@ use super::super::openai::{
 };
 use super::super::tools::{self, split::Splitter};
 use super::run::{collect, consume, prepare_chat, submit, total_usage, End, Job, Out, ToolMode};
-use super::{blocking, body, AppState};
+use super::{blocking, body, client_request_id, with_request_id, AppState};
 
 pub(super) async fn chat(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
@@ -43,12 +45,14 @@ pub(super) async fn chat(
         p.sampling,
         p.mode,
         received,
+        client_request_id(&headers),
     )
     .await
 }
 
 pub(super) async fn completions(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
@@ -73,7 +77,8 @@ pub(super) async fn completions(
                 })?
         }
     };
-    respond(st, e, Kind::Text, prompt, req.sampling, None, received).await
+    let rid = client_request_id(&headers);
+    respond(st, e, Kind::Text, prompt, req.sampling, None, received, rid).await
 }
 
 /// `logprobs` of one choice in `kind`'s shape (text offsets from `offset`).
@@ -85,7 +90,8 @@ fn lp_json(kind: Kind, toks: &[LpToken], offset: usize) -> Value {
 }
 
 /// Queues a tokenized prompt and answers with every choice whole, or as
-/// a stream.
+/// a stream. `rid`: the client's request id (else the response's).
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     st: Arc<AppState>,
     e: Arc<Engine>,
@@ -94,9 +100,11 @@ async fn respond(
     s: Sampling,
     mode: Option<ToolMode>,
     received: Instant,
+    rid: Option<Arc<str>>,
 ) -> Result<Response, ApiError> {
-    let jobs = submit(&st, &e, prompt, &s, mode.is_some(), received).await?;
     let env = Envelope::new(kind, &e.model_name);
+    let rid = rid.unwrap_or_else(|| env.id.as_str().into());
+    let jobs = submit(&st, &e, prompt, &s, mode.is_some(), received, &rid).await?;
     let lp = s.logprobs.is_some();
     if s.stream {
         let (tx, rx) = unbounded_channel();
@@ -104,9 +112,8 @@ async fn respond(
         let events = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
         });
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        let resp = Sse::new(events).keep_alive(KeepAlive::default());
+        return Ok(with_request_id(resp.into_response(), &rid));
     }
     let outs = join_all(jobs.into_iter().map(|j| collect(j, mode.as_ref()))).await;
     let outs = outs.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -124,7 +131,8 @@ async fn respond(
         })
         .collect();
     let usage = total_usage(outs.iter().map(|o| o.usage));
-    Ok(Json(merge_choices(choices, usage)).into_response())
+    let resp = Json(merge_choices(choices, usage)).into_response();
+    Ok(with_request_id(resp, &rid))
 }
 
 /// Feeds one streamed response: each choice's chunks as its text comes

@@ -14,6 +14,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,7 +25,7 @@ use super::super::anthropic::{self, body as ab, AnthropicError};
 use super::super::openai::ApiError;
 use super::super::tools::split::Splitter;
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
-use super::{body, AppState};
+use super::{body, client_request_id, with_request_id, AppState};
 
 impl IntoResponse for AnthropicError {
     fn into_response(self) -> Response {
@@ -36,6 +37,7 @@ impl IntoResponse for AnthropicError {
 
 pub(super) async fn messages(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AnthropicError> {
     let received = Instant::now();
@@ -48,6 +50,8 @@ pub(super) async fn messages(
     };
     let input_tokens = p.prompt.len();
     let stream = p.sampling.stream;
+    let id = ab::message_id();
+    let rid = client_request_id(&headers).unwrap_or_else(|| id.as_str().into());
     let job = submit_one(
         &st,
         &p.engine,
@@ -55,23 +59,24 @@ pub(super) async fn messages(
         &p.sampling,
         p.mode.is_some(),
         received,
+        &rid,
     )
     .await?;
     if !stream {
         let o = collect(job, p.mode.as_ref()).await?;
         let stop = o.stop_string.as_deref();
         let reason = ab::stop_reason(o.reason, stop);
-        let m = ab::whole(&model, &o.text, &o.calls, (reason, stop), &o.usage);
-        return Ok(Json(m).into_response());
+        let mut m = ab::whole(&model, &o.text, &o.calls, (reason, stop), &o.usage);
+        m["id"] = json!(id);
+        return Ok(with_request_id(Json(m).into_response(), &rid));
     }
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(stream_message(job, p.mode, model, input_tokens, tx));
+    tokio::spawn(stream_message(job, p.mode, (id, model), input_tokens, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let resp = Sse::new(events).keep_alive(KeepAlive::default());
+    Ok(with_request_id(resp.into_response(), &rid))
 }
 
 pub(super) async fn count_tokens(
@@ -87,7 +92,7 @@ pub(super) async fn count_tokens(
 async fn stream_message(
     job: Job,
     mode: Option<ToolMode>,
-    model: String,
+    (id, model): (String, String),
     input_tokens: usize,
     tx: UnboundedSender<SseEvent>,
 ) {
@@ -96,7 +101,6 @@ async fn stream_message(
         tx.send(SseEvent::default().event(name).data(v.to_string()))
             .is_ok()
     };
-    let id = ab::message_id();
     let mut open = false;
     let mut split = mode.as_ref().map(|m| Splitter::new(m.family));
     let text = |send: &dyn Fn(Value) -> bool, open: &mut bool, t: &str| {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -27,16 +28,18 @@ use super::super::responses::body::{self as rb, Events, Meta};
 use super::super::responses::responses_request;
 use super::super::tools::{self, split::Splitter, ToolCall};
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
-use super::{body, AppState};
+use super::{body, client_request_id, with_request_id, AppState};
 
 pub(super) async fn responses(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let req = responses_request(&body(&st, b)?)?;
     let p = prepare_chat(&st, req.chat.clone()).await?;
     let meta = Meta::new(&req, &p.engine.model_name);
+    let rid = client_request_id(&headers).unwrap_or_else(|| meta.id.as_str().into());
     let job = submit_one(
         &st,
         &p.engine,
@@ -44,6 +47,7 @@ pub(super) async fn responses(
         &p.sampling,
         p.mode.is_some(),
         received,
+        &rid,
     )
     .await?;
     if !p.sampling.stream {
@@ -58,16 +62,16 @@ pub(super) async fn responses(
         }
         output.extend(o.calls.iter().map(call_done));
         let (status, why) = status_of(o.reason);
-        return Ok(Json(meta.response(status, output, Some(&o.usage), why)).into_response());
+        let resp = Json(meta.response(status, output, Some(&o.usage), why)).into_response();
+        return Ok(with_request_id(resp, &rid));
     }
     let (tx, rx) = unbounded_channel();
     tokio::spawn(stream_response(job, p.mode, meta, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let resp = Sse::new(events).keep_alive(KeepAlive::default());
+    Ok(with_request_id(resp.into_response(), &rid))
 }
 
 /// A response's status, and why it is incomplete if it is.
