@@ -75,7 +75,7 @@ def test_streamed_function_call(client):
 
 def test_bad_request_is_a_typed_400(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model=MODEL_ID, input="hi", tools=[{"type": "web_search"}])
+        client.responses.create(model=MODEL_ID, input="hi", tools=[{"type": "custom", "name": "f"}])
     assert e.value.param == "tools[0].type"
 
 
