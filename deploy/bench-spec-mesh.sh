@@ -102,12 +102,13 @@ mesh_tbf() {
 link=loopback; [ $tbf = 1 ] && link="1 Gbit/s tbf"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $t thread(s) per daemon"
 echo "model: $(basename "$model"), draft: $(basename "$draft"), $n tokens, up to $k drafts a step, mesh link: $link"
-printf '%-6s %10s %10s %12s %12s %12s\n' mode "one tok/s" "mesh tok/s" acceptance "hop ms/tok" "mesh/one"
-for mode in plain spec; do
-  read -r r1 _ < <(one "$mode")
-  if [ $tbf = 1 ]; then read -r r2 acc < <(mesh_tbf "$mode"); else read -r r2 acc < <(mesh_loopback "$mode"); fi
+printf '%-6s %10s %10s %10s %10s %12s %10s\n' mode "one tok/s" "accepted" "mesh tok/s" "accepted" "hop ms/tok" "mesh/one"
+for mode in ${MODES:-plain spec}; do
+  read -r r1 acc1 < <(one "$mode")
+  if [ $tbf = 1 ]; then read -r r2 acc2 < <(mesh_tbf "$mode"); else read -r r2 acc2 < <(mesh_loopback "$mode"); fi
   python3 -c "
-import sys; m, r1, r2, acc = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-print(f'{m:<6} {r1:10.1f} {r2:10.1f} {acc if m == \"spec\" else \"-\":>12} {1000/r2 - 1000/r1:12.2f} {r2/r1:12.2f}')" \
-    "$mode" "$r1" "$r2" "$acc"
+import sys; m, r1, a1, r2, a2 = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+if m == 'plain': a1 = a2 = '-'
+print(f'{m:<6} {r1:10.1f} {a1:>10} {r2:10.1f} {a2:>10} {1000/r2 - 1000/r1:12.2f} {r2/r1:10.2f}')" \
+    "$mode" "$r1" "$acc1" "$r2" "$acc2"
 done

@@ -105,6 +105,20 @@ pub(crate) fn start_in(
     model: Option<&Path>,
     extra: &[&str],
 ) -> Daemon {
+    start_logged(cgroup, tag, secret, models_dir, model, extra, None)
+}
+
+/// [`start_in`], logging at `log.0` into the file `log.1` when given
+/// (else warnings only, to a pipe).
+fn start_logged(
+    cgroup: Option<&Path>,
+    tag: &str,
+    secret: &str,
+    models_dir: &Path,
+    model: Option<&Path>,
+    extra: &[&str],
+    log: Option<(&str, &Path)>,
+) -> Daemon {
     let state = TempDir::new(tag);
     let sf = secret_file(&state.0, secret);
     if cgroup.is_some() {
@@ -149,10 +163,13 @@ pub(crate) fn start_in(
     .arg("--models-dir")
     .arg(models_dir)
     .args(extra)
-    .env("DWARFSTAR_LOG", "warn")
+    .env("DWARFSTAR_LOG", log.map_or("warn", |l| l.0))
     .env_remove("DWARFSTAR_SECRET")
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .stderr(match log {
+        Some((_, file)) => Stdio::from(std::fs::File::create(file).unwrap()),
+        None => Stdio::piped(),
+    });
     if let Some(m) = model {
         cmd.arg("--model")
             .arg(m)
@@ -631,6 +648,82 @@ fn check_mesh_status(coord: &Daemon, workers: &[Daemon], n_nodes: usize, model: 
         .map(|l| l["end"].as_u64().unwrap() - l["start"].as_u64().unwrap())
         .sum();
     assert_eq!(layers, n_layer as u64, "{page}");
+}
+
+/// A request's id travels with its sequence in the step frames: the client's
+/// `x-request-id` comes back in the answer's header and shows in the
+/// worker stage's log, and the coordinator logs it too.
+#[test]
+fn a_request_id_reaches_the_worker_stage_log() {
+    let model = model_path("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let dir = model.parent().unwrap();
+    let logs = TempDir::new("rid-logs");
+    let (wlog, clog) = (logs.0.join("worker.log"), logs.0.join("coord.log"));
+    let w = start_logged(
+        None,
+        "rid-w",
+        "team-secret",
+        dir,
+        None,
+        &[],
+        Some(("info", &wlog)),
+    );
+    let args = ["--mesh-nodes", "2", "--stages", "2", "--peer", &w.mesh];
+    let c = start_logged(
+        None,
+        "rid-c",
+        "team-secret",
+        dir,
+        Some(&model),
+        &args,
+        Some(("info", &clog)),
+    );
+    assert!(stages(c.plan.as_ref().unwrap()) >= 2, "{:?}", c.plan);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into();
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let mut r = agent
+        .post(format!("{}/v1/chat/completions", c.http.as_ref().unwrap()))
+        .header("Content-Type", "application/json")
+        .header("x-request-id", "abc-123")
+        .send(body.to_string())
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{text}");
+    let echoed = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(echoed, Some("abc-123"));
+    let logged = |f: &Path| {
+        let t = std::fs::read_to_string(f).unwrap_or_default();
+        t.contains("request abc-123: seq")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(logged(&wlog) && logged(&clog)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        logged(&wlog),
+        "worker log: {}",
+        std::fs::read_to_string(&wlog).unwrap_or_default()
+    );
+    assert!(logged(&clog), "the coordinator did not log the request");
+    // Without a header, the response's id is the request's.
+    let mut r = agent
+        .post(format!("{}/v1/chat/completions", c.http.as_ref().unwrap()))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(id, v["id"].as_str());
 }
 
 #[test]

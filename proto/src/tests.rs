@@ -68,6 +68,7 @@ fn frame_header_round_trip() {
                 pos0: 0,
                 want: 1,
                 fork: 0,
+                request: "abc-123".into(),
             },
             SeqSpan {
                 seq: 12,
@@ -75,6 +76,7 @@ fn frame_header_round_trip() {
                 pos0: 4095,
                 want: 2,
                 fork: 11,
+                request: String::new(),
             },
         ],
         tokens: vec![0, 7, 129_279, 4],

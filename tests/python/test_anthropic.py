@@ -100,3 +100,16 @@ def test_x_api_key_is_checked():
         assert e.value.body["error"]["type"] == "authentication_error"
     finally:
         srv.stop()
+
+
+def test_streamed_text_with_tools_arrives_as_it_comes(client):
+    """Tools offered, answered in text: the text block streams in pieces that join into the
+    whole answer."""
+    args = dict(model=MODEL_ID, max_tokens=16, **T0, tools=[WEATHER],
+                messages=[{"role": "user", "content": "Name three colours."}])
+    whole = client.messages.create(**args)
+    assert [b.type for b in whole.content] == ["text"]
+    with client.messages.stream(**args) as s:
+        deltas = [e.delta.text for e in s if e.type == "content_block_delta" and e.delta.type == "text_delta"]
+    assert len(deltas) > 1
+    assert "".join(deltas) == whole.content[0].text

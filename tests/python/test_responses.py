@@ -75,5 +75,19 @@ def test_streamed_function_call(client):
 
 def test_bad_request_is_a_typed_400(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model=MODEL_ID, input="hi", tools=[{"type": "web_search"}])
+        client.responses.create(model=MODEL_ID, input="hi", tools=[{"type": "custom", "name": "f"}])
     assert e.value.param == "tools[0].type"
+
+
+def test_streamed_text_with_tools_arrives_as_it_comes(client):
+    """Tools offered, answered in text: output_text deltas stream in pieces that join into the
+    whole answer."""
+    args = dict(model=MODEL_ID, input="Name three colours.", tools=[WEATHER], temperature=0,
+                max_output_tokens=16)
+    whole = client.responses.create(**args)
+    assert [o.type for o in whole.output] == ["message"]
+    events = list(client.responses.create(stream=True, **args))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1
+    assert "".join(deltas) == whole.output_text
+    assert events[-1].response.output_text == whole.output_text

@@ -127,3 +127,16 @@ def test_unsupported_schema_is_a_400(client):
                 "name": "x", "schema": {"type": "string", "pattern": "^a+$"}}},
         )
     assert "pattern" in str(e.value)
+
+
+def test_streamed_text_with_tools_arrives_as_it_comes(client):
+    """With tools offered but answered in text, the text streams in pieces (not held to the
+    end) and the pieces join into the whole answer."""
+    args = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Name three colours."}],
+                tools=[WEATHER], temperature=0, max_tokens=16)
+    whole = client.chat.completions.create(**args).choices[0]
+    assert not whole.message.tool_calls and whole.message.content
+    deltas = [c.choices[0].delta.content for c in client.chat.completions.create(stream=True, **args)
+              if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 1
+    assert "".join(deltas) == whole.message.content

@@ -125,6 +125,10 @@ pub trait Architecture: Send + Sync {
     ) -> Result<()>;
     /// Final norm and output head over `m × n_embd()` rows: `m × n_vocab`.
     fn logits(&self, x: &[f32]) -> Result<Vec<f32>>;
+    /// What the output head reads of `m × n_embd()` rows: the rows after
+    /// the final norm, `m × d` (`d` the model's width, which is not
+    /// `n_embd()` where rows carry several streams).
+    fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>>;
     /// The whole model over several sequences (`(tokens, state,
     /// all_logits)`): each one's last row's logits, or all its rows'.
     fn forward_batch(&self, items: &mut [(&[u32], &mut SeqState, bool)]) -> Result<Vec<Vec<f32>>>;

@@ -190,6 +190,51 @@ impl Model {
         self.architecture().logits(x)
     }
 
+    /// What the output head reads of `m × n_embd` final hidden rows: the
+    /// rows after the final norm (`m × d`, `d` the model's width).
+    pub fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>> {
+        self.architecture().final_norm(x)
+    }
+
+    /// Runs every layer over several sequences (`(tokens, state)`, as
+    /// [`Model::forward_layers`]) and returns each one's final hidden rows
+    /// after the final norm, one row of the model's width per token: what
+    /// an embedding pools. On an error no state is left half written.
+    pub fn final_rows(&self, seqs: &mut [(&[u32], &mut SeqState)]) -> Result<Vec<Vec<f32>>> {
+        if seqs.iter().any(|(t, _)| t.is_empty()) {
+            return Err(ModelError::Invalid(
+                "a sequence in the batch has no tokens".into(),
+            ));
+        }
+        let runs: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|(t, s)| [s.pending(), t].concat())
+            .collect();
+        let tokens = runs.concat();
+        let mut x = self.embed(&tokens)?;
+        {
+            let mut refs: Vec<(&[u32], &mut SeqState)> = runs
+                .iter()
+                .zip(seqs.iter_mut())
+                .map(|(r, (_, s))| (r.as_slice(), &mut **s))
+                .collect();
+            self.forward_layers(0..self.n_layer(), &mut x, &mut refs)?;
+            self.finish_step(&mut refs);
+        }
+        let h = self.final_norm(&x)?;
+        let d = h.len() / tokens.len();
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut off = 0;
+        for ((t, _), run) in seqs.iter().zip(&runs) {
+            // A rewound state replays its kept tokens first: their rows
+            // are not asked for.
+            let skip = run.len() - t.len();
+            out.push(h[(off + skip) * d..(off + run.len()) * d].to_vec());
+            off += run.len();
+        }
+        Ok(out)
+    }
+
     /// Whether layer `il` has routed experts.
     pub fn is_moe_layer(&self, il: usize) -> bool {
         self.architecture().is_moe_layer(il)

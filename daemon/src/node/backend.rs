@@ -18,6 +18,8 @@ use dwarfstar_model::{Forward, Model, ModelError, SeqState};
 use super::pipeline::{Hop, Span, Step, Want};
 use crate::serve::scheduler::Backend;
 
+mod embed;
+
 /// Sequence ids whose states were dropped, released in batches.
 #[derive(Default)]
 struct Released(Mutex<Vec<u64>>);
@@ -31,6 +33,8 @@ pub struct DistSeq {
     len: usize,
     /// Copy sequence `.0`'s positions on the stages first.
     fork: Option<u64>,
+    /// The API request it serves (every step names it to the stages).
+    request: Option<Arc<str>>,
     released: Arc<Released>,
     /// The final hidden rows of the last step's run, from position
     /// `hidden_pos0` (kept when the backend keeps them, for MTP drafting).
@@ -157,6 +161,7 @@ impl DistBackend {
                 pos0: s.local.held() as u32,
                 want: if *all || keep { Want::All } else { Want::Last },
                 fork: s.fork,
+                request: s.request.clone(),
             })
             .collect();
         let pos0: Vec<usize> = spans.iter().map(|s| s.pos0 as usize).collect();
@@ -257,6 +262,7 @@ impl Backend for DistBackend {
             local: self.model.new_state(capacity),
             len: 0,
             fork: None,
+            request: None,
             released: self.released.clone(),
             hidden: Vec::new(),
             hidden_pos0: 0,
@@ -301,6 +307,7 @@ impl Backend for DistBackend {
             len: s.len,
             // A fork of a fork not yet run copies the same original.
             fork: Some(s.fork.unwrap_or(s.id)),
+            request: None,
             released: self.released.clone(),
             hidden: s.hidden.clone(),
             hidden_pos0: s.hidden_pos0,
@@ -328,6 +335,15 @@ impl Backend for DistBackend {
 
     fn hidden<'a>(&self, s: &'a DistSeq) -> Option<(usize, &'a [f32])> {
         (self.keep_hidden && !s.hidden.is_empty()).then_some((s.hidden_pos0, s.hidden.as_slice()))
+    }
+
+    fn final_rows(&self, items: &mut [(&[u32], &mut DistSeq)]) -> Result<Vec<Vec<f32>>, String> {
+        self.final_rows_step(items)
+    }
+
+    fn tag(&self, s: &mut DistSeq, request: &Arc<str>) {
+        tracing::info!("request {request}: seq {} on the pipeline", s.id);
+        s.request = Some(request.clone());
     }
 }
 

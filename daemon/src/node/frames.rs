@@ -3,6 +3,8 @@
 //! field a peer sends checked before it is trusted. A step's frame carries
 //! each row's token id beside the rows.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use dwarfstar_model::ExpertBatch;
 use dwarfstar_proto::v1::{DType, FrameHeader, FrameKind, SeqSpan};
@@ -104,11 +106,23 @@ pub fn step_frame(
                 Want::All => 2,
             },
             fork: s.fork.unwrap_or(0),
+            request: s.request.as_deref().unwrap_or_default().to_string(),
         })
         .collect();
     h.output_rows = step.output_rows();
     h.tokens = step.tokens.clone();
     with_payload(h, step.rows(), width, &step.x, dtype)
+}
+
+/// A request id a peer sent, fit for a log line: at most 128 characters,
+/// anything but printable ASCII as `?`; None when empty (an older peer).
+pub fn request_id(s: &str) -> Option<Arc<str>> {
+    let clean: String = s
+        .chars()
+        .take(128)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    (!clean.is_empty()).then(|| clean.into())
 }
 
 /// The step an ACTIVATION frame carries, for a model of `width`-wide rows.
@@ -135,6 +149,7 @@ pub fn frame_step(h: &FrameHeader, payload: &[u8], width: usize) -> Result<Step>
                 pos0: s.pos0,
                 want,
                 fork: (s.fork != 0).then_some(s.fork),
+                request: request_id(&s.request),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -273,6 +288,7 @@ mod tests {
                     pos0: 4,
                     want: Want::All,
                     fork: None,
+                    request: Some("abc-123".into()),
                 },
                 Span {
                     seq: 11,
@@ -280,6 +296,7 @@ mod tests {
                     pos0: 0,
                     want: Want::Last,
                     fork: Some(9),
+                    request: None,
                 },
             ],
             tokens: vec![5, 0, 4095],
@@ -296,6 +313,35 @@ mod tests {
             // Quarter steps are exact in f16 too.
             assert_eq!(frame_step(&h, &p, 4).unwrap(), s);
         }
+    }
+
+    /// A peer built before spans carried request ids sends no field 6:
+    /// its frames still parse, with no id; ids a peer sends are cleaned.
+    #[test]
+    fn request_ids_travel_and_old_frames_parse() {
+        use dwarfstar_proto::Message;
+        let s = step();
+        let (h, p) = step_frame(&s, 1, 4, DType::F32);
+        assert_eq!(h.spans[0].request, "abc-123");
+        let wire = h.encode_to_vec();
+        let back = FrameHeader::decode(wire.as_slice()).unwrap();
+        assert_eq!(
+            frame_step(&back, &p, 4).unwrap().spans[0]
+                .request
+                .as_deref(),
+            Some("abc-123")
+        );
+        let mut old = h.clone();
+        for sp in &mut old.spans {
+            sp.request.clear();
+        }
+        let wire = old.encode_to_vec();
+        assert!(!wire.windows(7).any(|w| w == b"abc-123"));
+        let back = FrameHeader::decode(wire.as_slice()).unwrap();
+        let got = frame_step(&back, &p, 4).unwrap();
+        assert!(got.spans.iter().all(|s| s.request.is_none()));
+        assert_eq!(request_id("a b\nc").as_deref(), Some("a?b?c"));
+        assert_eq!(request_id(&"x".repeat(500)).map(|r| r.len()), Some(128));
     }
 
     #[test]

@@ -75,6 +75,10 @@ impl Backend for Arc<Model> {
     fn hidden<'a>(&self, s: &'a SeqState) -> Option<(usize, &'a [f32])> {
         <Model as Backend>::hidden(self, s)
     }
+
+    fn final_rows(&self, items: &mut [(&[u32], &mut SeqState)]) -> Result<Vec<Vec<f32>>, String> {
+        <Model as Backend>::final_rows(self, items)
+    }
 }
 
 /// What a [`LocalNode`] is built from.

@@ -46,6 +46,8 @@ pub struct Span {
     /// Start this sequence as a copy of sequence `fork`'s first `pos0`
     /// positions (a prompt-cache hit on the coordinator).
     pub fork: Option<u64>,
+    /// The API request it serves, for joining logs across nodes.
+    pub request: Option<Arc<str>>,
 }
 
 /// Rows of hidden state entering `layer`, each with its token id.
@@ -89,6 +91,21 @@ pub trait Hop: Send + Sync {
     fn call(&self, step: Step) -> Result<Vec<f32>>;
     /// Frees the named sequences' state downstream (best effort).
     fn release(&self, seqs: &[u64]);
+}
+
+/// Logs a sequence new to this stage under its API request, once (the
+/// coordinator logs the same `request <id>: seq N`).
+fn announce(s: &Span, layers: &Range<usize>) {
+    match &s.request {
+        Some(r) => tracing::info!(
+            "request {r}: seq {} starts on layers {}..{} at position {}",
+            s.seq,
+            layers.start,
+            layers.end,
+            s.pos0
+        ),
+        None => tracing::debug!("seq {} starts on layers {layers:?}", s.seq),
+    }
 }
 
 /// Sequences a stage holds at once: the coordinator's running batch, the
@@ -231,10 +248,13 @@ impl StageHost {
         for s in &step.spans {
             let st = match self.seqs.remove(&s.seq) {
                 Some(st) => st,
-                None => match s.fork.and_then(|f| self.seqs.get(&f)) {
-                    Some(src) => src.clone(),
-                    None => self.model.new_state(cap),
-                },
+                None => {
+                    announce(s, &self.layers);
+                    match s.fork.and_then(|f| self.seqs.get(&f)) {
+                        Some(src) => src.clone(),
+                        None => self.model.new_state(cap),
+                    }
+                }
             };
             states.push((s.rows as usize, st));
         }

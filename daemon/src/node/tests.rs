@@ -217,6 +217,7 @@ fn step(m: &Model, layer: u32, spans: Vec<Span>) -> Step {
 
 fn span(seq: u64, rows: u32, pos0: u32) -> Span {
     Span {
+        request: None,
         seq,
         rows,
         pos0,
@@ -320,6 +321,7 @@ fn serve_in_turn<B: Backend>(b: B, prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>
             constraint: None,
             logprobs: None,
             events: tx,
+            request_id: None,
         })
         .unwrap();
         loop {
@@ -374,4 +376,103 @@ fn a_cached_prefix_is_reused_across_the_pipeline() {
     // holds, plus the one it evicted last (released with the next step).
     let held = last.host.lock().unwrap().n_seqs();
     assert!((2..=3).contains(&held), "the stage holds {held} sequences");
+}
+
+/// Pools `tokens` through a scheduler over `b` (prompt chunks of 3).
+fn embed_through_engine<B: Backend>(b: B, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+    use crate::serve::metrics::Metrics;
+    use crate::serve::scheduler::{queue, EmbedRequest, SchedConfig, Scheduler};
+    let metrics = Arc::new(Metrics::new());
+    let (sub, rx) = queue(4, metrics.clone());
+    let cfg = SchedConfig {
+        max_batch: 4,
+        prefill_chunk: 3,
+        ctx_size: 64,
+        cache_entries: 2,
+        cache_bytes: 64 << 20,
+        min_prefix: 4,
+        kv_positions: usize::MAX,
+    };
+    let mut s = Scheduler::new(b, cfg, vec![false; 1 << 17], rx, metrics);
+    let (tx, mut reply) = tokio::sync::oneshot::channel();
+    sub.embed(EmbedRequest {
+        inputs: inputs.to_vec(),
+        reply: tx,
+    })
+    .unwrap();
+    s.admit(false);
+    reply.try_recv().expect("the engine answered")
+}
+
+/// The pooled embedding computed by hand: every layer in one pass, rows
+/// that give the model's own logits, the final norm, their mean scaled to
+/// unit length.
+fn embed_by_hand(m: &Model, tokens: &[u32]) -> Vec<f32> {
+    let mut st = m.new_state(64);
+    let mut x = m.embed(tokens).unwrap();
+    m.forward_layers(0..m.n_layer(), &mut x, &mut [(tokens, &mut st)])
+        .unwrap();
+    let want = m.forward(tokens, &mut m.new_state(64), true).unwrap();
+    let got = m.logits(&x).unwrap();
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "the rows are not the final hidden state ({worst})"
+    );
+    let h = m.final_norm(&x).unwrap();
+    let d = h.len() / tokens.len();
+    let mut mean = vec![0.0f64; d];
+    for r in h.chunks_exact(d) {
+        for (s, &v) in mean.iter_mut().zip(r) {
+            *s += f64::from(v) / tokens.len() as f64;
+        }
+    }
+    let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    mean.iter().map(|v| (v / norm) as f32).collect()
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: widths differ");
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "{what}: off by {worst}");
+}
+
+/// Embeddings through the engine (prompt chunks, one node and a pipeline
+/// whose coordinator holds the output head) equal the hand computation,
+/// for a dense model, DeepSeek V3 and V4 (whose rows carry several streams).
+#[test]
+fn embeddings_pool_the_final_normed_rows_on_one_node_and_a_pipeline() {
+    let inputs = vec![vec![1, 2, 3, 4, 5, 6, 7], vec![42], vec![9, 8, 7, 6]];
+    let mut models = vec![("v3", tiny_v3()), ("v4", tiny_v4())];
+    if let Some(m) = smollm2() {
+        models.push(("smollm2", m));
+    }
+    for (name, m) in models {
+        let want: Vec<Vec<f32>> = inputs.iter().map(|t| embed_by_hand(&m, t)).collect();
+        let one = embed_through_engine(m.clone(), &inputs).unwrap();
+        let last = StageWorker {
+            host: Mutex::new(StageHost::new(m.clone(), 1..m.n_layer(), false, 7, LIMITS).unwrap()),
+            next: None,
+        };
+        let d = DistBackend::new(m.clone(), 0..1, Some(Arc::new(last)), true, 7);
+        let split = embed_through_engine(d, &inputs).unwrap();
+        for i in 0..inputs.len() {
+            let norm: f32 = one[i].iter().map(|v| v * v).sum();
+            assert!((norm - 1.0).abs() < 1e-4, "{name}: not unit length");
+            assert_close(&one[i], &want[i], &format!("{name} input {i}, one node"));
+            assert_close(&split[i], &want[i], &format!("{name} input {i}, pipeline"));
+        }
+    }
+    // Where the last stage holds the head it answers with logits: refused.
+    let m = tiny_v3();
+    let e = embed_through_engine(chain(&m, 1, 2), &inputs).unwrap_err();
+    assert!(e.contains("output head"), "{e}");
 }

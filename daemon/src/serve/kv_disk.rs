@@ -108,6 +108,10 @@ impl Backend for DiskCached {
         <Model as Backend>::hidden(&self.model, s)
     }
 
+    fn final_rows(&self, items: &mut [(&[u32], &mut SeqState)]) -> Result<Vec<Vec<f32>>, String> {
+        <Model as Backend>::final_rows(&self.model, items)
+    }
+
     fn load_prefix(&self, prompt: &[u32], capacity: usize) -> Option<(SeqState, usize)> {
         let found = self.store.lookup(&self.model, prompt, capacity);
         for (p, e) in &found.rejected {

@@ -43,8 +43,11 @@ use super::prefix::PrefixCache;
 use super::replan::{Replan, Resume};
 use super::spec::{DraftLen, Speculation};
 
+mod embed;
 mod recover;
 mod sample;
+
+pub use embed::EmbedRequest;
 
 #[cfg(test)]
 use sample::penalize;
@@ -102,6 +105,17 @@ pub trait Backend {
     fn keep_hidden(&mut self) -> bool {
         false
     }
+    /// Runs every `(tokens, state)` through the whole model; each one's
+    /// final hidden rows after the final norm (what embeddings pool).
+    fn final_rows(
+        &self,
+        _items: &mut [(&[u32], &mut Self::State)],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        Err("this engine cannot give final hidden rows".into())
+    }
+    /// Names the API request `s` serves, where the backend passes it on
+    /// (a pipeline's stages log it).
+    fn tag(&self, _s: &mut Self::State, _request: &Arc<str>) {}
 }
 
 impl Backend for Model {
@@ -158,6 +172,10 @@ impl Backend for Model {
             _ => None,
         }
     }
+
+    fn final_rows(&self, items: &mut [(&[u32], &mut SeqState)]) -> Result<Vec<Vec<f32>>, String> {
+        Model::final_rows(self, items).map_err(|e| e.to_string())
+    }
 }
 
 /// Whether `s` keeps its state when cut below its end (so one cached
@@ -210,6 +228,9 @@ pub struct GenRequest {
     /// Send each token's logprob and this many most likely alternatives.
     pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
+    /// The API request's id (its response id or the client's
+    /// `x-request-id`): logs name it, and a pipeline's stages too.
+    pub request_id: Option<Arc<str>>,
 }
 
 /// Why a request was not queued.
@@ -221,16 +242,32 @@ pub enum SubmitError {
     Closed,
 }
 
+/// What the queue carries.
+#[derive(Debug)]
+pub enum Request {
+    Gen(GenRequest),
+    Embed(EmbedRequest),
+}
+
 /// The HTTP side's handle on the queue.
 #[derive(Clone)]
 pub struct Submitter {
-    tx: SyncSender<GenRequest>,
+    tx: SyncSender<Request>,
     metrics: Arc<Metrics>,
 }
 
 impl Submitter {
     /// Queues `r` unless the queue is full.
     pub fn submit(&self, r: GenRequest) -> Result<(), SubmitError> {
+        self.send(Request::Gen(r))
+    }
+
+    /// Queues inputs to embed unless the queue is full.
+    pub fn embed(&self, r: EmbedRequest) -> Result<(), SubmitError> {
+        self.send(Request::Embed(r))
+    }
+
+    fn send(&self, r: Request) -> Result<(), SubmitError> {
         self.metrics.queue_depth.fetch_add(1, Relaxed);
         let res = self.tx.try_send(r);
         if res.is_err() {
@@ -245,7 +282,7 @@ impl Submitter {
 }
 
 /// A bounded queue of `capacity` (at least 1) waiting requests.
-pub fn queue(capacity: usize, metrics: Arc<Metrics>) -> (Submitter, Receiver<GenRequest>) {
+pub fn queue(capacity: usize, metrics: Arc<Metrics>) -> (Submitter, Receiver<Request>) {
     let (tx, rx) = mpsc::sync_channel(capacity.max(1));
     (Submitter { tx, metrics }, rx)
 }
@@ -302,7 +339,7 @@ pub struct Scheduler<B: Backend> {
     backend: B,
     cfg: SchedConfig,
     eog: Vec<bool>,
-    rx: Receiver<GenRequest>,
+    rx: Receiver<Request>,
     open: bool,
     active: Vec<Seq<B::State>>,
     cache: PrefixCache<Cached<B::State>>,
@@ -322,7 +359,7 @@ impl<B: Backend> Scheduler<B> {
         backend: B,
         cfg: SchedConfig,
         eog: Vec<bool>,
-        rx: Receiver<GenRequest>,
+        rx: Receiver<Request>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cache = PrefixCache::new(cfg.cache_entries, cfg.cache_bytes);
@@ -412,17 +449,22 @@ impl<B: Backend> Scheduler<B> {
     /// The model this engine serves is no longer served here: the requests
     /// still queued for it fail, and the engine ends (nothing runs now).
     fn close_for_good(&mut self) {
-        let waiting = self.waiting.take();
+        let waiting = self.waiting.take().map(Request::Gen);
         for r in waiting
             .into_iter()
             .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
         {
             self.metrics.queue_depth.fetch_sub(1, Relaxed);
-            let _ = r.events.send(Event::Failed(
-                "this daemon stopped serving the model while the request waited \
-                 (another model was loaded, or another node took over the mesh); send it again"
-                    .into(),
-            ));
+            let why = "this daemon stopped serving the model while the request waited \
+                 (another model was loaded, or another node took over the mesh); send it again";
+            match r {
+                Request::Gen(r) => {
+                    let _ = r.events.send(Event::Failed(why.into()));
+                }
+                Request::Embed(r) => {
+                    let _ = r.reply.send(Err(why.into()));
+                }
+            }
         }
         self.drop_cache();
         self.open = false;
@@ -453,7 +495,7 @@ impl<B: Backend> Scheduler<B> {
         }
         while self.open && self.active.len() < self.cfg.max_batch.max(1) {
             let r = if let Some(r) = self.waiting.take() {
-                r
+                Request::Gen(r)
             } else if block && self.active.is_empty() {
                 // Wakes now and then to see whether a re-plan waits.
                 match self.rx.recv_timeout(std::time::Duration::from_millis(100)) {
@@ -475,6 +517,14 @@ impl<B: Backend> Scheduler<B> {
                         self.open = false;
                         break;
                     }
+                }
+            };
+            let r = match r {
+                Request::Gen(r) => r,
+                Request::Embed(e) => {
+                    self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                    self.embed(e);
+                    continue;
                 }
             };
             if r.events.is_closed() {
@@ -560,10 +610,18 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         };
+        let mut state = state;
+        self.next_id += 1;
+        if let Some(id) = &r.request_id {
+            tracing::info!(
+                "request {id}: seq {} admitted, {n} prompt tokens ({cached} cached)",
+                self.next_id
+            );
+            self.backend.tag(&mut state, id);
+        }
         let _ = r.events.send(Event::Started {
             cached_tokens: cached,
         });
-        self.next_id += 1;
         let max = self.spec.as_ref().map_or(1, |s| s.max_tokens);
         self.active.push(Seq {
             id: self.next_id,

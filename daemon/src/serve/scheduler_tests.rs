@@ -160,6 +160,7 @@ pub(super) fn req(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, Unbounded
             constraint: None,
             logprobs: None,
             events: tx,
+            request_id: None,
         },
         rx,
     )

@@ -111,6 +111,10 @@ impl Architecture for Deepseek2Model {
         Deepseek2Model::logits(self, x)
     }
 
+    fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(Deepseek2Model::final_norm(self, x))
+    }
+
     fn forward_batch(&self, items: &mut [(&[u32], &mut SeqState, bool)]) -> Result<Vec<Vec<f32>>> {
         let mut batch = Vec::with_capacity(items.len());
         for (tokens, state, all_logits) in items.iter_mut() {

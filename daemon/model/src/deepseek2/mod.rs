@@ -292,12 +292,18 @@ impl Deepseek2Model {
         moe::run_experts(&self.ctx(), w, batch)
     }
 
+    /// The final norm of the hidden rows `x` (`m × n_embd`).
+    pub fn final_norm(&self, x: &[f32]) -> Vec<f32> {
+        let mut h = x.to_vec();
+        norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
+        h
+    }
+
     /// Final norm and output head for the hidden rows `x` (`m × n_embd`):
     /// `m × n_vocab` logits.
     pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
         let e = self.hp.n_embd;
-        let mut h = x.to_vec();
-        norm_rows(&mut h, &self.w.output_norm, self.hp.rms_eps);
+        let h = self.final_norm(x);
         self.ctx().mm(&self.w.output, &h, x.len() / e)
     }
 

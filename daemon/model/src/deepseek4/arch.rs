@@ -135,6 +135,10 @@ impl Architecture for Deepseek4Model {
         Deepseek4Model::logits(self, x)
     }
 
+    fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Deepseek4Model::final_norm(self, x)
+    }
+
     fn forward_batch(&self, items: &mut [(&[u32], &mut SeqState, bool)]) -> Result<Vec<Vec<f32>>> {
         let mut batch = Vec::with_capacity(items.len());
         for (tokens, state, all_logits) in items.iter_mut() {

@@ -423,14 +423,27 @@ impl Deepseek4Model {
         Ok(())
     }
 
+    /// The streams `x` (`m × hc × n_embd`) collapsed by the head's
+    /// hyper-connection and normed: `m × n_embd`, what the output reads.
+    pub fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let mut h = hc::head(
+            &self.ctx(),
+            &self.w.hc_head,
+            x,
+            hp.hc_mult,
+            hp.rms_eps,
+            hp.hc_eps,
+        )?;
+        norm_rows(&mut h, &self.w.output_norm, hp.rms_eps);
+        Ok(h)
+    }
+
     /// The head for the streams `x` (`m × hc × n_embd`): hyper-connection
     /// collapse, final norm, output: `m × n_vocab` logits.
     pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let cx = self.ctx();
-        let mut h = hc::head(&cx, &self.w.hc_head, x, hp.hc_mult, hp.rms_eps, hp.hc_eps)?;
-        norm_rows(&mut h, &self.w.output_norm, hp.rms_eps);
-        cx.mm(&self.w.output, &h, h.len() / hp.n_embd)
+        let h = self.final_norm(x)?;
+        self.ctx().mm(&self.w.output, &h, h.len() / self.hp.n_embd)
     }
 
     /// Runs `tokens` after what `cache` holds and returns the last token's

@@ -308,14 +308,28 @@ pub fn messages_request(body: &[u8], count_only: bool) -> Res<MessagesRequest> {
         let Some(m) = m.as_object() else {
             return Err(ApiError::invalid(&at, "Each message must be an object."));
         };
-        let role =
-            match m.get("role").and_then(Value::as_str) {
-                Some(r @ ("user" | "assistant")) => r,
-                _ => return Err(ApiError::invalid(
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some(r @ ("user" | "assistant")) => r,
+            // Claude Code sends system notes among the turns; templates
+            // take one system prompt at the start, so they join it.
+            Some("system") => {
+                let text = text_of(m.get("content").unwrap_or(&Value::Null), &at)?;
+                match messages.first_mut() {
+                    Some(s) if s.role == "system" => {
+                        s.content.push_str("\n\n");
+                        s.content.push_str(&text);
+                    }
+                    _ => messages.insert(0, ChatMessage::new("system", text)),
+                }
+                continue;
+            }
+            _ => {
+                return Err(ApiError::invalid(
                     &format!("{at}.role"),
-                    "`role` must be `user` or `assistant` (the system prompt goes in `system`).",
-                )),
-            };
+                    "`role` must be `user`, `assistant` or `system`.",
+                ))
+            }
+        };
         let content = m.get("content").unwrap_or(&Value::Null);
         message(role, content, &at, &mut messages)?;
     }

@@ -52,6 +52,38 @@ fn blocks_become_chat_messages_with_calls_and_results() {
     assert_eq!(t.names(), vec!["get_weather"]);
 }
 
+/// Claude Code sends system notes among the turns: they join the system
+/// prompt (templates take one, first).
+#[test]
+fn system_turns_join_the_system_prompt() {
+    let r = req(r#"{"max_tokens":5,"system":"Be brief.","messages":[
+        {"role":"user","content":"hi"},
+        {"role":"system","content":[{"type":"text","text":"Agents: none."}]},
+        {"role":"user","content":"again"}]}"#)
+    .unwrap();
+    let m: Vec<(&str, &str)> = r
+        .chat
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
+    assert_eq!(
+        m,
+        [
+            ("system", "Be brief.\n\nAgents: none."),
+            ("user", "hi"),
+            ("user", "again")
+        ]
+    );
+    let r = req(
+        r#"{"max_tokens":5,"messages":[{"role":"user","content":"hi"},
+        {"role":"system","content":"note"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.chat.messages[0].role, "system");
+    assert_eq!(r.chat.messages[0].content, "note");
+}
+
 #[test]
 fn bad_requests_name_their_field() {
     let cases = [
@@ -65,7 +97,7 @@ fn bad_requests_name_their_field() {
         ),
         (r#"{"max_tokens":5,"messages":[]}"#, "messages"),
         (
-            r#"{"max_tokens":5,"messages":[{"role":"system","content":"x"}]}"#,
+            r#"{"max_tokens":5,"messages":[{"role":"tool","content":"x"}]}"#,
             "messages[0].role",
         ),
         (

@@ -1,9 +1,9 @@
 //! OpenAI's chat and text completions over the shared generation path
 //! ([`super::run`]): whole responses with every choice, or server-sent
 //! events. Streamed choices carry their `index`; with tools, a choice's
-//! text is held to its end and sent as content or as `tool_calls` deltas
-//! (each call's id, type and name, then its arguments), as OpenAI streams
-//! them.
+//! text streams until a call could begin ([`Splitter`]); what is held from
+//! there is sent at its end as content or as `tool_calls` deltas (each
+//! call's id, type and name, then its arguments), as OpenAI streams them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,12 +25,13 @@ use super::super::openai::{
     self, at_choice, chat_logprobs, merge_choices, text_logprobs, ApiError, Envelope, Kind,
     LpToken, Prompt, Sampling,
 };
-use super::super::tools;
+use super::super::tools::{self, split::Splitter};
 use super::run::{collect, consume, prepare_chat, submit, total_usage, End, Job, Out, ToolMode};
-use super::{blocking, body, AppState};
+use super::{blocking, body, client_request_id, with_request_id, AppState};
 
 pub(super) async fn chat(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
@@ -43,12 +45,14 @@ pub(super) async fn chat(
         p.sampling,
         p.mode,
         received,
+        client_request_id(&headers),
     )
     .await
 }
 
 pub(super) async fn completions(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
@@ -73,7 +77,8 @@ pub(super) async fn completions(
                 })?
         }
     };
-    respond(st, e, Kind::Text, prompt, req.sampling, None, received).await
+    let rid = client_request_id(&headers);
+    respond(st, e, Kind::Text, prompt, req.sampling, None, received, rid).await
 }
 
 /// `logprobs` of one choice in `kind`'s shape (text offsets from `offset`).
@@ -85,7 +90,8 @@ fn lp_json(kind: Kind, toks: &[LpToken], offset: usize) -> Value {
 }
 
 /// Queues a tokenized prompt and answers with every choice whole, or as
-/// a stream.
+/// a stream. `rid`: the client's request id (else the response's).
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     st: Arc<AppState>,
     e: Arc<Engine>,
@@ -94,9 +100,11 @@ async fn respond(
     s: Sampling,
     mode: Option<ToolMode>,
     received: Instant,
+    rid: Option<Arc<str>>,
 ) -> Result<Response, ApiError> {
-    let jobs = submit(&st, &e, prompt, &s, mode.is_some(), received).await?;
     let env = Envelope::new(kind, &e.model_name);
+    let rid = rid.unwrap_or_else(|| env.id.as_str().into());
+    let jobs = submit(&st, &e, prompt, &s, mode.is_some(), received, &rid).await?;
     let lp = s.logprobs.is_some();
     if s.stream {
         let (tx, rx) = unbounded_channel();
@@ -104,9 +112,8 @@ async fn respond(
         let events = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
         });
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        let resp = Sse::new(events).keep_alive(KeepAlive::default());
+        return Ok(with_request_id(resp.into_response(), &rid));
     }
     let outs = join_all(jobs.into_iter().map(|j| collect(j, mode.as_ref()))).await;
     let outs = outs.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -124,7 +131,8 @@ async fn respond(
         })
         .collect();
     let usage = total_usage(outs.iter().map(|o| o.usage));
-    Ok(Json(merge_choices(choices, usage)).into_response())
+    let resp = Json(merge_choices(choices, usage)).into_response();
+    Ok(with_request_id(resp, &rid))
 }
 
 /// Feeds one streamed response: each choice's chunks as its text comes
@@ -176,21 +184,34 @@ async fn stream_choice(
             .is_ok()
     };
     let mut first = true;
-    let mut held = String::new();
-    let mut held_lps = Vec::new();
     let mut offset = 0;
+    // With tools: the splitter, and the logprobs of text it still holds
+    // (each piece's with the output length at the piece's end).
+    let mut split = mode.map(|m| Splitter::new(m.family));
+    let mut pending: Vec<(usize, Vec<LpToken>)> = Vec::new();
+    let (mut fed, mut sent) = (0, 0);
     let end = consume(job, |o| match o {
         Out::Started if env.kind == Kind::Chat => {
             first = false;
             send(env.chunk(Some(""), true, None), None, 0)
         }
         Out::Started => true,
-        Out::Text(t, l) if mode.is_some() => {
-            held.push_str(&t);
-            held_lps.extend(l);
-            !tx.is_closed()
-        }
         Out::Text(t, l) => {
+            let (t, l) = match split.as_mut() {
+                Some(sp) => {
+                    fed += t.len();
+                    pending.push((fed, l));
+                    let now = sp.push(&t);
+                    sent += now.len();
+                    let done = pending.iter().take_while(|(e, _)| *e <= sent).count();
+                    let l = pending.drain(..done).flat_map(|(_, l)| l).collect();
+                    (now, l)
+                }
+                None => (t, l),
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
+            }
             let c = env.chunk(Some(&t), first, None);
             first = false;
             let ok = send(c, Some(&l), offset);
@@ -203,40 +224,36 @@ async fn stream_choice(
         return end;
     };
     let mut reason = *reason;
-    if let Some(m) = mode {
-        match m.parse(&held) {
-            None => {
-                if !held.is_empty() || !held_lps.is_empty() {
-                    send(env.chunk(Some(&held), false, None), Some(&held_lps), 0);
-                }
-            }
-            Some((content, calls)) => {
-                if !content.is_empty() || !held_lps.is_empty() {
-                    send(env.chunk(Some(&content), false, None), Some(&held_lps), 0);
-                }
-                for (k, c) in calls.iter().enumerate() {
-                    send(
-                        env.delta_chunk(
-                            json!({"tool_calls": [{"index": k, "id": tools::call_id(),
-                                "type": "function",
-                                "function": {"name": c.name, "arguments": ""}}]}),
-                            None,
-                        ),
-                        None,
-                        0,
-                    );
-                    send(
-                        env.delta_chunk(
-                            json!({"tool_calls": [{"index": k,
-                                "function": {"arguments": c.arguments}}]}),
-                            None,
-                        ),
-                        None,
-                        0,
-                    );
-                }
-                reason = "tool_calls";
-            }
+    if let (Some(m), Some(sp)) = (mode, split) {
+        let held = sp.finish();
+        let lps: Vec<LpToken> = pending.into_iter().flat_map(|(_, l)| l).collect();
+        let (content, calls) = m.parse(&held).unwrap_or((held, Vec::new()));
+        if !content.is_empty() || !lps.is_empty() {
+            send(env.chunk(Some(&content), false, None), Some(&lps), 0);
+        }
+        for (k, c) in calls.iter().enumerate() {
+            send(
+                env.delta_chunk(
+                    json!({"tool_calls": [{"index": k, "id": tools::call_id(),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": ""}}]}),
+                    None,
+                ),
+                None,
+                0,
+            );
+            send(
+                env.delta_chunk(
+                    json!({"tool_calls": [{"index": k,
+                        "function": {"arguments": c.arguments}}]}),
+                    None,
+                ),
+                None,
+                0,
+            );
+        }
+        if !calls.is_empty() {
+            reason = "tool_calls";
         }
     }
     send(env.chunk(None, false, Some(reason)), None, 0);

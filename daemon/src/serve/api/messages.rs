@@ -1,8 +1,10 @@
 //! Anthropic's `/v1/messages` and `/v1/messages/count_tokens` over the
 //! shared generation path ([`super::run`]): the request becomes the same
 //! chat (template, tools, grammar) as OpenAI's, the answer a `message` or
-//! its event stream. With tools, the text is held to the end and sent as a
-//! text block and `tool_use` blocks (their input as one `input_json_delta`).
+//! its event stream. With tools, text streams into its block until a call
+//! could begin ([`Splitter`]); what is held from there is parsed at the end
+//! and sent as more text and `tool_use` blocks (their input as one
+//! `input_json_delta`).
 //! Errors come in Anthropic's shape.
 
 use std::convert::Infallible;
@@ -12,6 +14,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,8 +23,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::super::anthropic::{self, body as ab, AnthropicError};
 use super::super::openai::ApiError;
+use super::super::tools::split::Splitter;
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
-use super::{body, AppState};
+use super::{body, client_request_id, with_request_id, AppState};
 
 impl IntoResponse for AnthropicError {
     fn into_response(self) -> Response {
@@ -33,6 +37,7 @@ impl IntoResponse for AnthropicError {
 
 pub(super) async fn messages(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AnthropicError> {
     let received = Instant::now();
@@ -45,6 +50,8 @@ pub(super) async fn messages(
     };
     let input_tokens = p.prompt.len();
     let stream = p.sampling.stream;
+    let id = ab::message_id();
+    let rid = client_request_id(&headers).unwrap_or_else(|| id.as_str().into());
     let job = submit_one(
         &st,
         &p.engine,
@@ -52,23 +59,24 @@ pub(super) async fn messages(
         &p.sampling,
         p.mode.is_some(),
         received,
+        &rid,
     )
     .await?;
     if !stream {
         let o = collect(job, p.mode.as_ref()).await?;
         let stop = o.stop_string.as_deref();
         let reason = ab::stop_reason(o.reason, stop);
-        let m = ab::whole(&model, &o.text, &o.calls, (reason, stop), &o.usage);
-        return Ok(Json(m).into_response());
+        let mut m = ab::whole(&model, &o.text, &o.calls, (reason, stop), &o.usage);
+        m["id"] = json!(id);
+        return Ok(with_request_id(Json(m).into_response(), &rid));
     }
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(stream_message(job, p.mode, model, input_tokens, tx));
+    tokio::spawn(stream_message(job, p.mode, (id, model), input_tokens, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let resp = Sse::new(events).keep_alive(KeepAlive::default());
+    Ok(with_request_id(resp.into_response(), &rid))
 }
 
 pub(super) async fn count_tokens(
@@ -84,7 +92,7 @@ pub(super) async fn count_tokens(
 async fn stream_message(
     job: Job,
     mode: Option<ToolMode>,
-    model: String,
+    (id, model): (String, String),
     input_tokens: usize,
     tx: UnboundedSender<SseEvent>,
 ) {
@@ -93,9 +101,15 @@ async fn stream_message(
         tx.send(SseEvent::default().event(name).data(v.to_string()))
             .is_ok()
     };
-    let id = ab::message_id();
     let mut open = false;
-    let mut held = String::new();
+    let mut split = mode.as_ref().map(|m| Splitter::new(m.family));
+    let text = |send: &dyn Fn(Value) -> bool, open: &mut bool, t: &str| {
+        if !*open {
+            *open = true;
+            send(ab::block_start(0, json!({"type": "text", "text": ""})));
+        }
+        send(ab::text_delta(0, t))
+    };
     let end = consume(job, |o| match o {
         Out::Started => {
             let u = super::super::openai::Usage {
@@ -107,16 +121,15 @@ async fn stream_message(
                                "message": ab::message(&id, &model, Vec::new(), None, &u)});
             send(start) && send(json!({"type": "ping"}))
         }
-        Out::Text(t, _) if mode.is_some() => {
-            held.push_str(&t);
-            !tx.is_closed()
-        }
         Out::Text(t, _) => {
-            if !open {
-                open = true;
-                send(ab::block_start(0, json!({"type": "text", "text": ""})));
+            let t = match split.as_mut() {
+                Some(sp) => sp.push(&t),
+                None => t,
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
             }
-            send(ab::text_delta(0, &t))
+            text(&send, &mut open, &t)
         }
     })
     .await;
@@ -127,32 +140,33 @@ async fn stream_message(
             usage,
         } => {
             let mut reason = reason;
+            let (tail, calls) = match (&mode, split) {
+                (Some(m), Some(sp)) => {
+                    let held = sp.finish();
+                    m.parse(&held).unwrap_or((held, Vec::new()))
+                }
+                _ => (String::new(), Vec::new()),
+            };
+            if !tail.is_empty() {
+                text(&send, &mut open, &tail);
+            }
             let mut next = 0;
             if open {
                 send(ab::block_stop(0));
                 next = 1;
             }
-            if let Some(m) = &mode {
-                let (content, calls) = m.parse(&held).unwrap_or((held, Vec::new()));
-                if !content.is_empty() {
-                    send(ab::block_start(next, json!({"type": "text", "text": ""})));
-                    send(ab::text_delta(next, &content));
-                    send(ab::block_stop(next));
-                    next += 1;
-                }
-                for c in &calls {
-                    let block = ab::tool_use(c, &ab::tool_use_id());
-                    let input = block["input"].to_string();
-                    let mut empty = block.clone();
-                    empty["input"] = json!({});
-                    send(ab::block_start(next, empty));
-                    send(ab::json_delta(next, &input));
-                    send(ab::block_stop(next));
-                    next += 1;
-                }
-                if !calls.is_empty() {
-                    reason = "tool_calls";
-                }
+            for c in &calls {
+                let block = ab::tool_use(c, &ab::tool_use_id());
+                let input = block["input"].to_string();
+                let mut empty = block.clone();
+                empty["input"] = json!({});
+                send(ab::block_start(next, empty));
+                send(ab::json_delta(next, &input));
+                send(ab::block_stop(next));
+                next += 1;
+            }
+            if !calls.is_empty() {
+                reason = "tool_calls";
             }
             if next == 0 {
                 send(ab::block_start(0, json!({"type": "text", "text": ""})));

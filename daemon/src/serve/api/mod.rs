@@ -3,13 +3,20 @@
 //! `/v1/messages/count_tokens` ([`messages`]), OpenAI's `/v1/responses`
 //! ([`responses`]), whole or streamed as
 //! server-sent events, all over one generation path ([`run`]);
+//! `/v1/embeddings` ([`embeddings`]);
 //! `/v1/status` for the chat page, `/health`, `/metrics`, and the page
 //! itself at `/`.
+//!
+//! Each API request has an id: the client's `x-request-id` when given,
+//! else its response's id. It is echoed in the `x-request-id` response
+//! header and travels with the request's sequences, so the coordinator's
+//! and every stage's log lines `request <id>: seq N ...` can be joined.
 //!
 //! `/v1/*` needs a key when keys are configured: `Authorization: Bearer
 //! KEY` or Anthropic's `x-api-key: KEY` (the same keys). Errors under
 //! `/v1/messages` come in Anthropic's shape, the rest in OpenAI's.
 
+mod embeddings;
 mod generate;
 mod messages;
 mod responses;
@@ -20,7 +27,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -61,9 +68,11 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/status", get(status))
+        .route_layer(middleware::from_fn(echo_request_id))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .route("/", get(page))
@@ -86,6 +95,7 @@ fn endpoint(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
         "/v1/responses" => "/v1/responses",
+        "/v1/embeddings" => "/v1/embeddings",
         "/v1/messages" => "/v1/messages",
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v1/status" => "/v1/status",
@@ -99,6 +109,34 @@ async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     let resp = next.run(req).await;
     st.metrics.request(ep, resp.status().as_u16());
     resp
+}
+
+/// The client's `x-request-id`, fit for a log line; None when absent.
+pub(super) fn client_request_id(h: &HeaderMap) -> Option<Arc<str>> {
+    h.get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::node::frames::request_id)
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// `r` with `id` in its `x-request-id` header.
+pub(super) fn with_request_id(mut r: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert(REQUEST_ID, v);
+    }
+    r
+}
+
+/// Answers carry the client's `x-request-id` back, errors included (a
+/// handler that made up the id from its response id set it already).
+async fn echo_request_id(req: Request, next: Next) -> Response {
+    let given = client_request_id(req.headers());
+    let resp = next.run(req).await;
+    match given {
+        Some(id) if !resp.headers().contains_key(REQUEST_ID) => with_request_id(resp, &id),
+        _ => resp,
+    }
 }
 
 /// Compares without stopping at the first differing byte.

@@ -5,8 +5,9 @@
 //! (`response.created`, `response.output_item.added`,
 //! `response.content_part.added`, `response.output_text.delta` / `.done`,
 //! `response.function_call_arguments.delta` / `.done`,
-//! `response.output_item.done`, `response.completed`). With tools, the
-//! text is held to the end, then sent as items.
+//! `response.output_item.done`, `response.completed`). With tools, text
+//! streams until a call could begin ([`Splitter`]); what is held from
+//! there is parsed at the end and sent as more text and call items.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,18 +26,20 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::super::openai::ApiError;
 use super::super::responses::body::{self as rb, Events, Meta};
 use super::super::responses::responses_request;
-use super::super::tools::{self, ToolCall};
+use super::super::tools::{self, split::Splitter, ToolCall};
 use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
-use super::{body, AppState};
+use super::{body, client_request_id, with_request_id, AppState};
 
 pub(super) async fn responses(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let req = responses_request(&body(&st, b)?)?;
     let p = prepare_chat(&st, req.chat.clone()).await?;
     let meta = Meta::new(&req, &p.engine.model_name);
+    let rid = client_request_id(&headers).unwrap_or_else(|| meta.id.as_str().into());
     let job = submit_one(
         &st,
         &p.engine,
@@ -43,6 +47,7 @@ pub(super) async fn responses(
         &p.sampling,
         p.mode.is_some(),
         received,
+        &rid,
     )
     .await?;
     if !p.sampling.stream {
@@ -57,16 +62,16 @@ pub(super) async fn responses(
         }
         output.extend(o.calls.iter().map(call_done));
         let (status, why) = status_of(o.reason);
-        return Ok(Json(meta.response(status, output, Some(&o.usage), why)).into_response());
+        let resp = Json(meta.response(status, output, Some(&o.usage), why)).into_response();
+        return Ok(with_request_id(resp, &rid));
     }
     let (tx, rx) = unbounded_channel();
     tokio::spawn(stream_response(job, p.mode, meta, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<SseEvent, Infallible>(e), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let resp = Sse::new(events).keep_alive(KeepAlive::default());
+    Ok(with_request_id(resp.into_response(), &rid))
 }
 
 /// A response's status, and why it is incomplete if it is.
@@ -102,29 +107,37 @@ async fn stream_response(
     };
     let msg_id = rb::new_id("msg");
     let mut output: Vec<Value> = Vec::new();
+    // All the content sent so far, and with tools what may be a call.
     let mut text = String::new();
+    let mut split = mode.as_ref().map(|m| Splitter::new(m.family));
     // The message item's output index once it is open.
     let mut open: Option<usize> = None;
+    let delta = |send: &mut dyn FnMut(&str, Value) -> bool, open: &mut Option<usize>, t: &str| {
+        if open.is_none() {
+            *open = Some(0);
+            open_message(send, &msg_id, 0);
+        }
+        send(
+            "response.output_text.delta",
+            json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t}),
+        )
+    };
     let end = consume(job, |o| match o {
         Out::Started => {
             let r = meta.response("in_progress", Vec::new(), None, None);
             send("response.created", json!({"response": r}))
                 && send("response.in_progress", json!({"response": r}))
         }
-        Out::Text(t, _) if mode.is_some() => {
-            text.push_str(&t);
-            !tx.is_closed()
-        }
         Out::Text(t, _) => {
-            text.push_str(&t);
-            if open.is_none() {
-                open = Some(0);
-                open_message(&mut send, &msg_id, 0);
+            let t = match split.as_mut() {
+                Some(sp) => sp.push(&t),
+                None => t,
+            };
+            if t.is_empty() {
+                return !tx.is_closed();
             }
-            send(
-                "response.output_text.delta",
-                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t}),
-            )
+            text.push_str(&t);
+            delta(&mut send, &mut open, &t)
         }
     })
     .await;
@@ -139,19 +152,21 @@ async fn stream_response(
         }
         End::Gone => return,
     };
-    let (content, calls) = match &mode {
-        Some(m) => m.parse(&text).unwrap_or((text, Vec::new())),
-        None => (text, Vec::new()),
+    let (tail, calls) = match (&mode, split) {
+        (Some(m), Some(sp)) => {
+            let held = sp.finish();
+            m.parse(&held).unwrap_or((held, Vec::new()))
+        }
+        _ => (String::new(), Vec::new()),
     };
-    if open.is_none() && (!content.is_empty() || calls.is_empty()) {
+    if !tail.is_empty() {
+        text.push_str(&tail);
+        delta(&mut send, &mut open, &tail);
+    }
+    let content = text;
+    if open.is_none() && calls.is_empty() {
         open = Some(0);
         open_message(&mut send, &msg_id, 0);
-        if !content.is_empty() {
-            send(
-                "response.output_text.delta",
-                json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": content}),
-            );
-        }
     }
     if let Some(at) = open {
         let ids = json!({"item_id": msg_id, "output_index": at, "content_index": 0});
@@ -209,7 +224,7 @@ async fn stream_response(
 }
 
 /// Opens the message item at `at` with its empty text part.
-fn open_message(send: &mut impl FnMut(&str, Value) -> bool, id: &str, at: usize) {
+fn open_message(send: &mut dyn FnMut(&str, Value) -> bool, id: &str, at: usize) {
     send(
         "response.output_item.added",
         json!({"output_index": at, "item": rb::message_item(id, None, "in_progress")}),

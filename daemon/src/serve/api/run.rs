@@ -124,15 +124,17 @@ pub(super) async fn submit_one(
     s: &Sampling,
     tools: bool,
     received: Instant,
+    request: &Arc<str>,
 ) -> Result<Job, ApiError> {
-    submit(st, e, prompt, s, tools, received)
+    submit(st, e, prompt, s, tools, received, request)
         .await?
         .pop()
         .ok_or_else(|| ApiError::internal("no sequence was queued"))
 }
 
 /// Queues `prompt` for `s.n` sequences (sequence i samples with seed + i);
-/// one [`Job`] each. `tools` says whether the output is parsed for calls.
+/// one [`Job`] each. `tools` says whether the output is parsed for calls;
+/// `request` is the API request's id (see [`super`]).
 pub(super) async fn submit(
     st: &AppState,
     e: &Arc<Engine>,
@@ -140,6 +142,7 @@ pub(super) async fn submit(
     s: &Sampling,
     tools: bool,
     received: Instant,
+    request: &Arc<str>,
 ) -> Result<Vec<Job>, ApiError> {
     let n = prompt.len();
     if n == 0 {
@@ -209,6 +212,7 @@ pub(super) async fn submit(
                     .map(|(g, t)| Constraint::new(g.clone(), t.clone())),
                 logprobs: s.logprobs,
                 events: tx,
+                request_id: Some(request.clone()),
             })
             .map_err(|e| match e {
                 SubmitError::Full => ApiError::queue_full(),

@@ -7,8 +7,9 @@
 //! `definitions` (recursion allowed), and the annotations (`title`,
 //! `description`, `default`, `examples`, ...), which change nothing.
 //! Any other keyword is refused, so what is produced always validates.
-//! Required properties come first, then the optional ones in their order,
-//! each present or not. Numbers have at most 16 digits per part and
+//! Properties come in the order the schema declares them (serde_json keeps
+//! it: the workspace enables `preserve_order`), the required ones first,
+//! then the optional ones, each present or not. Numbers have at most 16 digits per part and
 //! whitespace is bounded, so a small model cannot loop inside them.
 
 use std::collections::HashMap;

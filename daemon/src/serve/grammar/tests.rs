@@ -160,3 +160,28 @@ fn schema_refuses_what_it_cannot_enforce() {
         assert!(e.0.contains(word), "{s}: {e}");
     }
 }
+
+/// Properties come in the order the schema declares them (as a request's
+/// body gives it), not sorted by name.
+#[test]
+fn schema_properties_keep_their_declared_order() {
+    let schema: Value = serde_json::from_str(
+        r#"{"type": "object", "properties": {"z": {"type": "integer"},
+            "a": {"type": "integer"}, "m": {"type": "integer"}},
+            "required": ["z", "a", "m"]}"#,
+    )
+    .unwrap();
+    let gr = g(&schema::grammar(&schema).unwrap());
+    assert!(gr.accepts(r#"{"z":1,"a":2,"m":3}"#));
+    assert!(!gr.accepts(r#"{"a":2,"m":3,"z":1}"#));
+    let optional: Value = serde_json::from_str(
+        r#"{"type": "object", "properties": {"z": {"type": "integer"},
+            "a": {"type": "integer"}, "m": {"type": "integer"}}, "required": ["m"]}"#,
+    )
+    .unwrap();
+    let gr = g(&schema::grammar(&optional).unwrap());
+    // The required one first, then the optional ones in declared order.
+    assert!(gr.accepts(r#"{"m":3,"z":1,"a":2}"#));
+    assert!(gr.accepts(r#"{"m":3,"a":2}"#));
+    assert!(!gr.accepts(r#"{"m":3,"a":2,"z":1}"#));
+}

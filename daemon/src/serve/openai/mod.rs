@@ -1,7 +1,8 @@
 //! OpenAI's wire format: the error object ([`ApiError`], which every
 //! route answers with), request bodies parsed and checked field by field
 //! ([`params`]: an error names the offending `param`), and the response and
-//! stream-chunk bodies of chat and text completions ([`response`]).
+//! stream-chunk bodies of chat and text completions ([`response`]);
+//! `/v1/embeddings`' bodies ([`embeddings`]).
 //!
 //! Accepted sampling fields: `temperature` (0–2, default 1), `top_p` (0–1,
 //! default 1), `max_tokens` / `max_completion_tokens`, `stop` (string or up
@@ -19,6 +20,7 @@
 //! `[limits] max_tokens`) is clamped, not refused: the answer then ends
 //! with `finish_reason: "length"`. Non-integers and values below 1 are 400.
 
+pub mod embeddings;
 pub mod fields;
 pub mod params;
 pub mod response;

@@ -6,7 +6,8 @@
 //! text content, `function_call`, `function_call_output`; `reasoning` items
 //! are skipped), `instructions` (the system message), `tools` (function
 //! tools in the flat shape `{type: function, name, description,
-//! parameters}`; hosted tool types such as `web_search` are refused),
+//! parameters}`, and those a `namespace` groups; hosted tool types such as
+//! `web_search`, which only OpenAI runs, are left out; others are refused),
 //! `tool_choice`, `parallel_tool_calls`, `max_output_tokens`,
 //! `temperature`, `top_p`, `stream`. `store`, `reasoning`, `metadata`,
 //! `include`, `text` and `user` are accepted and ignored: nothing is stored,
@@ -167,20 +168,40 @@ fn input_messages(input: &Value, out: &mut Vec<ChatMessage>) -> Res<()> {
     Ok(())
 }
 
-/// Flat function tools as chat tools, with `tool_choice` and
-/// `parallel_tool_calls`, read by the shared tool reader.
-fn tool_spec(o: &Map<String, Value>) -> Res<Option<ToolSpec>> {
-    let Some(list) = field(o, "tools") else {
-        return Ok(None);
-    };
-    let Some(list) = list.as_array() else {
-        return Err(ApiError::invalid("tools", "`tools` must be an array."));
-    };
-    let mut chat_tools = Vec::with_capacity(list.len());
+/// Tools only OpenAI's own servers run (a client sends them to say they
+/// may be used); this server has none of them, so they are left out.
+const HOSTED: &[&str] = &[
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "computer_use_preview",
+    "mcp",
+];
+
+/// The function tools of `list` (at `param`) as chat tools: a `namespace`
+/// (Codex groups tools so) gives its functions, hosted tools are left out,
+/// any other kind is refused.
+fn function_tools(list: &[Value], param: &str, out: &mut Vec<Value>) -> Res<()> {
     for (i, t) in list.iter().enumerate() {
-        let at = format!("tools[{i}]");
+        let at = format!("{param}[{i}]");
         match t.get("type").and_then(Value::as_str) {
             Some("function") => {}
+            Some("namespace") => {
+                let Some(inner) = t.get("tools").and_then(Value::as_array) else {
+                    return Err(ApiError::invalid(
+                        &format!("{at}.tools"),
+                        "A `namespace` tool needs a `tools` array.",
+                    ));
+                };
+                function_tools(inner, &format!("{at}.tools"), out)?;
+                continue;
+            }
+            Some(kind) if HOSTED.contains(&kind) => {
+                tracing::debug!("left out the hosted tool `{kind}`");
+                continue;
+            }
             Some(kind) => {
                 return Err(ApiError::invalid_code(
                     &format!("{at}.type"),
@@ -201,8 +222,22 @@ fn tool_spec(o: &Map<String, Value>) -> Res<Option<ToolSpec>> {
                 f.insert(k.into(), v.clone());
             }
         }
-        chat_tools.push(json!({"type": "function", "function": f}));
+        out.push(json!({"type": "function", "function": f}));
     }
+    Ok(())
+}
+
+/// Flat function tools as chat tools, with `tool_choice` and
+/// `parallel_tool_calls`, read by the shared tool reader.
+fn tool_spec(o: &Map<String, Value>) -> Res<Option<ToolSpec>> {
+    let Some(list) = field(o, "tools") else {
+        return Ok(None);
+    };
+    let Some(list) = list.as_array() else {
+        return Err(ApiError::invalid("tools", "`tools` must be an array."));
+    };
+    let mut chat_tools = Vec::with_capacity(list.len());
+    function_tools(list, "tools", &mut chat_tools)?;
     let mut oai = Map::new();
     oai.insert("tools".into(), Value::Array(chat_tools));
     if let Some(tc) = field(o, "tool_choice") {

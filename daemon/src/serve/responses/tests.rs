@@ -41,6 +41,25 @@ fn items_become_chat_messages() {
     assert!(s.chat.sampling.stream && s.chat.tools.is_none());
 }
 
+/// What Codex sends: functions grouped in a `namespace` are offered as
+/// functions; hosted tools (run only by OpenAI) are left out.
+#[test]
+fn namespaces_flatten_and_hosted_tools_are_left_out() {
+    let r = responses_request(
+        br#"{"input":"x","tools":[
+          {"type":"function","name":"exec_command","parameters":{"type":"object"}},
+          {"type":"namespace","name":"agents","tools":[
+            {"type":"function","name":"close_agent","parameters":{"type":"object"}}]},
+          {"type":"web_search","external_web_access":false}]}"#,
+    )
+    .unwrap();
+    let t = r.chat.tools.unwrap();
+    assert_eq!(t.names(), vec!["exec_command", "close_agent"]);
+    let e = responses_request(br#"{"input":"x","tools":[{"type":"namespace","name":"n"}]}"#)
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("tools[0].tools"));
+}
+
 #[test]
 fn bad_requests_name_their_field() {
     let cases = [
@@ -67,7 +86,7 @@ fn bad_requests_name_their_field() {
             "input[0].content[0]",
         ),
         (
-            r#"{"input":"x","tools":[{"type":"web_search"}]}"#,
+            r#"{"input":"x","tools":[{"type":"custom","name":"f"}]}"#,
             "tools[0].type",
         ),
         (

@@ -82,6 +82,9 @@ impl<B: Backend> Scheduler<B> {
                 spec.drafter.forget(s.id);
             }
             s.state = self.backend.new_state(self.cfg.ctx_size);
+            if let Some(id) = &s.req.request_id {
+                self.backend.tag(&mut s.state, id);
+            }
         }
         self.active.retain(|s| !s.ended);
         self.metrics.active.store(self.active.len(), Relaxed);

@@ -4,10 +4,12 @@
 //! ([`render`]: tools into the template, or a system note for templates
 //! without tools; forced calls as a grammar) and the output side
 //! ([`parse`]: calls out of the generated text; anything malformed stays
-//! plain content).
+//! plain content; [`split`]: what of a streamed answer can be sent before
+//! it is known not to be a call).
 
 pub mod parse;
 pub mod render;
+pub mod split;
 
 use serde_json::{json, Map, Value};
 

@@ -208,15 +208,16 @@ fn templates_without_tools_get_a_note_and_polyfilled_turns() {
     assert!(tools.is_none());
     assert_eq!(out[0].role, "system");
     assert!(out[0].content.contains("get_weather") && out[0].content.contains("tool_calls"));
+    // Keys as written (name, then arguments), as the note asks the model to.
     assert_eq!(
         out[2].content,
-        "{\"tool_calls\":[{\"arguments\":{\"a\":1},\"name\":\"add\"}]}"
+        "{\"tool_calls\":[{\"name\":\"add\",\"arguments\":{\"a\":1}}]}"
     );
     assert_eq!(
         (out[3].role.as_str(), out[3].content.as_str()),
         (
             "user",
-            "{\"tool_response\":{\"content\":\"2\",\"tool_call_id\":\"c1\"}}"
+            "{\"tool_response\":{\"tool_call_id\":\"c1\",\"content\":\"2\"}}"
         )
     );
     // A template that reads tools gets them and the messages unchanged.
