@@ -168,6 +168,7 @@ fn decode(
                 ignore_eos: true,
                 constraint: None,
                 logprobs: None,
+                request_id: None,
                 events: tx,
             })
             .map_err(|e| anyhow::anyhow!("the bench engine refused a request: {e:?}"))?;
