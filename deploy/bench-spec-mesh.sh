@@ -64,9 +64,9 @@ one() {
 node() {
   local role=$1 ip=$2 mode=$3 tag=$4 extra=()
   if [ "$role" = coord ]; then
-    extra=(--model "$model" --http-addr "$ip:0" --mesh-nodes 2 --stages 2 --peer "$PEER")
+    extra=(--model "$model" --http-addr 127.0.0.1:0 --mesh-nodes 2 --stages 2 --peer "$PEER")
   fi
-  "$bin" serve --threads "$t" --no-mdns --grpc-listen "$ip:0" --mesh-addr "$ip:${MESH_PORT:-0}" \
+  "$bin" serve --threads "$t" --no-mdns --grpc-listen 127.0.0.1:0 --mesh-addr "$ip:${MESH_PORT:-0}" \
     --quic-addr "$ip:${QUIC_PORT:-0}" --state-dir "$work/state-$tag" --secret-file "$work/secret" \
     --models-dir "$(dirname "$model")" "${extra[@]}" $(spec_flags "$mode") \
     >"$work/$tag.out" 2>"$work/$tag.err" &
@@ -96,7 +96,8 @@ mesh_tbf() {
     node coord "$NS_IP" "$MODE" c; c=$!
     base=$(wait_for "$work/c.out" "listening on http://" | grep -o "http://[0-9.:]*" | head -1)
     python3 "$work/timed.py" "$base" "$n" > "$work/result"; rc=$?
-    touch "$work/done"; kill $c; wait $c 2>/dev/null; exit $rc' >/dev/null
+    touch "$work/done"; kill $c; wait $c 2>/dev/null; exit $rc' >"$work/netns.out" 2>&1 ||
+    { cat "$work/netns.out" "$work"/*.err >&2; return 1; }
   cat "$work/result"
 }
 link=loopback; [ $tbf = 1 ] && link="1 Gbit/s tbf"
