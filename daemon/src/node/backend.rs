@@ -140,6 +140,27 @@ impl DistBackend {
         }
     }
 
+    /// Embeds `tokens` (the `runs` back to back) and runs this node's own
+    /// layers over them, committing each run's positions into its state:
+    /// the hidden rows the next stage takes.
+    fn local_pass(
+        &self,
+        tokens: &[u32],
+        runs: &[Vec<u32>],
+        states: Vec<&mut SeqState>,
+    ) -> Result<Vec<f32>, String> {
+        let mut x = self.model.embed(tokens).map_err(|e| e.to_string())?;
+        let mut refs: Vec<(&[u32], &mut SeqState)> =
+            runs.iter().map(Vec::as_slice).zip(states).collect();
+        if !self.local.is_empty() {
+            self.model
+                .forward_layers(self.local.clone(), &mut x, &mut refs)
+                .map_err(|e| e.to_string())?;
+        }
+        self.model.finish_step(&mut refs);
+        Ok(x)
+    }
+
     fn step(&self, items: &mut [(&[u32], &mut DistSeq, bool)]) -> Result<Vec<Vec<f32>>, String> {
         if items.iter().any(|(t, _, _)| t.is_empty()) {
             return Err("a sequence in the batch has no tokens".into());
@@ -166,20 +187,8 @@ impl DistBackend {
             .collect();
         let pos0: Vec<usize> = spans.iter().map(|s| s.pos0 as usize).collect();
         let tokens: Vec<u32> = runs.concat();
-        let mut x = self.model.embed(&tokens).map_err(|e| e.to_string())?;
-        {
-            let mut refs: Vec<(&[u32], &mut SeqState)> = runs
-                .iter()
-                .zip(items.iter_mut())
-                .map(|(run, (_, s, _))| (run.as_slice(), &mut s.local))
-                .collect();
-            if !self.local.is_empty() {
-                self.model
-                    .forward_layers(self.local.clone(), &mut x, &mut refs)
-                    .map_err(|e| e.to_string())?;
-            }
-            self.model.finish_step(&mut refs);
-        }
+        let states = items.iter_mut().map(|(_, s, _)| &mut s.local).collect();
+        let x = self.local_pass(&tokens, &runs, states)?;
         let step = Step {
             plan_version: self.plan_version,
             layer: self.local.end as u32,

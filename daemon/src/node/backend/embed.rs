@@ -4,8 +4,6 @@
 //! coordinator that holds the output head gets hidden rows back; on other
 //! plans the last stage answers with logits, so embeddings are refused.
 
-use dwarfstar_model::SeqState;
-
 use super::{DistBackend, DistSeq};
 use crate::node::pipeline::{Span, Step, Want};
 
@@ -42,20 +40,8 @@ impl DistBackend {
             })
             .collect();
         let tokens: Vec<u32> = runs.concat();
-        let mut x = self.model.embed(&tokens).map_err(|e| e.to_string())?;
-        {
-            let mut refs: Vec<(&[u32], &mut SeqState)> = runs
-                .iter()
-                .zip(items.iter_mut())
-                .map(|(run, (_, s))| (run.as_slice(), &mut s.local))
-                .collect();
-            if !self.local.is_empty() {
-                self.model
-                    .forward_layers(self.local.clone(), &mut x, &mut refs)
-                    .map_err(|e| e.to_string())?;
-            }
-            self.model.finish_step(&mut refs);
-        }
+        let states = items.iter_mut().map(|(_, s)| &mut s.local).collect();
+        let x = self.local_pass(&tokens, &runs, states)?;
         let rows = match &self.next {
             Some(next) => {
                 let step = Step {
