@@ -21,25 +21,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 draft=${DRAFT:-$work/draft-$recipe.gguf}
 [ -f "$draft" ] || "$bin" quantize "$model" "$draft" --recipe "$recipe" --allow-requantize >/dev/null 2>&1
 echo -n "the-bench-mesh-secret-0123456789" > "$work/secret"
-export bin model n k t draft work
-# timed BASE MODE: prints "tok/s acceptance" of one greedy request through BASE.
-cat > "$work/timed.py" <<'PY'
-import json, sys, time, urllib.request
-base, n = sys.argv[1], int(sys.argv[2])
-def timed(m):
-    body = json.dumps({"prompt": "Write a short story about a lighthouse keeper and a storm.",
-                       "max_tokens": m, "temperature": 0, "ignore_eos": True}).encode()
-    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(req) as r:
-        v = json.load(r)
-    assert v["usage"]["completion_tokens"] == m, v["usage"]
-    return time.perf_counter() - t0
-timed(8)
-rate = max(n / (timed(16 + n) - timed(16)) for _ in range(3))
-st = json.load(urllib.request.urlopen(base + "/v1/status"))
-print(f"{rate:.2f} {st.get('speculation', {}).get('acceptance_rate', 0.0):.3f}")
-PY
+export bin model n k t draft work here
 # wait_for FILE TEXT: until FILE has a line with TEXT; prints that line.
 wait_for() {
   for _ in $(seq 1 600); do
@@ -57,7 +39,7 @@ one() {
     $(spec_flags "$1") >"$work/one.out" 2>"$work/one.err" &
   local pid=$!
   local base; base=$(wait_for "$work/one.out" 'http://' | grep -o 'http://[0-9.:]*' | head -1)
-  python3 "$work/timed.py" "$base" "$n"
+  python3 "$here/deploy/decode-rate.py" "$base" "$n"
   kill $pid; wait $pid 2>/dev/null || true
 }
 # node ROLE IP MODE TAG: a mesh daemon (worker, or coordinator of the model in 2 stages).
@@ -79,7 +61,7 @@ mesh_loopback() {
   export PEER
   node coord 127.0.0.1 "$1" c; local c=$!
   local base; base=$(wait_for "$work/c.out" 'listening on http://' | grep -o 'http://[0-9.:]*' | head -1)
-  python3 "$work/timed.py" "$base" "$n"
+  python3 "$here/deploy/decode-rate.py" "$base" "$n"
   kill $c $w; wait $c $w 2>/dev/null || true
 }
 mesh_tbf() {
@@ -95,7 +77,7 @@ mesh_tbf() {
     wait_for "$work/w.out" "mesh worker ready" >/dev/null || { touch "$work/done"; exit 1; }
     node coord "$NS_IP" "$MODE" c; c=$!
     base=$(wait_for "$work/c.out" "listening on http://" | grep -o "http://[0-9.:]*" | head -1)
-    python3 "$work/timed.py" "$base" "$n" > "$work/result"; rc=$?
+    python3 "$here/deploy/decode-rate.py" "$base" "$n" > "$work/result"; rc=$?
     touch "$work/done"; kill $c; wait $c 2>/dev/null; exit $rc' >"$work/netns.out" 2>&1 ||
     { cat "$work/netns.out" "$work"/*.err >&2; return 1; }
   cat "$work/result"

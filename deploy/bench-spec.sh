@@ -37,26 +37,9 @@ for t in ${THREADS:-1 2}; do
     for _ in $(seq 1 300); do grep -q 'http://' "$work/out" 2>/dev/null && break; sleep 0.1; done
     base=$(grep -o 'http://[0-9.:]*' "$work/out" | head -1)
     [ -n "$base" ] || { cat "$work/err"; exit 1; }
-    python3 - "$base" "$n" "$mode" "$t" <<'PY'
-import json, sys, time, urllib.request
-base, n, mode, t = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-def timed(m):
-    body = json.dumps({"prompt": "Write a short story about a lighthouse keeper and a storm.",
-                       "max_tokens": m, "temperature": 0, "ignore_eos": True}).encode()
-    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(req) as r:
-        v = json.load(r)
-    assert v["usage"]["completion_tokens"] == m, v["usage"]
-    return time.perf_counter() - t0
-timed(8)  # warm-up
-short, long_ = 16, 16 + n
-# Decode time: a long generation less a short one, same prompt (prefill cancels).
-rate = max(n / (timed(long_) - timed(short)) for _ in range(3))
-st = json.load(urllib.request.urlopen(base + "/v1/status"))
-acc = st["speculation"]["acceptance_rate"]
-print(f"{t:<8} {mode:<10} {rate:10.1f} {acc if mode != 'plain' else float('nan'):12.2f}")
-PY
+    read -r rate acc < <(python3 "$here/deploy/decode-rate.py" "$base" "$n")
+    [ "$mode" = plain ] && acc=-
+    printf '%-8s %-10s %10.1f %12s\n' "$t" "$mode" "$rate" "$acc"
     kill $pid; wait $pid 2>/dev/null || true
   done
 done

@@ -58,9 +58,7 @@ pub fn run(a: &BenchArgs, mut model: Model, tok: &Tokenizer, how: Drafting) -> R
         m.keep_hidden = true;
     }
     let model = Arc::new(model);
-    let eog: Vec<bool> = (0..model.n_vocab())
-        .map(|id| tok.is_eog(id as u32))
-        .collect();
+    let eog = crate::serve::engine::eog_table(tok, model.n_vocab());
     let drafter = || -> Result<Box<dyn Drafter>> {
         Ok(match &how {
             Drafting::Model(path) => {

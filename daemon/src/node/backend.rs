@@ -161,33 +161,39 @@ impl DistBackend {
         Ok(x)
     }
 
-    fn step(&self, items: &mut [(&[u32], &mut DistSeq, bool)]) -> Result<Vec<Vec<f32>>, String> {
-        if items.iter().any(|(t, _, _)| t.is_empty()) {
+    /// One step down the pipeline. Each sequence runs what a truncation
+    /// left to recompute (states that cannot rewind exactly), then its new
+    /// tokens; every stage dropped the same positions and starts where its
+    /// state holds. Returns each sequence's run and the rows the pipeline
+    /// gave back for `wants`: final hidden rows where the output head is
+    /// here, logits where it is not.
+    fn pass(
+        &self,
+        items: &mut [(&[u32], &mut DistSeq)],
+        wants: &[Want],
+    ) -> Result<(Vec<Vec<u32>>, Vec<f32>), String> {
+        if items.iter().any(|(t, _)| t.is_empty()) {
             return Err("a sequence in the batch has no tokens".into());
         }
-        // Each sequence runs what a truncation left to recompute (states
-        // that cannot rewind exactly), then its new tokens; every stage
-        // dropped the same positions and starts where this state holds.
-        let keep = self.keep_hidden;
         let runs: Vec<Vec<u32>> = items
             .iter()
-            .map(|(t, s, _)| [s.local.pending(), t].concat())
+            .map(|(t, s)| [s.local.pending(), t].concat())
             .collect();
         let spans: Vec<Span> = items
             .iter()
             .zip(&runs)
-            .map(|((_, s, all), run)| Span {
+            .zip(wants)
+            .map(|(((_, s), run), &want)| Span {
                 seq: s.id,
                 rows: run.len() as u32,
                 pos0: s.local.held() as u32,
-                want: if *all || keep { Want::All } else { Want::Last },
+                want,
                 fork: s.fork,
                 request: s.request.clone(),
             })
             .collect();
-        let pos0: Vec<usize> = spans.iter().map(|s| s.pos0 as usize).collect();
         let tokens: Vec<u32> = runs.concat();
-        let states = items.iter_mut().map(|(_, s, _)| &mut s.local).collect();
+        let states = items.iter_mut().map(|(_, s)| &mut s.local).collect();
         let x = self.local_pass(&tokens, &runs, states)?;
         let step = Step {
             plan_version: self.plan_version,
@@ -196,7 +202,7 @@ impl DistBackend {
             tokens,
             x,
         };
-        let logits = match &self.next {
+        let rows = match &self.next {
             // Releases go after the step: a fork in it may copy a dropped state.
             Some(next) => {
                 let r = next.call(step).map_err(|e| e.to_string());
@@ -204,32 +210,45 @@ impl DistBackend {
                 if r.is_err() {
                     // The step did not happen downstream: take it back here
                     // too (a V4 state replays its kept tokens next time).
-                    for (_, s, _) in items.iter_mut() {
+                    for (_, s) in items.iter_mut() {
                         s.local.truncate(s.len);
                     }
                 }
-                let mut rows = r?;
-                if keep {
-                    rows = self.split_hidden(items, &runs, &pos0, rows)?;
-                }
-                if self.holds_output {
-                    self.model.logits(&rows).map_err(|e| e.to_string())?
-                } else {
-                    rows
-                }
+                r?
             }
             None => {
                 let e = self.model.n_embd();
-                let mut rows: Vec<f32> = step
-                    .output_rows()
+                step.output_rows()
                     .iter()
                     .flat_map(|&r| step.x[r as usize * e..(r as usize + 1) * e].iter().copied())
-                    .collect();
-                if keep {
-                    rows = self.split_hidden(items, &runs, &pos0, rows)?;
-                }
-                self.model.logits(&rows).map_err(|e| e.to_string())?
+                    .collect()
             }
+        };
+        for (_, s) in items.iter_mut() {
+            s.len = s.local.len();
+            s.fork = None;
+        }
+        Ok((runs, rows))
+    }
+
+    fn step(&self, items: &mut [(&[u32], &mut DistSeq, bool)]) -> Result<Vec<Vec<f32>>, String> {
+        let keep = self.keep_hidden;
+        let pos0: Vec<usize> = items.iter().map(|(_, s, _)| s.local.held()).collect();
+        let wants: Vec<Want> = items
+            .iter()
+            .map(|&(_, _, all)| if all || keep { Want::All } else { Want::Last })
+            .collect();
+        let mut pairs: Vec<(&[u32], &mut DistSeq)> =
+            items.iter_mut().map(|(t, s, _)| (*t, &mut **s)).collect();
+        let (runs, mut rows) = self.pass(&mut pairs, &wants)?;
+        drop(pairs);
+        if keep {
+            rows = self.split_hidden(items, &runs, &pos0, rows)?;
+        }
+        let logits = if self.holds_output {
+            self.model.logits(&rows).map_err(|e| e.to_string())?
+        } else {
+            rows
         };
         let v = self.model.n_vocab();
         let want: usize = items
@@ -245,7 +264,7 @@ impl DistBackend {
         }
         let mut out = Vec::with_capacity(items.len());
         let mut off = 0;
-        for ((t, s, all), run) in items.iter_mut().zip(&runs) {
+        for ((t, _, all), run) in items.iter().zip(&runs) {
             // A rewound V4 sequence replays its kept tokens first; the
             // caller asked only for the logits of its new tokens.
             let (n, replayed) = if *all {
@@ -255,8 +274,6 @@ impl DistBackend {
             };
             out.push(logits[(off + replayed) * v..(off + n) * v].to_vec());
             off += n;
-            s.len = s.local.len();
-            s.fork = None;
         }
         Ok(out)
     }

@@ -525,6 +525,6 @@ fn with_spec<B: scheduler::Backend>(s: Scheduler<B>, spec: Option<Speculation>) 
 }
 
 /// `eog[id]`: whether token `id` ends generation.
-fn eog_table(tok: &Tokenizer, n_vocab: usize) -> Vec<bool> {
+pub(crate) fn eog_table(tok: &Tokenizer, n_vocab: usize) -> Vec<bool> {
     (0..n_vocab).map(|id| tok.is_eog(id as u32)).collect()
 }

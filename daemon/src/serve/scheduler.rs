@@ -100,8 +100,8 @@ pub trait Backend {
         None
     }
     /// Asks the backend to keep its states' final hidden rows from now on
-    /// ([`Backend::hidden`]); returns whether it will. A backend that keeps
-    /// them by construction (a model loaded to) answers through `hidden`.
+    /// ([`Backend::hidden`]); returns whether it will. A model running
+    /// alone is loaded to keep them and answers through `hidden` alone.
     fn keep_hidden(&mut self) -> bool {
         false
     }
@@ -328,7 +328,7 @@ struct Seq<S> {
 }
 
 /// A prefix cache entry: the target's state, and the drafter's where it
-/// keeps one ([`dwarfstar_model::draft::Drafter::save`]).
+/// keeps one ([`dwarfstar_model::draft::Drafter::snapshot`]).
 struct Cached<S> {
     state: S,
     draft: Option<Box<dyn std::any::Any + Send>>,
@@ -575,7 +575,10 @@ impl<B: Backend> Scheduler<B> {
                 backend.kept_by_truncate(&c.state, len.min(n - 1))
             })
             .filter(|&(_, _, kept)| kept >= min);
-        let (state, cached) = match hit {
+        // The sequence's id (the drafter's key for it).
+        self.next_id += 1;
+        let id = self.next_id;
+        let (mut state, cached) = match hit {
             Some((c, len, kept)) => {
                 let mut s = self.backend.clone_state(&c.state);
                 self.backend.truncate(&mut s, len.min(n - 1));
@@ -583,7 +586,7 @@ impl<B: Backend> Scheduler<B> {
                 self.metrics.prefix_tokens.fetch_add(kept as u64, Relaxed);
                 if let (Some(spec), Some(d)) = (self.spec.as_mut(), &c.draft) {
                     spec.drafter
-                        .restore(self.next_id + 1, d.as_ref(), self.backend.state_len(&s));
+                        .restore(id, d.as_ref(), self.backend.state_len(&s));
                 }
                 (s, kept)
             }
@@ -610,21 +613,16 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         };
-        let mut state = state;
-        self.next_id += 1;
-        if let Some(id) = &r.request_id {
-            tracing::info!(
-                "request {id}: seq {} admitted, {n} prompt tokens ({cached} cached)",
-                self.next_id
-            );
-            self.backend.tag(&mut state, id);
+        if let Some(rid) = &r.request_id {
+            tracing::info!("request {rid}: seq {id} admitted, {n} prompt tokens ({cached} cached)");
+            self.backend.tag(&mut state, rid);
         }
         let _ = r.events.send(Event::Started {
             cached_tokens: cached,
         });
         let max = self.spec.as_ref().map_or(1, |s| s.max_tokens);
         self.active.push(Seq {
-            id: self.next_id,
+            id,
             history: r.prompt.clone(),
             sampler: Sampler::new(r.sampler.clone()),
             req: r,

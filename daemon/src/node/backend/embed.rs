@@ -5,7 +5,7 @@
 //! plans the last stage answers with logits, so embeddings are refused.
 
 use super::{DistBackend, DistSeq};
-use crate::node::pipeline::{Span, Step, Want};
+use crate::node::pipeline::Want;
 
 impl DistBackend {
     /// Each `(tokens, state)`'s final-norm rows, one per token.
@@ -20,48 +20,8 @@ impl DistBackend {
                     .into(),
             );
         }
-        if items.iter().any(|(t, _)| t.is_empty()) {
-            return Err("a sequence in the batch has no tokens".into());
-        }
-        let runs: Vec<Vec<u32>> = items
-            .iter()
-            .map(|(t, s)| [s.local.pending(), t].concat())
-            .collect();
-        let spans: Vec<Span> = items
-            .iter()
-            .zip(&runs)
-            .map(|((_, s), run)| Span {
-                seq: s.id,
-                rows: run.len() as u32,
-                pos0: s.local.held() as u32,
-                want: Want::All,
-                fork: s.fork,
-                request: s.request.clone(),
-            })
-            .collect();
-        let tokens: Vec<u32> = runs.concat();
-        let states = items.iter_mut().map(|(_, s)| &mut s.local).collect();
-        let x = self.local_pass(&tokens, &runs, states)?;
-        let rows = match &self.next {
-            Some(next) => {
-                let step = Step {
-                    plan_version: self.plan_version,
-                    layer: self.local.end as u32,
-                    spans,
-                    tokens,
-                    x,
-                };
-                let r = next.call(step).map_err(|e| e.to_string());
-                self.flush_released();
-                if r.is_err() {
-                    for (_, s) in items.iter_mut() {
-                        s.local.truncate(s.len);
-                    }
-                }
-                r?
-            }
-            None => x,
-        };
+        let wants = vec![Want::All; items.len()];
+        let (runs, rows) = self.pass(items, &wants)?;
         let e = self.model.n_embd();
         let want: usize = runs.iter().map(Vec::len).sum();
         if rows.len() != want * e {
@@ -74,12 +34,10 @@ impl DistBackend {
         let d = h.len() / want;
         let mut out = Vec::with_capacity(items.len());
         let mut off = 0;
-        for ((t, s), run) in items.iter_mut().zip(&runs) {
+        for ((t, _), run) in items.iter().zip(&runs) {
             let skip = run.len() - t.len();
             out.push(h[(off + skip) * d..(off + run.len()) * d].to_vec());
             off += run.len();
-            s.len = s.local.len();
-            s.fork = None;
         }
         Ok(out)
     }
