@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::super::anthropic::{self, body as ab, AnthropicError};
 use super::super::openai::ApiError;
 use super::super::tools::split::Splitter;
-use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
+use super::run::{self, collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, client_request_id, with_request_id, AppState};
 
 impl IntoResponse for AnthropicError {
@@ -140,13 +140,7 @@ async fn stream_message(
             usage,
         } => {
             let mut reason = reason;
-            let (tail, calls) = match (&mode, split) {
-                (Some(m), Some(sp)) => {
-                    let held = sp.finish();
-                    m.parse(&held).unwrap_or((held, Vec::new()))
-                }
-                _ => (String::new(), Vec::new()),
-            };
+            let (tail, calls) = run::held_calls(mode.as_ref(), split);
             if !tail.is_empty() {
                 text(&send, &mut open, &tail);
             }

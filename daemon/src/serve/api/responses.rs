@@ -27,7 +27,7 @@ use super::super::openai::ApiError;
 use super::super::responses::body::{self as rb, Events, Meta};
 use super::super::responses::responses_request;
 use super::super::tools::{self, split::Splitter, ToolCall};
-use super::run::{collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
+use super::run::{self, collect, consume, prepare_chat, submit_one, End, Job, Out, ToolMode};
 use super::{body, client_request_id, with_request_id, AppState};
 
 pub(super) async fn responses(
@@ -152,13 +152,7 @@ async fn stream_response(
         }
         End::Gone => return,
     };
-    let (tail, calls) = match (&mode, split) {
-        (Some(m), Some(sp)) => {
-            let held = sp.finish();
-            m.parse(&held).unwrap_or((held, Vec::new()))
-        }
-        _ => (String::new(), Vec::new()),
-    };
+    let (tail, calls) = run::held_calls(mode.as_ref(), split);
     if !tail.is_empty() {
         text.push_str(&tail);
         delta(&mut send, &mut open, &tail);

@@ -20,7 +20,7 @@ use super::super::logprobs::TokenLogprobs;
 use super::super::metrics::Metrics;
 use super::super::openai::{ApiError, ChatRequest, LpToken, Sampling, Usage};
 use super::super::scheduler::{Event, Finish, GenRequest, SubmitError};
-use super::super::tools::{self, render, Family, ToolCall};
+use super::super::tools::{self, render, split::Splitter, Family, ToolCall};
 use super::{blocking, AppState};
 
 /// Tool calls to look for in a chat answer.
@@ -36,6 +36,21 @@ impl ToolMode {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let p = tools::parse::parse(text, self.family, &names);
         (!p.calls.is_empty()).then_some((p.content, p.calls))
+    }
+}
+
+/// The end of a stream with tools: what `split` still held, as the text
+/// left to send and the calls in it (nothing without tools).
+pub(super) fn held_calls(
+    mode: Option<&ToolMode>,
+    split: Option<Splitter>,
+) -> (String, Vec<ToolCall>) {
+    match (mode, split) {
+        (Some(m), Some(sp)) => {
+            let held = sp.finish();
+            m.parse(&held).unwrap_or((held, Vec::new()))
+        }
+        _ => (String::new(), Vec::new()),
     }
 }
 
